@@ -1,0 +1,19 @@
+"""The layers: one file per kind, every backward written by hand."""
+
+from .activation import GELU, ReLU, Softmax
+from .attention import (MultiHeadAttention, ScaledDotProductAttention, causal_mask,
+                        causal_padding_mask, padding_mask)
+from .dropout import Dropout
+from .embedding import Embedding, LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from .feedforward import FeedForward
+from .linear import Linear
+from .loss import CrossEntropyLoss
+from .module import Module
+from .normalization import LayerNorm
+
+__all__ = [
+    "Module", "Linear", "Embedding", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
+    "ReLU", "GELU", "Softmax", "LayerNorm", "Dropout", "FeedForward", "CrossEntropyLoss",
+    "ScaledDotProductAttention", "MultiHeadAttention",
+    "causal_mask", "padding_mask", "causal_padding_mask",
+]

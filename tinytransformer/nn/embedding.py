@@ -1,0 +1,131 @@
+"""Token embeddings and positional encodings.
+
+Legend: B batch, T time, D d_model, V vocabulary size (number of embeddings).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .module import Module, check_float_input, default_rng
+
+
+def check_ids(name: str, ids, n: int) -> None:
+    """Raise a clear error unless ``ids`` is an integer array with every value in [0, n)."""
+    if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu":
+        got = ids.dtype.name if isinstance(ids, np.ndarray) else type(ids).__name__
+        raise TypeError(f"{name}: expected an integer array of token ids, got {got}")
+    if ids.size and (ids.min() < 0 or ids.max() >= n):
+        bad = np.argwhere((ids < 0) | (ids >= n))[0]
+        where = ", ".join(str(i) for i in bad)
+        raise ValueError(f"token id {ids[tuple(bad)]} out of range for vocab_size {n} ({name}[{where}])")
+
+
+class Embedding(Module):
+    """y[b, t] = W[ids[b, t]]: a lookup of rows of W (num_embeddings, D).
+
+    Initialisation: W ~ N(0, 1/D), so that sqrt(D) * W (the scaling the
+    Transformer applies) has unit variance per feature.
+
+    Backward: every position that looked up row i adds its upstream gradient
+    into dW[i]; a token repeated in the batch adds several times, which is why
+    the scatter is ``np.add.at`` and not ``dW[ids] += dy`` (that would keep only
+    one of the repeats). The ids are integers: they have no gradient.
+    """
+
+    def __init__(self, num_embeddings: int, d_model: int,
+                 rng: np.random.Generator | None = None, dtype=np.float32):
+        super().__init__()
+        rng = default_rng(rng)
+        self.num_embeddings, self.d_model = num_embeddings, d_model
+        self.add_param("weight", (rng.standard_normal((num_embeddings, d_model))
+                                  / np.sqrt(d_model)).astype(dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.d_model}"
+
+    def forward(self, ids: np.ndarray) -> np.ndarray:        # ids: (B, T) int
+        check_ids("ids", ids, self.num_embeddings)
+        self.cache = ids
+        return self.params["weight"][ids]                     # (B, T, D)
+
+    def backward(self, dy: np.ndarray) -> None:               # dy: (B, T, D)
+        ids = self._saved()
+        # forward was y[b, t] = W[ids[b, t]]: scatter-add each dy[b, t] back to its row
+        np.add.at(self.grads["weight"], ids.reshape(-1), dy.reshape(-1, dy.shape[-1]))
+        return None
+
+
+def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
+    """PE[pos, 2i] = sin(pos / 10000^(2i/D)),  PE[pos, 2i+1] = cos(pos / 10000^(2i/D)).   (max_len, D)"""
+    position = np.arange(max_len)[:, None]                     # (max_len, 1)
+    freq = 10000.0 ** (-np.arange(0, d_model, 2) / d_model)    # (ceil(D/2),)
+    angle = position * freq                                    # (max_len, ceil(D/2))
+    table = np.zeros((max_len, d_model))
+    table[:, 0::2] = np.sin(angle)
+    table[:, 1::2] = np.cos(angle[:, : d_model // 2])
+    return table
+
+
+def _check_positions(name: str, x, offset: int, max_len: int, d_model: int, dtype) -> None:
+    check_float_input(name, x, dtype, last_dim=d_model, min_ndim=2)
+    T = x.shape[-2]
+    if offset < 0 or offset + T > max_len:
+        raise ValueError(f"{name}: positions {offset}..{offset + T - 1} do not fit max_len {max_len} "
+                         f"(sequence length {T}); raise max_len in the config or shorten the input")
+
+
+class SinusoidalPositionalEncoding(Module):
+    """y = x + PE[offset : offset + T], the fixed sine/cosine table of the paper.
+
+    No parameters. ``offset`` is the position of the first row of x (non-zero
+    when decoding one token at a time). Backward: the table is a constant, so dx = dy.
+    """
+
+    def __init__(self, d_model: int, max_len: int, dtype=np.float32):
+        super().__init__()
+        self.d_model, self.max_len = d_model, max_len
+        self.buffers["pe"] = sinusoidal_table(max_len, d_model).astype(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.d_model}, max_len={self.max_len}"
+
+    def forward(self, x: np.ndarray, offset: int = 0) -> np.ndarray:   # x: (B, T, D)
+        pe = self.buffers["pe"]
+        _check_positions("positional encoding input x", x, offset, self.max_len, self.d_model, pe.dtype)
+        self.cache = True
+        return x + pe[offset: offset + x.shape[-2]]
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        self._saved()
+        return dy
+
+
+class LearnedPositionalEmbedding(Module):
+    """y = x + P[offset : offset + T], with a learned table P (max_len, D).
+
+    Initialisation: P ~ N(0, 1/2), the per-feature variance of the sinusoidal table.
+    Backward: dx = dy, and row t of P collects dy summed over the batch.
+    """
+
+    def __init__(self, max_len: int, d_model: int,
+                 rng: np.random.Generator | None = None, dtype=np.float32):
+        super().__init__()
+        rng = default_rng(rng)
+        self.max_len, self.d_model = max_len, d_model
+        self.add_param("weight", (rng.standard_normal((max_len, d_model)) / np.sqrt(2.0)).astype(dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.max_len}, {self.d_model}"
+
+    def forward(self, x: np.ndarray, offset: int = 0) -> np.ndarray:   # x: (B, T, D)
+        weight = self.params["weight"]
+        _check_positions("positional embedding input x", x, offset, self.max_len, self.d_model, weight.dtype)
+        self.cache = (offset, x.shape[-2])
+        return x + weight[offset: offset + x.shape[-2]]
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:        # dy: (B, T, D)
+        offset, T = self._saved()
+        # forward was y[b, t] = x[b, t] + P[offset + t], the same row for every b
+        self.grads["weight"][offset: offset + T] += dy.reshape(-1, T, self.d_model).sum(axis=0)
+        return dy

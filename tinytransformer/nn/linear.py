@@ -1,0 +1,54 @@
+"""Linear (fully connected) layer.
+
+Legend: N any number of leading axes (batch, time, ...), I in_features, O out_features.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .module import Module, check_float_input, default_rng
+
+
+class Linear(Module):
+    """y = x @ W + b, with W (in_features, out_features) and b (out_features,).
+
+    Initialisation: Xavier/Glorot uniform, W ~ U(-a, a) with a = sqrt(6 / (in + out)),
+    which keeps the variance of activations and gradients roughly constant; b = 0.
+
+    Backward, with x flattened to (N, I) and dy to (N, O):
+        dW = x^T @ dy        db = sum_n dy[n]        dx = dy @ W^T
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 rng: np.random.Generator | None = None, dtype=np.float32):
+        super().__init__()
+        rng = default_rng(rng)
+        self.in_features, self.out_features = in_features, out_features
+        limit = np.sqrt(6.0 / (in_features + out_features))
+        self.add_param("weight", rng.uniform(-limit, limit, (in_features, out_features)).astype(dtype))
+        if bias:
+            self.add_param("bias", np.zeros(out_features, dtype=dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={'bias' in self.params}"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:          # x: (..., I)
+        weight = self.params["weight"]
+        check_float_input("Linear input x", x, weight.dtype, last_dim=weight.shape[0])
+        self.cache = x
+        y = x @ weight                                          # (..., O)
+        if "bias" in self.params:
+            y += self.params["bias"]
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:          # dy: (..., O)
+        x = self._saved()
+        weight = self.params["weight"]
+        x2 = x.reshape(-1, weight.shape[0])                     # (N, I)
+        dy2 = dy.reshape(-1, weight.shape[1])                   # (N, O)
+        # forward was y = x @ W + b, every leading position using the same W and b
+        self.grads["weight"] += x2.T @ dy2                      # (I, O)
+        if "bias" in self.params:
+            self.grads["bias"] += dy2.sum(axis=0)               # (O,)
+        return dy @ weight.T                                    # (..., I)

@@ -1,0 +1,219 @@
+"""The Module base class: parameters, gradients, children, and the forward/backward contract.
+
+Every layer in tinytransformer is a Module. A Module
+
+- computes its output in ``forward(*inputs)`` and keeps in ``self.cache`` exactly
+  what ``backward`` needs;
+- returns from ``backward(dout)`` the gradient with respect to each floating
+  input (one array, or a tuple in input order) and *adds* the gradients of its
+  own parameters into ``self.grads`` (accumulate, never overwrite, so a
+  parameter used twice gets both contributions);
+- keeps its own parameters in ``self.params`` (name -> ndarray) and their
+  gradients in ``self.grads`` (same keys, shapes and dtypes);
+- finds its children among its attributes (a Module, or a list of Modules),
+  as in PyTorch, so ``named_parameters()`` can walk the whole tree.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+
+def default_rng(rng: np.random.Generator | None) -> np.random.Generator:
+    """The Generator a layer draws from: the one given, or a fixed-seed one.
+
+    Layers never touch NumPy's global random state. A layer built without a
+    Generator gets ``np.random.default_rng(0)``, so even that is reproducible;
+    models pass one seeded Generator to every layer they build.
+    """
+    if rng is None:
+        return np.random.default_rng(0)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), "
+                        f"got {type(rng).__name__}")
+    return rng
+
+
+def check_float_input(name: str, x, dtype=None, last_dim: int | None = None, min_ndim: int = 1) -> None:
+    """Raise a clear error unless ``x`` is a float array (of ``dtype`` if given) with last axis ``last_dim``."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(x).__name__}")
+    if dtype is None and x.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating-point array, got dtype {x.dtype.name}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name} (the layer's dtype), "
+                        f"got {x.dtype.name}; cast the input or the model with .astype()")
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name}: expected at least {min_ndim} dimensions, got shape {x.shape}")
+    if last_dim is not None and x.shape[-1] != last_dim:
+        raise ValueError(f"{name}: expected last dimension {last_dim}, got shape {x.shape}")
+
+
+def _storage(a: np.ndarray) -> np.ndarray:
+    """The array that owns ``a``'s memory (``a`` itself unless ``a`` is a view)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+class Module:
+    """Base class of every layer. Subclasses call ``super().__init__()`` first."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}   # fixed arrays (no gradient), cast by astype
+        self.training = True
+        self.cache = None
+
+    # ---- the forward/backward contract ------------------------------------------------
+
+    def __call__(self, *inputs, **kwargs):
+        return self.forward(*inputs, **kwargs)
+
+    def forward(self, *inputs, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def backward(self, dout):
+        raise NotImplementedError(f"{type(self).__name__} does not define backward")
+
+    def _saved(self):
+        """What forward cached; a clear RuntimeError if forward has not run."""
+        if self.cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before forward(): "
+                               f"there is no cached input to differentiate; run forward first")
+        return self.cache
+
+    def add_param(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Register a parameter and a zero gradient buffer of the same shape and dtype."""
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+        return value
+
+    # ---- the tree ---------------------------------------------------------------------
+
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+        """Child modules in attribute order; a list of modules yields ``name.0``, ``name.1``, ..."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Module) for v in value):
+                for i, child in enumerate(value):
+                    yield f"{name}.{i}", child
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        """This module and every descendant, depth first, with dotted names."""
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """``(dotted_name, param, grad)`` for the whole tree.
+
+        An array shared by several modules (tied weights, also when one module
+        holds a view of it such as its transpose) is yielded once, under the
+        first name met in attribute order, with its single gradient buffer.
+        """
+        seen: set[int] = set()
+        for prefix, module in self.named_modules():
+            for name, param in module.params.items():
+                if id(_storage(param)) in seen:
+                    continue
+                seen.add(id(_storage(param)))
+                yield (f"{prefix}.{name}" if prefix else name), param, module.grads[name]
+
+    def parameters(self) -> list[np.ndarray]:
+        return [p for _, p, _ in self.named_parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        """Set every gradient buffer to zero, in place (tied views stay tied)."""
+        for _, _, grad in self.named_parameters():
+            grad.fill(0)
+
+    def train(self, mode: bool = True) -> "Module":
+        for _, module in self.named_modules():
+            module.training = mode
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    # ---- saving and casting -----------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter, by dotted name (tied parameters once)."""
+        return {name: param.copy() for name, param, _ in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy ``state`` into the parameters in place. Strict: names and shapes must match."""
+        own = {name: param for name, param, _ in self.named_parameters()}
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            raise KeyError(f"load_state_dict: state does not match the model: "
+                           f"missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+        for name, param in own.items():
+            value = np.asarray(state[name])
+            if value.shape != param.shape:
+                raise ValueError(f"load_state_dict: '{name}' has shape {value.shape} in the state "
+                                 f"but {param.shape} in the model")
+            param[...] = value     # in place: tied views and optimizer references stay valid
+
+    def astype(self, dtype) -> "Module":
+        """Cast every parameter, gradient and buffer of the tree in place; return self.
+
+        Arrays shared by several modules are cast once and stay shared. Caches
+        are dropped (they hold arrays of the old dtype).
+        """
+        cast: dict[int, np.ndarray] = {}
+
+        def convert(a: np.ndarray) -> np.ndarray:
+            if id(a) not in cast:
+                cast[id(a)] = a.astype(dtype)
+            return cast[id(a)]
+
+        for _, module in self.named_modules():
+            for store in (module.params, module.grads, module.buffers):
+                for name in store:
+                    store[name] = convert(store[name])
+            module.cache = None
+        return self
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """The dtype of the first parameter or buffer, or None for a module without any."""
+        for _, module in self.named_modules():
+            for store in (module.params, module.buffers):
+                for value in store.values():
+                    return value.dtype
+        return None
+
+    # ---- printing ---------------------------------------------------------------------
+
+    def extra_repr(self) -> str:
+        """Constructor arguments worth printing; subclasses override."""
+        return ""
+
+    def summary(self) -> str:
+        """The module tree with each parameter's shape and the parameter counts."""
+        lines = []
+        for prefix, module in self.named_modules():
+            depth = prefix.count(".") + (1 if prefix else 0)
+            indent = "  " * depth
+            label = prefix.rsplit(".", 1)[-1] if prefix else ""
+            head = f"{label}: " if label else ""
+            own = sum(p.size for p in module.params.values())
+            lines.append(f"{indent}{head}{type(module).__name__}({module.extra_repr()})"
+                         + (f"  [{own:,} params]" if own else ""))
+            for name, p in module.params.items():
+                lines.append(f"{indent}    {name}: {tuple(p.shape)} {p.dtype.name}")
+        lines.append(f"Total parameters: {self.num_parameters():,}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
