@@ -105,7 +105,12 @@ class LearnedPositionalEmbedding(Module):
     """y = x + P[offset : offset + T], with a learned table P (max_len, D).
 
     Initialisation: P ~ N(0, 1/2), the per-feature variance of the sinusoidal table.
-    Backward: dx = dy, and row t of P collects dy summed over the batch.
+    Backward: dx = dy, and row offset + t of P collects dy[:, t] summed over the batch.
+
+    The Transformer adds the same table to the source and to the target, so
+    one instance runs forward twice before its two backwards. That is safe
+    here because the cache holds only the offset (0 in training) and T is read
+    from dy; both backwards add into the one gradient of P.
     """
 
     def __init__(self, max_len: int, d_model: int,
@@ -121,11 +126,11 @@ class LearnedPositionalEmbedding(Module):
     def forward(self, x: np.ndarray, offset: int = 0) -> np.ndarray:   # x: (B, T, D)
         weight = self.params["weight"]
         _check_positions("positional embedding input x", x, offset, self.max_len, self.d_model, weight.dtype)
-        self.cache = (offset, x.shape[-2])
+        self.cache = offset
         return x + weight[offset: offset + x.shape[-2]]
 
     def backward(self, dy: np.ndarray) -> np.ndarray:        # dy: (B, T, D)
-        offset, T = self._saved()
+        offset, T = self._saved(), dy.shape[-2]
         # forward was y[b, t] = x[b, t] + P[offset + t], the same row for every b
         self.grads["weight"][offset: offset + T] += dy.reshape(-1, T, self.d_model).sum(axis=0)
         return dy
