@@ -19,6 +19,11 @@ is exactly zero), the rounding noise of ~1e-10 would otherwise read as a
 100% error. With the floor, an element passes the 1e-6 tolerance only if it
 is right to 1e-6 relative, or to 1e-9 absolute where the gradient is tiny.
 
+ReLU has a kink at 0, where it has no derivative: if nudging an element by
++-eps moves some ReLU input across 0, the difference quotient mixes the two
+slopes and is wrong by O(1). Such elements are detected (a ReLU's sign
+pattern changed) and skipped, and the report counts them.
+
 Dropout draws from a Generator; before every evaluation the state of each
 Generator in the module tree is restored, so every evaluation sees the same masks.
 """
@@ -26,8 +31,10 @@ Generator in the module tree is restored, so every evaluation sees the same mask
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 import numpy as np
 
+from .nn.activation import ReLU
 from .nn.module import Module
 
 FLOOR = 1e-3
@@ -45,8 +52,9 @@ class ArrayCheck:
     kind: str            # "input" or "param"
     error: float         # worst relative error over the elements checked
     where: tuple         # index of that element
-    checked: int         # how many elements were checked
+    checked: int         # how many elements were compared
     size: int            # how many elements the array has
+    kinks: int = 0       # elements skipped because +-eps crossed a ReLU kink
 
 
 @dataclass
@@ -65,14 +73,15 @@ class GradcheckResult:
 
     @property
     def passed(self) -> bool:
-        return bool(self.checks) and self.worst_error < self.tol
+        return bool(self.checks) and self.worst_error < self.tol and all(c.checked for c in self.checks)
 
     def __str__(self) -> str:
         lines = [f"{self.name}: {'PASS' if self.passed else 'FAIL'} "
                  f"(worst relative error {self.worst_error:.1e}, tolerance {self.tol:.0e})"]
         for c in self.checks:
+            kinks = f", {c.kinks} skipped at ReLU kinks" if c.kinks else ""
             lines.append(f"  {c.name:<40s} {c.error:9.1e}  at {c.where}  "
-                         f"({c.checked}/{c.size} elements)")
+                         f"({c.checked}/{c.size} elements{kinks})")
         return "\n".join(lines)
 
 
@@ -83,6 +92,15 @@ def _generators(module: Module) -> list[np.random.Generator]:
         if isinstance(rng, np.random.Generator):
             found[id(rng)] = rng
     return list(found.values())
+
+
+def _relu_sides(module: Module) -> list[np.ndarray]:
+    """Which side of 0 every ReLU input was on in the last forward."""
+    return [m.cache.copy() for _, m in module.named_modules() if isinstance(m, ReLU) and m.cache is not None]
+
+
+def _same_sides(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def _indices(size: int, shape: tuple, max_elements: int | None, rng: np.random.Generator):
@@ -125,6 +143,7 @@ def gradcheck(module: Module, *inputs, name: str | None = None, eps: float = 1e-
 
     module.zero_grad()
     run()
+    base_sides = _relu_sides(module)
     returned = module.backward(upstream)
     if returned is None:
         returned = ()
@@ -142,20 +161,155 @@ def gradcheck(module: Module, *inputs, name: str | None = None, eps: float = 1e-
         if analytic.shape != array.shape:
             raise ValueError(f"gradcheck: gradient of {label} has shape {analytic.shape}, "
                              f"expected {array.shape}")
-        idx = _indices(array.size, array.shape, max_elements, rng)
-        numeric = np.empty(len(idx))
-        for n, ix in enumerate(idx):
+        compared, numeric, kinks = [], [], 0
+        for ix in _indices(array.size, array.shape, max_elements, rng):
             original = array[ix]
             array[ix] = original + eps
             plus = run()
+            plus_sides = _relu_sides(module)
             array[ix] = original - eps
             minus = run()
+            minus_sides = _relu_sides(module)
             array[ix] = original
+            if not (_same_sides(plus_sides, base_sides) and _same_sides(minus_sides, base_sides)):
+                kinks += 1
+                continue
+            compared.append(ix)
             # L(+) - L(-) as one sum of differences: less rounding than two large sums
-            numeric[n] = ((plus - minus) * upstream).sum() / (2 * eps)
-        errors = rel_error(np.array([analytic[ix] for ix in idx]), numeric)
-        worst = int(np.argmax(errors))
-        result.checks.append(ArrayCheck(label, kind, float(errors[worst]),
-                                        tuple(int(i) for i in idx[worst]), len(idx), array.size))
+            numeric.append(((plus - minus) * upstream).sum() / (2 * eps))
+        errors = rel_error(np.array([analytic[ix] for ix in compared]), np.array(numeric))
+        worst = int(np.argmax(errors)) if compared else 0
+        result.checks.append(ArrayCheck(label, kind, float(errors[worst]) if compared else 0.0,
+                                        tuple(int(i) for i in compared[worst]) if compared else (),
+                                        len(compared), array.size, kinks))
     run()   # leave the module's cache as it was at the unperturbed point
     return result
+
+
+# ---- the standard cases: one or more per layer, used by the tests and `tinytransformer gradcheck` ----
+
+@dataclass
+class GradcheckCase:
+    """A named check of one layer class: ``build(rng)`` returns (module in float64, inputs)."""
+    name: str
+    cls: type
+    build: Callable[[np.random.Generator], tuple]
+    max_elements: int | None = None
+
+
+def _padded_ids(rng, shape, vocab, pad_rows):
+    """Token ids >= 3 with trailing padding: row r keeps pad_rows[r] real tokens."""
+    ids = rng.integers(3, vocab, shape)
+    for row, n_real in enumerate(pad_rows):
+        ids[row, n_real:] = 0
+    return ids
+
+
+def standard_cases() -> list[GradcheckCase]:
+    """Every layer, on shapes that cannot coincide (T_src != T_tgt, d_model != d_ff, H > 1)."""
+    from .nn import (GELU, CrossEntropyLoss, Dropout, Embedding, FeedForward, LayerNorm,
+                     LearnedPositionalEmbedding, Linear, MultiHeadAttention, ReLU,
+                     ScaledDotProductAttention, SinusoidalPositionalEncoding, Softmax)
+    from .nn.attention import causal_mask
+    from .nn.transformer import (Decoder, DecoderLayer, DecoderOnlyTransformer, Encoder, EncoderLayer,
+                                 Transformer, TransformerConfig)
+    f64 = np.float64
+    D, H, F = 8, 2, 12          # d_model, heads, d_ff
+
+    def x(rng, *shape):
+        return rng.standard_normal(shape)
+
+    def key_padding(rng, B, T, n_real):      # (B, 1, 1, T), row b has n_real[b] real keys
+        return (np.arange(T) < np.array(n_real)[:, None])[:, None, None, :]
+
+    def sdpa(rng):
+        mask = causal_mask(4)[None, None] & key_padding(rng, 2, 4, [4, 2])
+        mask = np.broadcast_to(mask, (2, 3, 4, 4)).copy()
+        mask[1, 2, 3, :] = False                              # one fully masked query row
+        return ScaledDotProductAttention(0.2, rng), (x(rng, 2, 3, 4, 5), x(rng, 2, 3, 4, 5), x(rng, 2, 3, 4, 6), mask)
+
+    def loss(rng):
+        targets = rng.integers(1, 7, (3, 5))
+        targets[0, 3:] = 0                                    # ignored positions
+        return CrossEntropyLoss(ignore_index=0, label_smoothing=0.1), (x(rng, 3, 5, 7), targets)
+
+    def tiny_config(**kw):
+        return TransformerConfig(vocab_size=11, d_model=D, n_heads=H, d_ff=F, n_encoder_layers=2,
+                                 n_decoder_layers=2, max_len=9, **kw)
+
+    return [
+        GradcheckCase("Linear", Linear, lambda r: (Linear(5, 7, rng=r).astype(f64), (x(r, 2, 3, 5),))),
+        GradcheckCase("Embedding", Embedding,
+                      lambda r: (Embedding(6, 5, rng=r).astype(f64), (r.integers(0, 6, (3, 4)),))),
+        GradcheckCase("SinusoidalPositionalEncoding", SinusoidalPositionalEncoding,
+                      lambda r: (SinusoidalPositionalEncoding(6, 9).astype(f64), (x(r, 2, 4, 6),))),
+        GradcheckCase("LearnedPositionalEmbedding", LearnedPositionalEmbedding,
+                      lambda r: (LearnedPositionalEmbedding(9, 6, rng=r).astype(f64), (x(r, 2, 4, 6),))),
+        GradcheckCase("ReLU", ReLU, lambda r: (ReLU(), (x(r, 3, 4),))),
+        GradcheckCase("GELU (exact)", GELU, lambda r: (GELU("none"), (x(r, 3, 4),))),
+        GradcheckCase("GELU (tanh)", GELU, lambda r: (GELU("tanh"), (x(r, 3, 4),))),
+        GradcheckCase("Softmax", Softmax, lambda r: (Softmax(), (x(r, 3, 5),))),
+        GradcheckCase("LayerNorm", LayerNorm, lambda r: (LayerNorm(6).astype(f64), (x(r, 2, 3, 6),))),
+        GradcheckCase("Dropout (p=0.3)", Dropout, lambda r: (Dropout(0.3, r), (x(r, 3, 4),))),
+        GradcheckCase("FeedForward (gelu, dropout)", FeedForward,
+                      lambda r: (FeedForward(D, F, "gelu", 0.2, r).astype(f64), (x(r, 2, 3, D),))),
+        GradcheckCase("CrossEntropyLoss", CrossEntropyLoss, loss),
+        GradcheckCase("ScaledDotProductAttention", ScaledDotProductAttention, sdpa),
+        GradcheckCase("MultiHeadAttention (self, causal)", MultiHeadAttention,
+                      lambda r: (MultiHeadAttention(D, H, rng=r).astype(f64), (x(r, 2, 4, D), None, causal_mask(4)))),
+        GradcheckCase("MultiHeadAttention (cross)", MultiHeadAttention,
+                      lambda r: (MultiHeadAttention(D, H, rng=r).astype(f64),
+                                 (x(r, 2, 4, D), x(r, 2, 6, D), key_padding(r, 2, 6, [6, 3])))),
+        GradcheckCase("EncoderLayer (pre-LN)", EncoderLayer,
+                      lambda r: (EncoderLayer(D, H, F, rng=r).astype(f64),
+                                 (x(r, 2, 5, D), key_padding(r, 2, 5, [5, 2])))),
+        GradcheckCase("EncoderLayer (post-LN)", EncoderLayer,
+                      lambda r: (EncoderLayer(D, H, F, norm_first=False, rng=r).astype(f64),
+                                 (x(r, 2, 5, D), key_padding(r, 2, 5, [5, 2])))),
+        GradcheckCase("DecoderLayer (pre-LN)", DecoderLayer,
+                      lambda r: (DecoderLayer(D, H, F, rng=r).astype(f64),
+                                 (x(r, 2, 4, D), x(r, 2, 6, D), causal_mask(4), key_padding(r, 2, 6, [6, 3])))),
+        GradcheckCase("DecoderLayer (post-LN)", DecoderLayer,
+                      lambda r: (DecoderLayer(D, H, F, norm_first=False, rng=r).astype(f64),
+                                 (x(r, 2, 4, D), x(r, 2, 6, D), causal_mask(4), key_padding(r, 2, 6, [6, 3])))),
+        GradcheckCase("Encoder", Encoder,
+                      lambda r: (Encoder(2, D, H, F, rng=r).astype(f64), (x(r, 2, 5, D), key_padding(r, 2, 5, [5, 2]))),
+                      max_elements=40),
+        GradcheckCase("Decoder", Decoder,
+                      lambda r: (Decoder(2, D, H, F, rng=r).astype(f64),
+                                 (x(r, 2, 4, D), x(r, 2, 6, D), causal_mask(4), key_padding(r, 2, 6, [6, 3]))),
+                      max_elements=40),
+        GradcheckCase("Transformer", Transformer,
+                      lambda r: (Transformer(tiny_config(), r).astype(f64),
+                                 (_padded_ids(r, (3, 5), 11, [5, 3, 2]), _padded_ids(r, (3, 7), 11, [7, 4, 6]))),
+                      max_elements=40),
+        GradcheckCase("DecoderOnlyTransformer", DecoderOnlyTransformer,
+                      lambda r: (DecoderOnlyTransformer(tiny_config(), r).astype(f64),
+                                 (_padded_ids(r, (3, 7), 11, [7, 4, 6]),)),
+                      max_elements=40),
+    ]
+
+
+def check_all(cases: list[GradcheckCase] | None = None, seed: int = 0) -> list[GradcheckResult]:
+    """Run every standard case (or the ones given) and return their results."""
+    results = []
+    for case in cases or standard_cases():
+        module, inputs = case.build(np.random.default_rng(seed))
+        results.append(gradcheck(module, *inputs, name=case.name, max_elements=case.max_elements, seed=seed))
+    return results
+
+
+def format_table(results: list[GradcheckResult]) -> str:
+    """One row per case: name, worst input error, worst parameter error, PASS/FAIL."""
+    def cell(check: ArrayCheck | None) -> str:
+        return f"{check.error:.1e}" if check else "-"
+    width = max(len(r.name) for r in results)
+    lines = [f"{'layer':<{width}}  {'input err':>9}  {'param err':>9}  result",
+             "-" * (width + 30)]
+    for r in results:
+        lines.append(f"{r.name:<{width}}  {cell(r.worst('input')):>9}  {cell(r.worst('param')):>9}  "
+                     f"{'PASS' if r.passed else 'FAIL'}")
+    n_failed = sum(not r.passed for r in results)
+    lines.append(f"{len(results) - n_failed} passed, {n_failed} failed "
+                 f"(float64 central differences, tolerance {results[0].tol:.0e})")
+    return "\n".join(lines)
