@@ -31,6 +31,11 @@ import numpy as np
 
 from .nn.module import Module
 
+__all__ = [
+    "Optimizer", "SGD", "Adam", "AdamW", "warmup_inverse_sqrt", "constant", "cosine", "SCHEDULES",
+    "get_schedule", "grad_norm", "clip_grad_norm",
+]
+
 # ---- optimizers ---------------------------------------------------------------------------
 
 

@@ -33,6 +33,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+__all__ = [
+    "PAD", "BOS", "EOS", "FIRST_SYMBOL", "EVAL_SEED", "Vocab", "TASKS", "get_task",
+    "copy_task", "reverse_task", "sort_task", "Batch", "batch_from_pairs", "make_batch", "batches",
+    "eval_set", "LMBatch", "lm_prompt", "lm_sequence", "to_lm_batch", "make_lm_batch", "lm_batches",
+    "lm_eval_set",
+]
+
 PAD, BOS, EOS = 0, 1, 2
 FIRST_SYMBOL = 3          # symbol i is token id FIRST_SYMBOL + i
 
