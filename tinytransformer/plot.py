@@ -61,6 +61,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+__all__ = [
+    "plot_attention_grid", "plot_attention_head", "plot_training_curves",
+    "plot_positional_encoding", "plot_masks", "plot_gradcheck", "plot_length_generalisation",
+]
+
 ATTENTION_CMAP = "viridis"   # 0 dark, 1 bright, readable in grey print and by colour-blind readers
 SAVE_DPI = 150
 
