@@ -1,8 +1,22 @@
-"""tinytransformer: the Transformer in pure NumPy, every backward pass written by hand."""
+"""tinytransformer: the Transformer in pure NumPy, every backward pass written by hand.
 
-from .gradcheck import gradcheck
+The layers and models live in ``tinytransformer.nn``; training, decoding and
+checkpoints in the modules of the same names; plots in ``tinytransformer.plot``
+(imported on demand, so importing the package does not load matplotlib).
+"""
+
+from .decode import greedy_decode
+from .gradcheck import check_all, gradcheck
 from .nn import *  # noqa: F401,F403  (the layers are the public API)
 from .nn import __all__ as _nn_all
+from .nn.transformer import (Decoder, DecoderLayer, DecoderOnlyTransformer, Encoder, EncoderLayer,
+                             Transformer, TransformerConfig)
+from .optim import SGD, Adam, AdamW, clip_grad_norm, warmup_inverse_sqrt
+from .tasks import BOS, EOS, PAD, Vocab, eval_set, make_batch
 
 __version__ = "0.1.0"
-__all__ = list(_nn_all) + ["gradcheck"]
+__all__ = list(_nn_all) + [
+    "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer", "DecoderOnlyTransformer",
+    "TransformerConfig", "gradcheck", "check_all", "SGD", "Adam", "AdamW", "clip_grad_norm",
+    "warmup_inverse_sqrt", "PAD", "BOS", "EOS", "Vocab", "make_batch", "eval_set", "greedy_decode",
+]
