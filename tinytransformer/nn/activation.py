@@ -5,6 +5,8 @@ Each keeps in its cache only what its derivative needs.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.special import erf
 
@@ -24,7 +26,8 @@ class ReLU(Module):
         return dy * positive
 
 
-_SQRT_2_OVER_PI = np.sqrt(2.0 / np.pi)
+# Python floats, not NumPy float64 scalars, so float32 arrays stay float32
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 class GELU(Module):
@@ -60,7 +63,7 @@ class GELU(Module):
         x, saved = self._saved()
         if self.approximate == "none":
             cdf = saved
-            pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
+            pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
             return dy * (cdf + x * pdf)
         tanh_u = saved
         du_dx = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)

@@ -58,6 +58,20 @@ def _storage(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _same_view(view: np.ndarray, owner: np.ndarray, new_owner: np.ndarray) -> np.ndarray:
+    """The view of ``new_owner`` that ``view`` is of ``owner`` (same element offset and strides).
+
+    ``new_owner`` is ``owner`` cast to another dtype with the same memory layout.
+    """
+    if view.dtype != owner.dtype or not (owner.flags.c_contiguous or owner.flags.f_contiguous):
+        raise TypeError("astype: cannot keep a view tied across the cast (the view reinterprets "
+                        "its owner's dtype, or the owner is not contiguous)")
+    old, new = owner.itemsize, new_owner.itemsize
+    offset = view.__array_interface__["data"][0] - owner.__array_interface__["data"][0]
+    return np.ndarray(view.shape, new_owner.dtype, buffer=new_owner, offset=offset // old * new,
+                      strides=tuple(s // old * new for s in view.strides))
+
+
 class Module:
     """Base class of every layer. Subclasses call ``super().__init__()`` first."""
 
@@ -174,7 +188,10 @@ class Module:
 
         def convert(a: np.ndarray) -> np.ndarray:
             if id(a) not in cast:
-                cast[id(a)] = a.astype(dtype)
+                owner = _storage(a)
+                # a view (such as a tied weight's transpose) becomes the same view of the
+                # cast owner; casting it alone would copy it and untie it
+                cast[id(a)] = a.astype(dtype) if owner is a else _same_view(a, owner, convert(owner))
             return cast[id(a)]
 
         for _, module in self.named_modules():
