@@ -67,13 +67,13 @@ class TwiceThrough(Module):
         self.layer = layer
 
     def forward(self, x):
-        self.cache = (x, self.layer(x))
-        return self.layer(self.cache[1])
+        self.cache = x
+        return self.layer(self.layer(x))
 
     def backward(self, dy):
-        x, hidden = self._saved()
-        dhidden = self.layer.backward(dy)          # the cache now holds hidden, so re-run on x
-        self.layer(x)
+        x = self._saved()
+        dhidden = self.layer.backward(dy)
+        self.layer(x)                  # the layer caches only its last input: redo the first call
         return self.layer.backward(dhidden)
 
 
