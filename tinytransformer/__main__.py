@@ -1,0 +1,5 @@
+"""``python -m tinytransformer ...``: the command line of ``tinytransformer.cli``."""
+
+from .cli import main
+
+raise SystemExit(main())

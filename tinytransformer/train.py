@@ -1,0 +1,543 @@
+"""The training loop: batches, one visible training step, evaluation, early stop, checkpoints.
+
+Legend: B batch, T time, V vocabulary size.
+
+Every step is the contract's step, in this order:
+
+    model.zero_grad()
+    logits = model(src, tgt_in)            # decoder-only: model(ids)
+    loss = crit(logits, labels)            # PAD labels are ignored
+    model.backward(crit.backward())
+    clip (if asked) and measure the gradient norm
+    opt.lr = schedule(step); opt.step()
+
+Every ``eval_every`` steps the model decodes the fixed held-out set greedily
+(``tasks.eval_set``, its own seed) and is judged by token accuracy and exact
+match (the whole output right, EOS included). The run stops at the first
+evaluation whose exact match reaches ``target``; the best evaluation's
+parameters are saved as ``best.npz``, so the number the run reports is the one
+it saved. ``last.npz`` holds everything needed to resume (parameters,
+optimizer moments, step, the data Generator's and the dropout Generator's
+states), and ``--resume`` from it reaches the very same parameters, bit for
+bit, as a run that was never interrupted. Evaluation draws no random numbers
+(dropout is off in eval mode and the held-out set has its own seed), so it
+never shifts the training stream.
+
+Seeds: ``seed`` is split (``SeedSequence.spawn``) into two independent streams,
+one for the model (initial weights, then dropout masks) and one for the
+training batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import decode, optim
+from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, save_json
+from .nn.loss import CrossEntropyLoss
+from .nn.module import Module
+from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig
+from .tasks import (PAD, TASKS, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch,
+                    make_lm_batch)
+
+MODEL_KINDS = {"encoder-decoder": Transformer, "decoder-only": DecoderOnlyTransformer}
+OPTIMIZERS = ("adam", "adamw", "sgd")
+CONFIG_FILE, HISTORY_FILE = "config.json", "history.json"
+PER_STEP = ("step", "loss", "lr", "grad_norm")       # history lists with one value per step
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a run except the model's sizes (those are a TransformerConfig).
+
+    The defaults are the contract's reference run: reverse, 10 symbols, lengths
+    1..16, batch 64, Adam (0.9, 0.98, eps 1e-9), peak lr 2e-3 reached after 100
+    warmup steps, then 1/sqrt(step) decay. ``steps`` is a budget: the run stops
+    earlier when an evaluation reaches ``target``.
+
+    ``clip`` is off by default: the reference (and the PyTorch model it is
+    compared with) does not clip, and Adam already divides each update by the
+    gradient's running scale, so a clip changes little; the gradient norm is
+    recorded at every step either way, so a learner can see whether it spikes.
+    """
+    task: str = "reverse"
+    n_symbols: int = 10
+    min_len: int = 1
+    max_len: int = 16
+    model: str = "encoder-decoder"       # or "decoder-only" (the same task in LM format)
+    batch_size: int = 64
+    steps: int = 3000                    # the budget: at most this many optimizer steps
+    optimizer: str = "adam"              # "adam", "adamw" or "sgd" (with momentum)
+    lr: float = 2e-3                     # the peak learning rate
+    schedule: str = "inverse_sqrt"       # "inverse_sqrt", "constant" or "cosine"
+    warmup: int = 100
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    momentum: float = 0.9                # SGD only
+    clip: float | None = None            # max global gradient norm; None = no clipping
+    label_smoothing: float = 0.0
+    eval_every: int = 100
+    eval_size: int = 1000
+    target: float = 0.99                 # stop at the first evaluation with exact match >= target
+    seed: int = 0
+    log_every: int = 100                 # progress line period when the output is not a terminal
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        if self.task not in TASKS:
+            raise ValueError(f"task: expected one of {sorted(TASKS)}, got {self.task!r}")
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f"model: expected one of {sorted(MODEL_KINDS)}, got {self.model!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in optim.SCHEDULES:
+            raise ValueError(f"schedule: expected one of {list(optim.SCHEDULES)}, got {self.schedule!r}")
+        for name in ("n_symbols", "min_len", "max_len", "batch_size", "steps", "eval_every",
+                     "eval_size", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if self.min_len > self.max_len:
+            raise ValueError(f"min_len ({self.min_len}) must not exceed max_len ({self.max_len})")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) \
+                or self.warmup < (1 if self.schedule == "inverse_sqrt" else 0):
+            raise ValueError(f"warmup: expected an integer >= 1 for inverse_sqrt (>= 0 otherwise), "
+                             f"got {self.warmup!r}")
+        if self.schedule == "cosine" and self.warmup >= self.steps:
+            raise ValueError(f"warmup ({self.warmup}) must be below steps ({self.steps}) for cosine")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip: expected a number > 0 or None (no clipping), got {self.clip!r}")
+        if not 0.0 <= self.target <= 1.0:
+            raise ValueError(f"target: expected an exact-match fraction in [0, 1], got {self.target!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: expected a value in [0, 1), got {self.label_smoothing!r}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns. ``model`` holds the best evaluation's parameters (best.npz)."""
+    model: Module
+    history: dict
+    best: dict | None            # {"step", "exact_match", "token_accuracy"} of the best evaluation
+    steps: int                   # optimizer steps taken, over all sessions of the run
+    seconds: float               # wall-clock time of the run, over all sessions
+    stopped: str                 # "target", "budget" or "interrupted"
+    out_dir: Path | None
+
+
+# ---- building the pieces ------------------------------------------------------------------
+
+
+def task_vocab(config: TrainConfig) -> Vocab:
+    """The task's vocabulary; the decoder-only format needs SEP between source and target."""
+    return Vocab(config.n_symbols, with_sep=config.model == "decoder-only")
+
+
+def longest_input(config: TrainConfig, max_len: int | None = None) -> int:
+    """Longest sequence the model sees for sources of up to ``max_len`` symbols:
+    [BOS]+target (L+1) for the encoder-decoder, s SEP t (2L+1) for the decoder-only model."""
+    L = config.max_len if max_len is None else max_len
+    return 2 * L + 1 if config.model == "decoder-only" else L + 1
+
+
+def default_model_config(config: TrainConfig, **overrides) -> TransformerConfig:
+    """The contract's default TransformerConfig with the task's vocab_size; ``overrides`` win."""
+    model_config = TransformerConfig(**{"vocab_size": task_vocab(config).size, **overrides})
+    check_model_config(config, model_config)
+    return model_config
+
+
+def check_model_config(config: TrainConfig, model_config: TransformerConfig) -> None:
+    vocab = task_vocab(config)
+    if model_config.vocab_size != vocab.size:
+        raise ValueError(f"vocab_size: the task needs {vocab.size} ({config.n_symbols} symbols + "
+                         f"PAD/BOS/EOS{'/SEP' if vocab.with_sep else ''}), the model config has "
+                         f"{model_config.vocab_size}")
+    if longest_input(config) > model_config.max_len:
+        raise ValueError(f"max_len: sequences of {config.max_len} symbols need a model max_len of "
+                         f"at least {longest_input(config)}, the model config has {model_config.max_len}")
+
+
+def build_optimizer(config: TrainConfig, model: Module) -> optim.Optimizer:
+    if config.optimizer == "sgd":
+        return optim.SGD(model, lr=config.lr, momentum=config.momentum,
+                         weight_decay=config.weight_decay)
+    cls = optim.AdamW if config.optimizer == "adamw" else optim.Adam
+    return cls(model, lr=config.lr, betas=config.betas, eps=config.eps,
+               weight_decay=config.weight_decay)
+
+
+def build_schedule(config: TrainConfig):
+    """step -> learning rate, step counting from 1 (the first update)."""
+    if config.schedule == "inverse_sqrt":
+        return optim.get_schedule("inverse_sqrt", peak_lr=config.lr, warmup=config.warmup)
+    if config.schedule == "cosine":
+        return optim.get_schedule("cosine", peak_lr=config.lr, total_steps=config.steps,
+                                  warmup=config.warmup)
+    return optim.get_schedule("constant", lr=config.lr, warmup=config.warmup)
+
+
+def seeded_generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(model_rng, data_rng): independent streams for weights/dropout and for batches."""
+    model_seq, data_seq = np.random.SeedSequence(seed).spawn(2)
+    return np.random.default_rng(model_seq), np.random.default_rng(data_seq)
+
+
+def draw_batch(config: TrainConfig, vocab: Vocab, rng: np.random.Generator) -> Batch | LMBatch:
+    draw = make_lm_batch if config.model == "decoder-only" else make_batch
+    return draw(config.task, vocab, config.batch_size, config.min_len, config.max_len, rng)
+
+
+def held_out(config: TrainConfig, min_len: int | None = None, max_len: int | None = None,
+             n: int | None = None) -> Batch | LMBatch:
+    """The fixed held-out set of the run's task (lengths of training unless given)."""
+    make = lm_eval_set if config.model == "decoder-only" else eval_set
+    return make(config.task, task_vocab(config), config.eval_size if n is None else n,
+                config.min_len if min_len is None else min_len,
+                config.max_len if max_len is None else max_len)
+
+
+# ---- evaluation ---------------------------------------------------------------------------
+
+
+def _generate(model: Module, data: Batch | LMBatch, rows: np.ndarray, width: int) -> np.ndarray:
+    """Greedy outputs (len(rows), <= width) for the given rows, without BOS/prompt."""
+    if isinstance(data, LMBatch):
+        n_prompt = int(data.prompt_mask[rows[0]].sum())      # rows share one prompt length
+        return decode.generate(model, data.prompt[rows, :n_prompt], width)
+    n_src = int(data.src_mask[rows].sum(1).max())
+    return decode.greedy_decode(model, data.src[rows, :n_src], width)
+
+
+def evaluate(model: Module, data: Batch | LMBatch) -> dict:
+    """Greedy decoding of every example of ``data`` (a Batch, or an LMBatch for decoder-only).
+
+    token_accuracy: the fraction of answer tokens (target and EOS) the output gets right,
+                    position by position, each output token following the model's own
+                    previous tokens (free running, no teacher forcing);
+    exact_match:    the fraction of examples whose output is the whole answer, EOS included.
+    Examples are decoded in groups of equal source length, so no group waits for a longer one.
+    """
+    answer = data.answer if isinstance(data, LMBatch) else data.labels       # (N, Ta)
+    lengths = (data.prompt_mask if isinstance(data, LMBatch) else data.src_mask).sum(1)
+    correct_tokens = exact = 0
+    by_length = {}
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        want = answer[rows]
+        want = want[:, :int((want != PAD).sum(1).max())]                         # (b, Ta)
+        out = _generate(model, data, rows, want.shape[1])
+        got = np.full(want.shape, PAD, dtype=np.int64)
+        got[:, :out.shape[1]] = out[:, :want.shape[1]]
+        real = want != PAD
+        correct_tokens += int(((got == want) & real).sum())
+        right = ((got == want) | ~real).all(1)                                 # (b,)
+        exact += int(right.sum())
+        by_length[int(length) - isinstance(data, LMBatch)] = float(right.mean())   # prompt = s SEP
+    return {"exact_match": exact / len(answer), "token_accuracy": correct_tokens / int((answer != PAD).sum()),
+            "n": len(answer), "by_length": by_length}
+
+
+# ---- what a person watches ----------------------------------------------------------------
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """The progress line: step, loss, lr, gradient norm, tokens/s, elapsed, ETA.
+
+    On a terminal one line is rewritten in place (``\\r``), at most 5 times a
+    second; elsewhere (a log file, a notebook, a pipe) a line is printed every
+    ``every`` steps. Tokens are target tokens, the ones the loss counts. The ETA
+    runs to the step budget, so it is an upper bound when the run stops early.
+    """
+
+    def __init__(self, stream, total_steps: int, every: int, first_step: int, elapsed: float):
+        self.stream, self.total, self.every = stream, total_steps, every
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.start_time, self.start_step, self.elapsed_before = time.perf_counter(), first_step, elapsed
+        self.window_tokens, self.window_seconds, self.last_draw = 0, 0.0, 0.0
+        self.on_line = False
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start_time
+
+    def step(self, step: int, loss: float, lr: float, grad_norm: float, tokens: int,
+             seconds: float) -> None:
+        self.window_tokens += tokens
+        self.window_seconds += seconds
+        now = time.perf_counter()
+        if self.tty:
+            if now - self.last_draw < 0.2 and step != self.total:
+                return
+        elif step % self.every and step != self.total:
+            return
+        self.last_draw = now
+        rate = self.window_tokens / max(self.window_seconds, 1e-9)
+        self.window_tokens, self.window_seconds = 0, 0.0
+        per_step = (now - self.start_time) / max(step - self.start_step, 1)
+        line = (f"step {step:>{len(str(self.total))}}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
+                f"|g| {grad_norm:.2f}  {rate / 1000:.1f}k tok/s  elapsed {_clock(self.elapsed())}  "
+                f"eta <= {_clock(per_step * (self.total - step))}")
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+            self.on_line = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def end_line(self) -> None:
+        """Finish the terminal's progress line, so what follows starts on a fresh one."""
+        if self.on_line:
+            self.stream.write("\n")
+            self.on_line = False
+
+    def print(self, text: str) -> None:
+        """A line that stays (evaluations, messages), below the progress line."""
+        self.end_line()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+class StopRequest:
+    """Ctrl-C during training: finish the current step, save, and stop.
+
+    The first SIGINT only sets ``requested``; the loop checks it between steps,
+    so a checkpoint is never taken halfway through an update. A second Ctrl-C
+    raises KeyboardInterrupt at once. Outside the main thread (where signal
+    handlers cannot be installed) Ctrl-C arrives as KeyboardInterrupt instead,
+    which ``train`` also handles.
+    """
+
+    def __init__(self, progress: Progress):
+        self.progress, self.requested, self.previous = progress, False, None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.progress.print("Ctrl-C: stopping after this step and saving (press again to abort "
+                            "without saving)")
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+# ---- the loop -----------------------------------------------------------------------------
+
+
+def task_info(config: TrainConfig) -> dict:
+    """What a checkpoint records about the task: enough to rebuild the vocabulary and data."""
+    return {"name": config.task, "n_symbols": config.n_symbols, "min_len": config.min_len,
+            "max_len": config.max_len, "model": config.model,
+            "format": "lm" if config.model == "decoder-only" else "seq2seq"}
+
+
+def _new_history(config: TrainConfig) -> dict:
+    return {"step": [], "loss": [], "lr": [], "grad_norm": [], "eval": [], "target": config.target,
+            "task": config.task, "model": config.model, "best": None, "stopped": None, "seconds": 0.0}
+
+
+def _resume_state(out_dir: Path, config: TrainConfig, model_config: TransformerConfig) -> dict:
+    """The saved run configuration, checked against the one asked for (only ``steps`` may differ)."""
+    path = out_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: {path} not found (is {out_dir} a run directory?)")
+    saved = json.loads(path.read_text())
+    differences = []
+    for kind, asked in (("train", config.to_dict()), ("model", model_config.to_dict())):
+        for key in sorted(set(saved[kind]) | set(asked)):
+            if key not in ("steps", "log_every") and saved[kind].get(key) != asked.get(key):
+                differences.append(f"{key} {asked.get(key)!r} (the run has {saved[kind].get(key)!r})")
+    if differences:
+        raise ValueError(f"cannot resume {out_dir} with a different configuration: "
+                         + "; ".join(differences) + ". Only steps may change on resume")
+    return saved
+
+
+def train(config: TrainConfig | None = None, model_config: TransformerConfig | None = None,
+          out_dir=None, resume: bool = False, stream=None) -> TrainResult:
+    """Train a model on a toy task; see the module docstring for what happens each step.
+
+    ``model_config`` defaults to ``default_model_config(config)``. ``out_dir``: the run
+    directory (config.json, history.json, best.npz, last.npz); None trains in memory
+    and writes nothing. ``resume=True`` continues the run in ``out_dir`` from last.npz.
+    Progress goes to ``stream`` (default stdout). Ctrl-C stops the run after the
+    current step, saving last.npz; the result then says ``stopped == "interrupted"``.
+    """
+    config = config or TrainConfig()
+    model_config = model_config or default_model_config(config)
+    check_model_config(config, model_config)
+    stream = sys.stdout if stream is None else stream
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if resume and out_dir is None:
+        raise ValueError("resume: needs out_dir, the run directory to continue")
+
+    vocab = task_vocab(config)
+    model_rng, data_rng = seeded_generators(config.seed)
+    model = MODEL_KINDS[config.model](model_config, rng=model_rng)
+    opt = build_optimizer(config, model)
+    schedule = build_schedule(config)
+    crit = CrossEntropyLoss(ignore_index=PAD, label_smoothing=config.label_smoothing)
+    eval_data = held_out(config)
+    history, step, elapsed, best_state = _new_history(config), 0, 0.0, None
+
+    if resume:
+        _resume_state(out_dir, config, model_config)
+        _, info = load_checkpoint(out_dir, model=model, which="last")  # params + dropout rng
+        opt.load_state_dict(info["optimizer"])
+        data_rng.bit_generator.state = info["rng_states"]["data"]
+        step, elapsed = info["step"], info["extra"]["seconds"]
+        history = json.loads((out_dir / HISTORY_FILE).read_text())
+        keep = sum(s <= step for s in history["step"])
+        for key in PER_STEP:
+            del history[key][keep:]
+        history["eval"] = [e for e in history["eval"] if e["step"] <= step]
+        history["target"] = config.target
+        if (out_dir / BEST).is_file():
+            best_state = load_checkpoint(out_dir, which="best")[0].state_dict()
+        if history["stopped"] == "target":
+            stream.write(f"{out_dir}: already reached the target at step {history['best']['step']}; "
+                         f"nothing to do\n")
+            model.load_state_dict(best_state)
+            return TrainResult(model, history, history["best"], step, elapsed, "target", out_dir)
+    elif out_dir is not None:
+        if (out_dir / LAST).exists():
+            raise FileExistsError(f"{out_dir} already holds a run: continue it with resume "
+                                  f"(--resume), or choose another directory")
+        save_json(out_dir / CONFIG_FILE, {"train": config.to_dict(), "model": model_config.to_dict(),
+                                          "model_class": type(model).__name__})
+
+    progress = Progress(stream, config.steps, config.log_every, step, elapsed)
+    n_params = model.num_parameters()
+    progress.print(f"{'Resuming' if resume else 'Training'} the {config.model} model "
+                   f"({n_params:,} parameters) on {config.task}, {config.n_symbols} symbols, lengths "
+                   f"{config.min_len}..{config.max_len}, seed {config.seed}"
+                   + (f", from step {step}" if resume else "")
+                   + (f"; run directory {out_dir}" if out_dir else ""))
+
+    def save_last() -> None:
+        if out_dir is None:
+            return
+        history["seconds"] = round(progress.elapsed(), 3)
+        save_checkpoint(out_dir / LAST, model, opt, step=step, task=task_info(config),
+                        extra={"seconds": history["seconds"]},
+                        rng_states={"data": data_rng.bit_generator.state})
+        save_json(out_dir / HISTORY_FILE, history)
+
+    def run_eval() -> bool:
+        """Evaluate at ``step``; keep the best; True when the target is reached."""
+        nonlocal best_state
+        t0 = time.perf_counter()
+        scores = evaluate(model, eval_data)
+        entry = {"step": step, "exact_match": scores["exact_match"],
+                 "token_accuracy": scores["token_accuracy"], "seconds": round(progress.elapsed(), 3)}
+        history["eval"].append(entry)
+        improved = history["best"] is None or entry["exact_match"] > history["best"]["exact_match"]
+        if improved:
+            history["best"] = entry
+            best_state = model.state_dict()
+            if out_dir is not None:
+                save_checkpoint(out_dir / BEST, model, step=step, task=task_info(config),
+                                extra={"eval": entry})
+        progress.print(f"eval at step {step}: exact match {entry['exact_match']:.3f}, token accuracy "
+                       f"{entry['token_accuracy']:.4f}{'  (best so far, saved)' if improved else ''}"
+                       f"  [{time.perf_counter() - t0:.1f} s]")
+        reached = entry["exact_match"] >= config.target
+        save_last()
+        return reached
+
+    stopped = "budget"
+    updating, data_state, drawn = False, None, step
+    try:
+        with StopRequest(progress) as stop:
+            # a resumed run whose evaluation at this step was cut short does it now
+            if step and step % config.eval_every == 0 and \
+                    not any(e["step"] == step for e in history["eval"]) and run_eval():
+                stopped = "target"
+            while stopped == "budget" and step < config.steps:
+                if stop.requested:
+                    stopped = "interrupted"
+                    break
+                data_state, drawn = data_rng.bit_generator.state, step + 1
+                t0 = time.perf_counter()
+                batch = draw_batch(config, vocab, data_rng)
+                inputs = (batch.ids,) if isinstance(batch, LMBatch) else (batch.src, batch.tgt_in)
+                # ---- the training step ----
+                model.zero_grad()
+                logits = model(*inputs)                                   # (B, T, V)
+                loss = crit(logits, batch.labels)
+                model.backward(crit.backward())
+                grad_norm = (optim.clip_grad_norm(model, config.clip) if config.clip
+                             else optim.grad_norm(model))
+                opt.lr = schedule(step + 1)
+                updating = True
+                opt.step()
+                step, updating = step + 1, False
+                # ---- bookkeeping ----
+                for key, value in zip(PER_STEP, (step, loss, opt.lr, grad_norm)):
+                    history[key].append(value)
+                progress.step(step, loss, opt.lr, grad_norm, batch.n_tokens, time.perf_counter() - t0)
+                if (step % config.eval_every == 0 or step == config.steps) and run_eval():
+                    stopped = "target"
+    except KeyboardInterrupt:
+        # Ctrl-C outside the main thread, or a second Ctrl-C: the step in flight is dropped
+        if updating:
+            progress.print("Interrupted inside an update: the parameters are half-updated, so they "
+                           "are not saved; last.npz is still the one of the last evaluation")
+            raise
+        if step != drawn:                      # the unfinished step's batch was drawn: undraw it
+            data_rng.bit_generator.state = data_state
+        kept = min(len(history[key]) for key in PER_STEP)
+        for key in PER_STEP:
+            del history[key][kept:]
+        stopped = "interrupted"
+    except FloatingPointError as err:
+        progress.end_line()
+        raise FloatingPointError(f"training diverged at step {step + 1}: {err}. Try a lower --lr, "
+                                 f"a longer --warmup or --clip 1.0") from None
+
+    history["stopped"], history["seconds"] = stopped, progress.elapsed()
+    save_last()
+    if stopped == "interrupted":
+        progress.print(f"Stopped at step {step}."
+                       + (f" Saved {out_dir / LAST}; continue with: tinytransformer train "
+                          f"--out {out_dir} --resume" if out_dir else ""))
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return TrainResult(model, history, history["best"], step, history["seconds"], stopped, out_dir)
