@@ -51,4 +51,6 @@ class Linear(Module):
         self.grads["weight"] += x2.T @ dy2                      # (I, O)
         if "bias" in self.params:
             self.grads["bias"] += dy2.sum(axis=0)               # (O,)
-        return dy @ weight.T                                    # (..., I)
+        # dx as one 2-D product too: NumPy runs (B, T, O) @ W^T as B small products,
+        # measured 2.5x slower than this for O = 64, I = 256
+        return (dy2 @ weight.T).reshape(x.shape)                # (..., I)
