@@ -27,7 +27,8 @@ from . import decode
 from .nn.transformer import TransformerConfig
 from .tasks import BOS, EOS, TASKS, get_task, lm_prompt
 from .train import (CONFIG_FILE, HISTORY_FILE, MODEL_KINDS, OPTIMIZERS, TrainConfig,
-                    check_model_config, evaluate, held_out, longest_input, task_vocab, train)
+                    check_model_config, check_resume, evaluate, held_out, longest_input,
+                    task_vocab, train)
 
 PROG = "tinytransformer"
 
@@ -121,6 +122,7 @@ def _train_configs(args) -> tuple[TrainConfig, TransformerConfig, Path]:
         saved = json.loads(path.read_text())
         config = TrainConfig.from_dict({**saved["train"], **train_over})
         model_config = TransformerConfig.from_dict({**saved["model"], **model_over})
+        check_resume(args.out, config, model_config)
         return config, model_config, args.out
     config = TrainConfig(**train_over)
     vocab_size = task_vocab(config).size
@@ -144,10 +146,8 @@ def cmd_train(args) -> int:
     try:
         result = train(config, model_config, out_dir=out, resume=args.resume)
     except FloatingPointError as err:
-        print(f"{PROG} train: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    except ValueError as err:          # resuming with a different configuration
-        raise UsageError(f"train: {err}") from None
     if result.stopped == "interrupted":
         return 130
     best = result.best

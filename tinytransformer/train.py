@@ -258,7 +258,8 @@ def evaluate(model: Module, data: Batch | LMBatch) -> dict:
         correct_tokens += int(((got == want) & real).sum())
         right = ((got == want) | ~real).all(1)                                 # (b,)
         exact += int(right.sum())
-        by_length[int(length) - isinstance(data, LMBatch)] = float(right.mean())   # prompt = s SEP
+        source_length = int(length) - 1 if isinstance(data, LMBatch) else int(length)  # s SEP
+        by_length[source_length] = float(right.mean())
     return {"exact_match": exact / len(answer), "token_accuracy": correct_tokens / int((answer != PAD).sum()),
             "n": len(answer), "by_length": by_length}
 
@@ -373,9 +374,9 @@ def _new_history(config: TrainConfig) -> dict:
             "task": config.task, "model": config.model, "best": None, "stopped": None, "seconds": 0.0}
 
 
-def _resume_state(out_dir: Path, config: TrainConfig, model_config: TransformerConfig) -> dict:
-    """The saved run configuration, checked against the one asked for (only ``steps`` may differ)."""
-    path = out_dir / CONFIG_FILE
+def check_resume(out_dir, config: TrainConfig, model_config: TransformerConfig) -> None:
+    """Raise unless the run in ``out_dir`` was started with these configs (only ``steps`` may differ)."""
+    path = Path(out_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: {path} not found (is {out_dir} a run directory?)")
     saved = json.loads(path.read_text())
@@ -387,7 +388,6 @@ def _resume_state(out_dir: Path, config: TrainConfig, model_config: TransformerC
     if differences:
         raise ValueError(f"cannot resume {out_dir} with a different configuration: "
                          + "; ".join(differences) + ". Only steps may change on resume")
-    return saved
 
 
 def train(config: TrainConfig | None = None, model_config: TransformerConfig | None = None,
@@ -418,7 +418,7 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
     history, step, elapsed, best_state = _new_history(config), 0, 0.0, None
 
     if resume:
-        _resume_state(out_dir, config, model_config)
+        check_resume(out_dir, config, model_config)
         _, info = load_checkpoint(out_dir, model=model, which="last")  # params + dropout rng
         opt.load_state_dict(info["optimizer"])
         data_rng.bit_generator.state = info["rng_states"]["data"]
