@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from .attention import MultiHeadAttention, causal_mask
+from .attention import AttentionCache, KVCache, MultiHeadAttention, causal_mask
 from .dropout import Dropout
 from .embedding import Embedding, LearnedPositionalEmbedding, SinusoidalPositionalEncoding, check_ids
 from .feedforward import FeedForward, make_activation
@@ -138,6 +138,14 @@ class EncoderLayer(Module):
         self.cache = True
         return residual_forward(h, self.norm2, self.ff, self.dropout2, self.norm_first)
 
+    def step(self, x: np.ndarray, kv: AttentionCache, mask: np.ndarray | None = None) -> np.ndarray:
+        """Inference only: ``forward`` for new positions x (B, Tn, D), the keys and values of the
+        earlier ones read from ``kv`` (x's own are appended to it)."""
+        h = residual_forward(x, self.norm1, lambda z: self.self_attn.step(z, kv, mask),
+                             self.dropout1, self.norm_first)
+        self.cache = None
+        return residual_forward(h, self.norm2, self.ff, self.dropout2, self.norm_first)
+
     def backward(self, dout: np.ndarray) -> np.ndarray:
         self._saved()
         dh, _ = residual_backward(dout, self.norm2, self.ff.backward, self.dropout2, self.norm_first)
@@ -179,6 +187,18 @@ class DecoderLayer(Module):
                               lambda z: self.cross_attn(z, context=memory, mask=memory_mask),
                               self.dropout2, self.norm_first)
         self.cache = True
+        return residual_forward(h2, self.norm3, self.ff, self.dropout3, self.norm_first)
+
+    def step(self, y: np.ndarray, self_kv: AttentionCache, cross_kv: AttentionCache,
+             self_mask: np.ndarray | None = None, memory_mask: np.ndarray | None = None) -> np.ndarray:
+        """Inference only: ``forward`` for new target positions y (B, Tn, D). ``self_kv`` holds the
+        earlier positions' keys and values (y's own are appended), ``cross_kv`` the memory's."""
+        h1 = residual_forward(y, self.norm1, lambda z: self.self_attn.step(z, self_kv, self_mask),
+                              self.dropout1, self.norm_first)
+        h2 = residual_forward(h1, self.norm2,
+                              lambda z: self.cross_attn.step(z, cross_kv, memory_mask, append=False),
+                              self.dropout2, self.norm_first)
+        self.cache = None
         return residual_forward(h2, self.norm3, self.ff, self.dropout3, self.norm_first)
 
     def backward(self, dout: np.ndarray):
@@ -311,6 +331,26 @@ def attention_maps(model: Module) -> dict[str, np.ndarray]:
             if isinstance(m, MultiHeadAttention) and m.attn is not None}
 
 
+def step_inputs(model: Module, embed: Embedding, name: str, ids: np.ndarray, cache: KVCache):
+    """The start of ``decode_step``, shared by both models: the Tn new tokens embedded at their
+    true positions cache.length .. cache.length + Tn - 1 (B, Tn, D), and their self-attention
+    mask (B, 1, Tn, cache.length + Tn): causal among the new tokens, PAD keys hidden."""
+    if model.training:
+        raise RuntimeError(f"{type(model).__name__}.decode_step is inference only: call model.eval() "
+                           f"first (dropout would make it differ from forward)")
+    check_model_ids(name, ids, model.config)
+    start, end = cache.length, cache.length + ids.shape[1]
+    if end > cache.capacity:
+        raise ValueError(f"{name}: positions {start}..{end - 1} do not fit the cache's capacity "
+                         f"{cache.capacity}")
+    x = embed_forward(embed, model.pos, ids, offset=start)                     # (B, Tn, D)
+    cache.token_mask[:, start:end] = ids != PAD
+    cache.length = end
+    # new token i sits at position start + i: it sees keys 0 .. start + i
+    self_mask = np.tri(ids.shape[1], end, start, dtype=bool) & cache.token_mask[:, None, None, :end]
+    return x, self_mask
+
+
 class Transformer(Module):
     """The encoder-decoder Transformer of "Attention Is All You Need".
 
@@ -367,6 +407,29 @@ class Transformer(Module):
         self_mask = causal_mask(tgt_ids.shape[1]) & key_mask("tgt_mask", tgt_mask, tgt_ids)  # (B, 1, T, T)
         y = self.decoder(embed_forward(self.tgt_embed, self.pos, tgt_ids), memory, self_mask, src_keys)
         return self.out_proj(y)                                              # (B, T, V)
+
+    def init_cache(self, memory: np.ndarray, src_keys: np.ndarray,
+                   capacity: int | None = None) -> KVCache:
+        """An empty KVCache for up to ``capacity`` target positions (default max_len); the
+        cross-attention keys and values of ``memory`` (B, S, D) are computed here, once."""
+        capacity = self.config.max_len if capacity is None else capacity
+        cache = KVCache.empty(len(self.decoder.layers), memory.shape[0], self.config.n_heads,
+                              capacity, self.config.d_model // self.config.n_heads, memory.dtype)
+        cache.cross_attn = [AttentionCache.filled(*layer.cross_attn.project_kv(memory))
+                            for layer in self.decoder.layers]
+        cache.src_keys = src_keys
+        return cache
+
+    def decode_step(self, tgt_ids: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Inference only: logits (B, Tn, V) of Tn new target tokens, the earlier ones read from
+        ``cache`` (which this updates); equal to the last Tn rows of ``decode`` on the whole prefix."""
+        y, self_mask = step_inputs(self, self.tgt_embed, "tgt_ids", tgt_ids, cache)
+        for layer, self_kv, cross_kv in zip(self.decoder.layers, cache.self_attn, cache.cross_attn):
+            y = layer.step(y, self_kv, cross_kv, self_mask, cache.src_keys)
+        if hasattr(self.decoder, "norm"):
+            y = self.decoder.norm(y)
+        self.cache = None
+        return self.out_proj(y)                                              # (B, Tn, V)
 
     def forward(self, src_ids: np.ndarray, tgt_ids: np.ndarray, src_mask: np.ndarray | None = None,
                 tgt_mask: np.ndarray | None = None) -> np.ndarray:
@@ -428,6 +491,23 @@ class DecoderOnlyTransformer(Module):
             x = self.norm(x)
         self.cache = True
         return self.out_proj(x)                                               # (B, T, V)
+
+    def init_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
+        """An empty KVCache for ``batch_size`` sequences of up to ``capacity`` positions (default max_len)."""
+        capacity = self.config.max_len if capacity is None else capacity
+        return KVCache.empty(len(self.layers), batch_size, self.config.n_heads, capacity,
+                             self.config.d_model // self.config.n_heads, self.dtype)
+
+    def decode_step(self, ids: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Inference only: logits (B, Tn, V) of Tn new tokens, the earlier ones read from ``cache``
+        (which this updates); equal to the last Tn rows of ``forward`` on the whole sequence."""
+        x, self_mask = step_inputs(self, self.embed, "ids", ids, cache)
+        for layer, kv in zip(self.layers, cache.self_attn):
+            x = layer.step(x, kv, self_mask)
+        if hasattr(self, "norm"):
+            x = self.norm(x)
+        self.cache = None
+        return self.out_proj(x)                                               # (B, Tn, V)
 
     def backward(self, dlogits: np.ndarray) -> None:
         self._saved()

@@ -1,0 +1,107 @@
+"""Greedy decoding with and without the KV cache.
+
+Times ``greedy_decode`` on a batch of 64 random sources of length L, generating L
+tokens (``stop_at_eos=False``, so every run decodes the full length), for
+L = 16, 32, 64, with the reference configuration (d_model 64, 4 heads, d_ff 256,
+2 + 2 layers, vocabulary of 10 symbols) in float32 and random weights (speed
+does not depend on what the weights are). Cached and uncached runs alternate,
+after one warm-up run each, and the median of the repeats is reported. The
+two must produce the same tokens; the script checks it.
+
+    python benchmarks/decode_bench.py [--repeats 5] [--lengths 16 32 64] [--batch 64]
+
+prints a Markdown table and writes benchmarks/results/decode.json.
+``measure_decode`` is importable for a combined benchmark runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tinytransformer.decode import greedy_decode
+from tinytransformer.nn.transformer import Transformer, TransformerConfig
+from tinytransformer.tasks import FIRST_SYMBOL
+
+RESULTS = Path(__file__).resolve().parent / "results" / "decode.json"
+N_SYMBOLS = 10
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure_decode(lengths=(16, 32, 64), batch: int = 64, repeats: int = 5, seed: int = 0) -> dict:
+    """Median seconds to greedy-decode ``batch`` sequences of each length, cached and uncached.
+
+    Returns {"rows": [{"length", "cached_s", "uncached_s", "speedup"}, ...], plus the setup}.
+    """
+    config = TransformerConfig(vocab_size=FIRST_SYMBOL + N_SYMBOLS)
+    if max(lengths) > config.max_len:
+        raise ValueError(f"lengths: at most the model's max_len {config.max_len}, got {max(lengths)}")
+    rng = np.random.default_rng(seed)
+    model = Transformer(config, rng, dtype=np.float32).eval()
+    rows = []
+    for length in lengths:
+        src = rng.integers(FIRST_SYMBOL, config.vocab_size, size=(batch, length))
+        runs = {True: lambda: greedy_decode(model, src, length, use_cache=True, stop_at_eos=False),
+                False: lambda: greedy_decode(model, src, length, use_cache=False, stop_at_eos=False)}
+        cached_tokens, uncached_tokens = runs[True](), runs[False]()          # warm-up, and a check
+        if not np.array_equal(cached_tokens, uncached_tokens) or cached_tokens.shape != (batch, length):
+            raise AssertionError(f"length {length}: cached and uncached decoding disagree")
+        times = {True: [], False: []}
+        for _ in range(repeats):
+            for use_cache in (True, False):
+                times[use_cache].append(_time(runs[use_cache]))
+        cached, uncached = float(np.median(times[True])), float(np.median(times[False]))
+        rows.append({"length": length, "cached_s": cached, "uncached_s": uncached,
+                     "speedup": uncached / cached,
+                     "cached_all_s": times[True], "uncached_all_s": times[False]})
+    return {
+        "benchmark": "greedy decoding, KV cache vs recomputing the prefix",
+        "batch": batch, "repeats": repeats, "dtype": "float32", "weights": "random",
+        "config": config.to_dict(),
+        "machine": {"python": platform.python_version(), "numpy": np.__version__,
+                    "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+                                if k in os.environ}},
+        "rows": rows,
+    }
+
+
+def markdown_table(result: dict) -> str:
+    lines = [f"Greedy decoding of {result['batch']} sequences, reference config, {result['dtype']}, "
+             f"median of {result['repeats']}:",
+             "",
+             "| length | with cache (s) | without cache (s) | speedup |",
+             "|---:|---:|---:|---:|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['length']} | {row['cached_s']:.3f} | {row['uncached_s']:.3f} "
+                     f"| {row['speedup']:.1f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    result = measure_decode(tuple(args.lengths), args.batch, args.repeats)
+    print(markdown_table(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
