@@ -42,6 +42,8 @@ import numpy as np
 from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig
 
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
+
 FORMAT = "tinytransformer-checkpoint"
 VERSION = 1
 META_KEY = "__meta__.json"

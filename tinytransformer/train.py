@@ -49,6 +49,9 @@ from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConf
 from .tasks import (PAD, TASKS, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch,
                     make_lm_batch)
 
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "default_model_config", "held_out",
+           "task_vocab"]
+
 MODEL_KINDS = {"encoder-decoder": Transformer, "decoder-only": DecoderOnlyTransformer}
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CONFIG_FILE, HISTORY_FILE = "config.json", "history.json"
@@ -475,8 +478,9 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
             if out_dir is not None:
                 save_checkpoint(out_dir / BEST, model, step=step, task=task_info(config),
                                 extra={"eval": entry})
+        note = f"  (best so far, saved to {BEST})" if out_dir is not None else "  (best so far)"
         progress.print(f"eval at step {step}: exact match {entry['exact_match']:.3f}, token accuracy "
-                       f"{entry['token_accuracy']:.4f}{'  (best so far, saved)' if improved else ''}"
+                       f"{entry['token_accuracy']:.4f}{note if improved else ''}"
                        f"  [{time.perf_counter() - t0:.1f} s]")
         reached = entry["exact_match"] >= config.target
         save_last()
