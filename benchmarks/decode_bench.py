@@ -33,16 +33,19 @@ RESULTS = Path(__file__).resolve().parent / "results" / "decode.json"
 N_SYMBOLS = 10
 
 
-def _time(fn) -> float:
-    start = time.perf_counter()
+def _time(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def measure_decode(lengths=(16, 32, 64), batch: int = 64, repeats: int = 5, seed: int = 0) -> dict:
     """Median seconds to greedy-decode ``batch`` sequences of each length, cached and uncached.
 
-    Returns {"rows": [{"length", "cached_s", "uncached_s", "speedup"}, ...], plus the setup}.
+    Returns {"rows": [{"length", "cached_s", "uncached_s", "speedup", ...}, ...], plus the setup}.
+    Seconds are wall-clock; the CPU seconds of the process (all BLAS threads) are kept alongside,
+    since a busy machine stretches wall time.
     """
     config = TransformerConfig(vocab_size=FIRST_SYMBOL + N_SYMBOLS)
     if max(lengths) > config.max_len:
@@ -57,20 +60,25 @@ def measure_decode(lengths=(16, 32, 64), batch: int = 64, repeats: int = 5, seed
         cached_tokens, uncached_tokens = runs[True](), runs[False]()          # warm-up, and a check
         if not np.array_equal(cached_tokens, uncached_tokens) or cached_tokens.shape != (batch, length):
             raise AssertionError(f"length {length}: cached and uncached decoding disagree")
-        times = {True: [], False: []}
+        wall, cpu = {True: [], False: []}, {True: [], False: []}
         for _ in range(repeats):
             for use_cache in (True, False):
-                times[use_cache].append(_time(runs[use_cache]))
-        cached, uncached = float(np.median(times[True])), float(np.median(times[False]))
+                seconds, cpu_seconds = _time(runs[use_cache])
+                wall[use_cache].append(seconds)
+                cpu[use_cache].append(cpu_seconds)
+        cached, uncached = float(np.median(wall[True])), float(np.median(wall[False]))
         rows.append({"length": length, "cached_s": cached, "uncached_s": uncached,
                      "speedup": uncached / cached,
-                     "cached_all_s": times[True], "uncached_all_s": times[False]})
+                     "cached_cpu_s": float(np.median(cpu[True])),
+                     "uncached_cpu_s": float(np.median(cpu[False])),
+                     "cached_all_s": wall[True], "uncached_all_s": wall[False]})
     return {
         "benchmark": "greedy decoding, KV cache vs recomputing the prefix",
         "batch": batch, "repeats": repeats, "dtype": "float32", "weights": "random",
         "config": config.to_dict(),
         "machine": {"python": platform.python_version(), "numpy": np.__version__,
                     "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "load_average_1min_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                     "threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
                                 if k in os.environ}},
         "rows": rows,
@@ -81,11 +89,11 @@ def markdown_table(result: dict) -> str:
     lines = [f"Greedy decoding of {result['batch']} sequences, reference config, {result['dtype']}, "
              f"median of {result['repeats']}:",
              "",
-             "| length | with cache (s) | without cache (s) | speedup |",
-             "|---:|---:|---:|---:|"]
+             "| length | with cache (s) | without cache (s) | speedup | CPU s, with / without |",
+             "|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
         lines.append(f"| {row['length']} | {row['cached_s']:.3f} | {row['uncached_s']:.3f} "
-                     f"| {row['speedup']:.1f}x |")
+                     f"| {row['speedup']:.1f}x | {row['cached_cpu_s']:.3f} / {row['uncached_cpu_s']:.3f} |")
     return "\n".join(lines)
 
 
