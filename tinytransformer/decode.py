@@ -109,13 +109,13 @@ def greedy_decode(model: Transformer, src_ids: np.ndarray, max_len: int, use_cac
     """
     _check_model(model, Transformer, "greedy_decode", "use generate() for a DecoderOnlyTransformer")
     _check_count("max_len", max_len, 1, model.config.max_len, "the model's max_len")
-    B = src_ids.shape[0]
-    tokens = np.full((B, 1 + max_len), PAD, dtype=np.int64)     # BOS, then what is generated
-    tokens[:, 0] = BOS
-    finished = np.zeros(B, dtype=bool)
     step_logits, step_attention = [], []
     with inference(model):
         memory, src_keys = model.encode(src_ids)                 # (B, S, D)
+        B = len(memory)
+        tokens = np.full((B, 1 + max_len), PAD, dtype=np.int64)  # BOS, then what is generated
+        tokens[:, 0] = BOS
+        finished = np.zeros(B, dtype=bool)
         next_logits, _ = _next_logits(model, use_cache, max_len, B, memory, src_keys)
         for t in range(max_len):
             logits = next_logits(tokens[:, :t + 1])              # (B, V)
@@ -192,9 +192,9 @@ def generate(model: DecoderOnlyTransformer, prompt_ids: np.ndarray, max_new_toke
     _check_model(model, DecoderOnlyTransformer, "generate", "use greedy_decode() for a Transformer")
     lengths = _prompt_lengths(prompt_ids)
     first, last = int(lengths.min()), int(lengths.max())
-    total = last + max_new_tokens                    # positions of the longest prompt and its answer
     _check_count("max_new_tokens", max_new_tokens, 1, model.config.max_len + 1 - last,
                  f"the longest prompt has {last} tokens and the model's max_len is {model.config.max_len}")
+    total = last + max_new_tokens                    # positions of the longest prompt and its answer
     if not temperature >= 0:
         raise ValueError(f"temperature: expected a number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None:
@@ -267,18 +267,19 @@ def beam_search(model: Transformer, src_ids: np.ndarray, max_len: int, beam_size
     _check_count("max_len", max_len, 1, model.config.max_len, "the model's max_len")
     V = model.config.vocab_size
     _check_count("beam_size", beam_size, 1, V, "the first step has only vocab_size candidates")
-    B, K = src_ids.shape[0], beam_size
-    sources = np.arange(B)
-    tokens = np.full((B * K, 1 + max_len), PAD, dtype=np.int64)   # beam j of source b is row b*K + j
-    tokens[:, 0] = BOS
-    log_prob = np.full((B, K), -np.inf)
-    log_prob[:, 0] = 0.0               # one live start per source: K copies of BOS would repeat it
-    length = np.zeros((B, K), dtype=np.int64)
-    finished = np.zeros((B, K), dtype=bool)
-    kept = {"score": np.full(B, -np.inf), "log_prob": np.full(B, -np.inf),    # the best finished
-            "length": np.ones(B, dtype=np.int64), "tokens": tokens[::K].copy()}  # hypothesis so far
+    K = beam_size
     with inference(model):
         memory, src_keys = model.encode(src_ids)                   # (B, S, D)
+        B = len(memory)
+        sources = np.arange(B)
+        tokens = np.full((B * K, 1 + max_len), PAD, dtype=np.int64)   # beam j of source b: row b*K + j
+        tokens[:, 0] = BOS
+        log_prob = np.full((B, K), -np.inf)
+        log_prob[:, 0] = 0.0           # one live start per source: K copies of BOS would repeat it
+        length = np.zeros((B, K), dtype=np.int64)
+        finished = np.zeros((B, K), dtype=bool)
+        kept = {"score": np.full(B, -np.inf), "log_prob": np.full(B, -np.inf),   # the best finished
+                "length": np.ones(B, dtype=np.int64), "tokens": tokens[::K].copy()}  # one so far
         memory, src_keys = np.repeat(memory, K, axis=0), np.repeat(src_keys, K, axis=0)
         next_logits, cache = _next_logits(model, use_cache, max_len, B * K, memory, src_keys)
         for t in range(max_len):
