@@ -1,9 +1,12 @@
 """Decoding: the KV cache changes nothing, beam search against greedy and a model with known answers,
 sampling, and a trained model that reverses held-out inputs."""
 
+import doctest
+
 import numpy as np
 import pytest
 
+import tinytransformer.decode as decode_module
 from tinytransformer.decode import (Decoded, beam_search, generate, greedy_decode, log_softmax,
                                     sequence_log_prob)
 from tinytransformer.nn.loss import CrossEntropyLoss
@@ -284,6 +287,11 @@ def test_sampling_follows_temperature_and_top_k():
         want /= want.sum()
         seen = np.bincount(first, minlength=5) / len(first)
         assert np.abs(seen - want).max() < 4 * np.sqrt(0.25 / len(first)), (temperature, top_k, seen, want)
+
+
+def test_decode_module_doctests_pass():
+    result = doctest.testmod(decode_module)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # ---- arguments ----------------------------------------------------------------------------

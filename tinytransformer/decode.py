@@ -13,6 +13,21 @@ changes either, so the cross-attention keys and values are computed once. Both
 ways give the same logits (the tests hold them to 1e-10 in float64);
 ``use_cache=False`` is there to show it.
 
+One step by hand, and what the cache holds after it (B 2, H 4, dk 16, S 5):
+
+>>> from tinytransformer import Transformer, TransformerConfig
+>>> model = Transformer(TransformerConfig(vocab_size=13), np.random.default_rng(0)).eval()
+>>> memory, src_keys = model.encode(np.array([[3, 4, 5, 6, 7], [8, 9, 10, PAD, PAD]]))
+>>> cache = model.init_cache(memory, src_keys, capacity=8)
+>>> model.decode_step(np.full((2, 1), BOS), cache).shape      # logits of the token after BOS
+(2, 1, 13)
+>>> cache
+KVCache(length=1, capacity=8, batch=2)
+  self_attn[0]: AttentionCache(k=(2, 4, 1, 16), v=(2, 4, 1, 16), capacity=8, dtype=float32)
+  self_attn[1]: AttentionCache(k=(2, 4, 1, 16), v=(2, 4, 1, 16), capacity=8, dtype=float32)
+  cross_attn[0]: AttentionCache(k=(2, 4, 5, 16), v=(2, 4, 5, 16), capacity=5, dtype=float32)
+  cross_attn[1]: AttentionCache(k=(2, 4, 5, 16), v=(2, 4, 5, 16), capacity=5, dtype=float32)
+
 Every function here runs the model in eval mode (no dropout) and restores the
 mode it found.
 """
