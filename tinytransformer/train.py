@@ -31,7 +31,6 @@ training batches.
 from __future__ import annotations
 
 import json
-import math
 import signal
 import sys
 import threading
@@ -439,6 +438,9 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
                          f"nothing to do\n")
             model.load_state_dict(best_state)
             return TrainResult(model, history, history["best"], step, elapsed, "target", out_dir)
+        if step >= config.steps:
+            stream.write(f"{out_dir}: the run is already at step {step}, its budget is "
+                         f"{config.steps}: give a larger steps (--steps) to continue it\n")
     elif out_dir is not None:
         if (out_dir / LAST).exists():
             raise FileExistsError(f"{out_dir} already holds a run: continue it with resume "
