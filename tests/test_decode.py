@@ -156,6 +156,8 @@ def test_decode_step_in_chunks_equals_forward(cls):
     assert "self_attn[1]" in repr(cache)
     with pytest.raises(ValueError, match="capacity"):
         model.decode_step(ids[:, :4], cache)
+    with pytest.raises(ValueError, match="batch size 1"):
+        model.decode_step(ids[:1, :1], cache)
     with pytest.raises(RuntimeError, match="before forward"):
         model.backward(np.ones_like(full))                       # a step keeps nothing to differentiate
     with pytest.raises(RuntimeError, match="eval"):

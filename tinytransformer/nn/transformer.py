@@ -339,6 +339,9 @@ def step_inputs(model: Module, embed: Embedding, name: str, ids: np.ndarray, cac
         raise RuntimeError(f"{type(model).__name__}.decode_step is inference only: call model.eval() "
                            f"first (dropout would make it differ from forward)")
     check_model_ids(name, ids, model.config)
+    if ids.shape[0] != cache.token_mask.shape[0]:
+        raise ValueError(f"{name}: batch size {ids.shape[0]} differs from the cache's "
+                         f"{cache.token_mask.shape[0]}")
     start, end = cache.length, cache.length + ids.shape[1]
     if end > cache.capacity:
         raise ValueError(f"{name}: positions {start}..{end - 1} do not fit the cache's capacity "
