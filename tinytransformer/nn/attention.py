@@ -9,11 +9,12 @@ query may attend to this key". Only keys are masked.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .activation import softmax_backward
+from .activation import last_axis_sum, softmax_backward
 from .dropout import Dropout
 from .linear import Linear
 from .module import Module, check_float_input
@@ -191,19 +192,21 @@ class ScaledDotProductAttention(Module):
         if k.shape[:-2] != q.shape[:-2] or v.shape[:-1] != k.shape[:-1]:
             raise ValueError(f"q, k, v: expected (B, H, Tq, dk), (B, H, Tk, dk), (B, H, Tk, dv), "
                              f"got {q.shape}, {k.shape}, {v.shape}")
-        scale = 1.0 / np.sqrt(q.shape[-1])
-        scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale)     # (B, H, Tq, Tk)
+        scale = 1.0 / math.sqrt(q.shape[-1])     # a Python float: float32 stays float32
+        scores = q @ k.swapaxes(-1, -2)                               # (B, H, Tq, Tk)
+        scores *= scale
         if mask is not None:
             _check_mask(mask, scores.shape)
             scores = np.where(mask, scores, -np.inf)
         row_max = scores.max(axis=-1, keepdims=True)                  # (B, H, Tq, 1)
         if mask is not None:
             row_max[row_max == -np.inf] = 0.0     # fully masked row: exp(-inf - 0) = 0 below
-        weights = np.exp(scores - row_max)
-        total = weights.sum(axis=-1, keepdims=True)
+        # the softmax runs in place in the scores' memory (no new (B, H, Tq, Tk) array per step)
+        weights = np.exp(np.subtract(scores, row_max, out=scores), out=scores)
+        total = last_axis_sum(weights)                                # (B, H, Tq, 1)
         if mask is not None:
             total[total == 0.0] = 1.0             # fully masked row: 0 / 1 = 0 weight everywhere
-        attn = weights / total                                        # (B, H, Tq, Tk)
+        attn = np.divide(weights, total, out=weights)                 # (B, H, Tq, Tk)
         dropped = self.dropout(attn)
         self.attn = attn
         self.cache = (q, k, v, attn, dropped, scale)
@@ -215,7 +218,8 @@ class ScaledDotProductAttention(Module):
         dv = dropped.swapaxes(-1, -2) @ dout                           # (B, H, Tk, dv)
         dattn = self.dropout.backward(dout @ v.swapaxes(-1, -2))       # (B, H, Tq, Tk)
         # forward was attn = softmax(scores); masked entries have attn = 0, so get no gradient
-        dscores = softmax_backward(attn, dattn) * q.dtype.type(scale)
+        dscores = softmax_backward(attn, dattn)
+        dscores *= scale
         # forward was scores = q @ k^T * scale
         dq = dscores @ k                                              # (B, H, Tq, dk)
         dk = dscores.swapaxes(-1, -2) @ q                             # (B, H, Tk, dk)
