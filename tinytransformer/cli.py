@@ -224,8 +224,9 @@ def cmd_generate(args) -> int:
     except ValueError as err:
         raise UsageError(f"generate: {err}") from None
     if longest_input(config, len(src)) > model.config.max_len:
-        raise UsageError(f"generate: {len(src)} symbols are too many for this model "
-                         f"(at most {(model.config.max_len - 1) // (2 if config.model == 'decoder-only' else 1)})")
+        limit = max(L for L in range(model.config.max_len + 1)
+                    if longest_input(config, L) <= model.config.max_len)
+        raise UsageError(f"generate: {len(src)} symbols are too many for this model (at most {limit})")
     out = model_output(model, config, src)
     text = vocab.decode(out)
     expected = vocab.decode(get_task(config.task)(src))
@@ -259,6 +260,7 @@ def cmd_plot(args) -> int:
     out_dir = args.out or Path(info["path"]).parent / "figures"
     output = model_output(model, config, src)
     n_out = int(np.argmax(output == EOS)) if EOS in output else len(output)
+    n_out = min(n_out, model.config.max_len - (len(src) + 1 if config.model == "decoder-only" else 1))
     # the decoder input that produced the output: BOS (or the prompt) then the output before EOS
     saved = []
     model.eval()
