@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import tinytransformer.decode as decode_module
-from tinytransformer.decode import (Decoded, beam_search, generate, greedy_decode, log_softmax,
-                                    sequence_log_prob)
+from tinytransformer.decode import Decoded, beam_search, generate, greedy_decode, sequence_log_prob
 from tinytransformer.nn.loss import CrossEntropyLoss
 from tinytransformer.nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig
+from tinytransformer.optim import Adam
 from tinytransformer.tasks import BOS, EOS, PAD, eval_set, make_batch
 
 V = 13          # PAD, BOS, EOS and 10 symbols
@@ -323,7 +323,6 @@ def test_clear_errors():
 
 def train_reverse(steps=600, batch=32, lr=5e-3, max_len=5, n_symbols=6, seed=2):
     """A small reverse model in a few seconds, with the contract's training step."""
-    from tinytransformer.optim import Adam
     config = TransformerConfig(vocab_size=3 + n_symbols, d_model=32, n_heads=2, d_ff=64,
                                n_encoder_layers=1, n_decoder_layers=1, max_len=12)
     model = Transformer(config, np.random.default_rng(seed))
