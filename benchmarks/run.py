@@ -1,0 +1,780 @@
+"""Benchmarks of tinytransformer, beside the same model in PyTorch eager when torch is importable.
+
+    python benchmarks/run.py                     # everything but the reference runs (a few minutes)
+    python benchmarks/run.py --reference-runs    # also train to 99% exact match, 3 seeds (minutes more)
+    python benchmarks/run.py --quick             # a tiny smoke run (seconds), used by the tests
+
+What is measured, for the reference configuration (reverse task, 10 symbols,
+lengths 1..16, batch 64, d_model 64, 4 heads, d_ff 256, 2 + 2 layers, float32):
+
+- a training step (zero_grad, forward, loss, backward, Adam update): median ms
+  and target tokens per second; forward + loss + backward alone; the time of
+  each phase; where the NumPy time goes, layer by layer (each module's forward
+  and backward timed exclusive of its children); PyTorch's top operators;
+- greedy decoding of 64 sequences of length 16/32/64, with and without the KV
+  cache (NumPy: ``decode_bench.measure_decode``);
+- the step time against the sequence length (16..128) and d_model (32..256);
+- the peak memory of a training step (tracemalloc) and the bytes held between
+  forward and backward (every array in a module's ``.cache``; for PyTorch, the
+  tensors autograd saves);
+- with ``--reference-runs``: steps and seconds to 99% exact match, 3 seeds.
+
+Timing: wall clock (``time.perf_counter``), medians over many steps, NumPy and
+PyTorch interleaved in blocks so that a change in machine load hits both. Both
+use the same number of threads (``--threads``, default 1): it is set in the
+environment (OPENBLAS/OMP/MKL_NUM_THREADS) before NumPy is imported, and with
+``torch.set_num_threads``. The CPU time of the process is kept alongside.
+
+Results: ``benchmarks/results/benchmark.json`` (every number, raw samples
+included), ``benchmarks/results/README.md`` (the Markdown tables, also printed)
+and ``figures/benchmark_scaling.png`` (the scaling curves). ``--quick`` writes to
+``--out`` only (default: a temporary directory), never over the full results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="tinytransformer benchmarks (NumPy vs PyTorch eager)")
+    parser.add_argument("--quick", action="store_true", help="a tiny run to check that everything works")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS/OpenMP threads for NumPy and PyTorch alike (default 1)")
+    parser.add_argument("--reference-runs", action="store_true",
+                        help="also train the reference run to 99%% exact match (3 seeds; minutes)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the reference runs")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it is installed")
+    parser.add_argument("--out", type=str, default=None,
+                        help="directory for the JSON and Markdown results (default benchmarks/results, "
+                             "or a temporary directory with --quick)")
+    parser.add_argument("--figure", type=str, default=None,
+                        help="path of the scaling figure (default figures/benchmark_scaling.png, or "
+                             "<out>/benchmark_scaling.png with --quick)")
+    return parser.parse_args(argv)
+
+
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+if __name__ == "__main__":
+    # BLAS reads its thread count once, when NumPy is imported: set it before the import below
+    ARGS = parse_args()
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(ARGS.threads)
+
+import contextlib  # noqa: E402  (the imports follow the thread setting on purpose)
+import io  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE)]          # the package of this checkout, and decode_bench
+
+from tinytransformer import optim  # noqa: E402
+from tinytransformer.nn.loss import CrossEntropyLoss  # noqa: E402
+from tinytransformer.nn.module import Module  # noqa: E402
+from tinytransformer.nn.transformer import Transformer, TransformerConfig  # noqa: E402
+from tinytransformer.tasks import PAD, Vocab, make_batch  # noqa: E402
+
+try:
+    import torch
+    import torch_reference
+except ImportError:            # PyTorch is optional: the NumPy columns are measured alone
+    torch = None
+
+N_SYMBOLS = 10
+VOCAB = Vocab(N_SYMBOLS)
+# the reference configuration, and the tiny one of --quick (a smoke test, not a measurement)
+REFERENCE = {"sizes": dict(d_model=64, n_heads=4, d_ff=256, n_layers=2), "batch_size": 64, "max_len": 16}
+QUICK = {"sizes": dict(d_model=16, n_heads=2, d_ff=32, n_layers=1), "batch_size": 8, "max_len": 6}
+
+
+# ---- the two implementations behind one interface --------------------------------------------
+
+
+class NumpyRunner:
+    """A tinytransformer model, its Adam and its loss; batches are tasks.Batch objects."""
+
+    name = "NumPy"
+
+    def __init__(self, d_model=64, n_heads=4, d_ff=256, n_layers=2, max_len=64, seed=0):
+        config = TransformerConfig(vocab_size=VOCAB.size, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
+                                   n_encoder_layers=n_layers, n_decoder_layers=n_layers, max_len=max_len)
+        self.model = Transformer(config, rng=np.random.default_rng(seed))
+        self.opt = optim.Adam(self.model, lr=1e-3, betas=(0.9, 0.98), eps=1e-9)
+        self.crit = CrossEntropyLoss(ignore_index=PAD)
+
+    def convert(self, batch):
+        return batch
+
+    def step(self, batch) -> None:
+        """The contract's training step, exactly."""
+        self.model.zero_grad()
+        logits = self.model(batch.src, batch.tgt_in)
+        self.crit(logits, batch.labels)
+        self.model.backward(self.crit.backward())
+        self.opt.step()
+
+    def forward_backward(self, batch) -> None:
+        logits = self.model(batch.src, batch.tgt_in)
+        self.crit(logits, batch.labels)
+        self.model.backward(self.crit.backward())
+
+    def phases(self, batch, clock) -> dict:
+        t0 = clock()
+        self.model.zero_grad()
+        t1 = clock()
+        logits = self.model(batch.src, batch.tgt_in)
+        t2 = clock()
+        self.crit(logits, batch.labels)
+        dlogits = self.crit.backward()
+        t3 = clock()
+        self.model.backward(dlogits)
+        t4 = clock()
+        self.opt.step()
+        t5 = clock()
+        return {"zero_grad": t1 - t0, "forward": t2 - t1, "loss": t3 - t2, "backward": t4 - t3,
+                "optimizer": t5 - t4}
+
+
+class TorchRunner:
+    """The same model written with torch.nn (benchmarks/torch_reference.py), eager mode."""
+
+    name = "PyTorch"
+
+    def __init__(self, d_model=64, n_heads=4, d_ff=256, n_layers=2, max_len=64, seed=0):
+        self.model, self.opt, self.loss_fn = torch_reference.build(
+            VOCAB.size, d_model, n_heads, d_ff, n_layers, max_len, seed=seed, lr=1e-3)
+
+    def convert(self, batch):
+        return tuple(torch.from_numpy(a) for a in (batch.src, batch.tgt_in, batch.labels))
+
+    def step(self, batch) -> None:
+        src, tgt_in, labels = batch
+        self.opt.zero_grad()
+        loss = self.loss_fn(self.model(src, tgt_in), labels)
+        loss.backward()
+        self.opt.step()
+
+    def forward_backward(self, batch) -> None:
+        src, tgt_in, labels = batch
+        self.loss_fn(self.model(src, tgt_in), labels).backward()
+
+    def phases(self, batch, clock) -> dict:
+        src, tgt_in, labels = batch
+        t0 = clock()
+        self.opt.zero_grad()
+        t1 = clock()
+        logits = self.model(src, tgt_in)
+        t2 = clock()
+        loss = self.loss_fn(logits, labels)
+        t3 = clock()
+        loss.backward()
+        t4 = clock()
+        self.opt.step()
+        t5 = clock()
+        return {"zero_grad": t1 - t0, "forward": t2 - t1, "loss": t3 - t2, "backward": t4 - t3,
+                "optimizer": t5 - t4}
+
+
+def same_model_check(batch, **sizes) -> dict:
+    """The PyTorch model given the NumPy model's weights: the largest logit difference, and both losses."""
+    numpy_side, torch_side = NumpyRunner(**sizes), TorchRunner(**sizes)
+    torch_reference.load_numpy_weights(torch_side.model, numpy_side.model)
+    logits = numpy_side.model(batch.src, batch.tgt_in)
+    src, tgt_in, labels = torch_side.convert(batch)
+    with torch.no_grad():
+        torch_logits = torch_side.model(src, tgt_in)
+        torch_loss = float(torch_side.loss_fn(torch_logits, labels))
+    return {"max_abs_logit_difference": float(np.abs(logits - torch_logits.numpy()).max()),
+            "numpy_loss": numpy_side.crit(logits, batch.labels), "torch_loss": torch_loss}
+
+
+def runners(with_torch: bool, **sizes) -> list:
+    found = [NumpyRunner(**sizes)]
+    if with_torch:
+        found.append(TorchRunner(**sizes))
+    return found
+
+
+def reference_batches(n: int, seed: int = 1, min_len: int = 1, max_len: int = 16, batch_size: int = 64):
+    rng = np.random.default_rng(seed)
+    return [make_batch("reverse", VOCAB, batch_size, min_len, max_len, rng) for _ in range(n)]
+
+
+# ---- timing ----------------------------------------------------------------------------------
+
+
+def interleaved(runs: list, method: str, batches: list, warmup: int, blocks: int, per_block: int) -> dict:
+    """Per-step wall and CPU seconds of ``runner.<method>(batch)`` for every runner.
+
+    Runners take turns, ``per_block`` steps each, ``blocks`` times, after
+    ``warmup`` untimed steps each, so that a change of machine load hits all of them.
+    """
+    converted = {r.name: [r.convert(b) for b in batches] for r in runs}
+    wall = {r.name: [] for r in runs}
+    cpu = {r.name: [] for r in runs}
+    for r in runs:
+        for i in range(warmup):
+            getattr(r, method)(converted[r.name][i % len(batches)])
+    i = 0
+    for _ in range(blocks):
+        for r in runs:
+            fn = getattr(r, method)
+            for j in range(per_block):
+                batch = converted[r.name][(i + j) % len(batches)]
+                w, c = time.perf_counter(), time.process_time()
+                fn(batch)
+                wall[r.name].append(time.perf_counter() - w)
+                cpu[r.name].append(time.process_time() - c)
+        i += per_block
+    return {name: {"median_s": float(np.median(wall[name])), "cpu_median_s": float(np.median(cpu[name])),
+                   "samples_s": [round(s, 6) for s in wall[name]]} for name in wall}
+
+
+def step_benchmark(runs, batches, warmup, blocks, per_block) -> dict:
+    tokens = float(np.mean([b.n_tokens for b in batches]))
+    out = {"tokens_per_batch": tokens}
+    for method in ("step", "forward_backward"):
+        result = interleaved(runs, method, batches, warmup, blocks, per_block)
+        for r in result.values():
+            r["tokens_per_s"] = tokens / r["median_s"]
+        out[method] = result
+    return out
+
+
+def phase_benchmark(runs, batches, repeats) -> dict:
+    """Median seconds of each phase of the step (zero_grad, forward, loss, backward, optimizer)."""
+    out = {}
+    for r in runs:
+        converted = [r.convert(b) for b in batches]
+        samples = [r.phases(converted[i % len(batches)], time.perf_counter) for i in range(repeats)]
+        out[r.name] = {phase: float(np.median([s[phase] for s in samples])) for phase in samples[0]}
+    return out
+
+
+@contextlib.contextmanager
+def layer_timer(model: Module):
+    """Time every module's forward and backward, exclusive of the time spent in its children.
+
+    Yields a dict (class name, "forward"/"backward") -> total seconds. The
+    methods are wrapped on the instances (the classes are untouched) and
+    unwrapped on exit.
+    """
+    totals: dict[tuple[str, str], float] = {}
+    child_time: list[float] = []            # a stack: time spent in the children of each open call
+
+    def wrap(module: Module, method: str):
+        original = getattr(module, method)
+        key = (type(module).__name__, method)
+
+        def timed(*args, **kwargs):
+            child_time.append(0.0)
+            start = time.perf_counter()
+            result = original(*args, **kwargs)
+            elapsed = time.perf_counter() - start
+            inner = child_time.pop()
+            totals[key] = totals.get(key, 0.0) + elapsed - inner
+            if child_time:
+                child_time[-1] += elapsed
+            return result
+        return timed
+
+    wrapped = [m for name, m in model.named_modules() if name]          # the model itself is the step
+    for m in wrapped:
+        m.forward, m.backward = wrap(m, "forward"), wrap(m, "backward")
+    try:
+        yield totals
+    finally:
+        for m in wrapped:
+            del m.forward, m.backward
+
+
+def layer_breakdown(runner: NumpyRunner, batches, warmup: int, repeats: int) -> list[dict]:
+    """Where a NumPy training step's time goes: ms per step by layer type and direction."""
+    for i in range(warmup):
+        runner.step(batches[i % len(batches)])
+    with layer_timer(runner.model) as totals:
+        start = time.perf_counter()
+        other = {"zero_grad": 0.0, "loss (forward + backward)": 0.0, "Adam update": 0.0}
+        for i in range(repeats):
+            p = runner.phases(batches[i % len(batches)], time.perf_counter)
+            other["zero_grad"] += p["zero_grad"]
+            other["loss (forward + backward)"] += p["loss"]
+            other["Adam update"] += p["optimizer"]
+        step_total = time.perf_counter() - start
+    rows = [{"part": f"{cls} {method}", "ms": 1e3 * t / repeats} for (cls, method), t in totals.items()]
+    rows += [{"part": name, "ms": 1e3 * t / repeats} for name, t in other.items()]
+    accounted = sum(r["ms"] for r in rows)
+    rows.append({"part": "model glue (masks, embedding scale, residual sums)",
+                 "ms": max(1e3 * step_total / repeats - accounted, 0.0)})
+    total = sum(r["ms"] for r in rows)
+    for r in rows:
+        r["share"] = r["ms"] / total
+    return sorted(rows, key=lambda r: -r["ms"])
+
+
+def torch_top_ops(runner: "TorchRunner", batches, warmup: int, repeats: int, top: int = 12) -> list[dict]:
+    """PyTorch's operators by self CPU time (torch.profiler), ms per step."""
+    from torch.profiler import ProfilerActivity, profile
+    converted = [runner.convert(b) for b in batches]
+    for i in range(warmup):
+        runner.step(converted[i % len(converted)])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(repeats):
+            runner.step(converted[i % len(converted)])
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "ms": e.self_cpu_time_total / 1e3 / repeats, "share": e.self_cpu_time_total / total,
+             "calls_per_step": e.count / repeats} for e in events[:top]]
+
+
+# ---- scaling ---------------------------------------------------------------------------------
+
+
+def scaling(with_torch, lengths, d_models, warmup, blocks, per_block, sizes, batch_size) -> dict:
+    """Median step time against the sequence length (every sequence that long, d_model 64)
+    and against d_model (d_ff = 4 d_model, lengths 1..16); the other sizes are ``sizes``."""
+    out = {"length": [], "d_model": []}
+    for T in lengths:
+        runs = runners(with_torch, **{**sizes, "max_len": T + 1})
+        batches = reference_batches(4, seed=2, min_len=T, max_len=T, batch_size=batch_size)
+        result = interleaved(runs, "step", batches, warmup, blocks, per_block)
+        out["length"].append({"length": T, **{name: r["median_s"] for name, r in result.items()}})
+    for D in d_models:
+        runs = runners(with_torch, **{**sizes, "d_model": D, "d_ff": 4 * D})
+        batches = reference_batches(4, seed=2, batch_size=batch_size)
+        result = interleaved(runs, "step", batches, warmup, blocks, per_block)
+        out["d_model"].append({"d_model": D, **{name: r["median_s"] for name, r in result.items()}})
+    return out
+
+
+# ---- memory ----------------------------------------------------------------------------------
+
+
+def _arrays(value):
+    if isinstance(value, np.ndarray):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _arrays(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _arrays(v)
+
+
+def _owner(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def numpy_cache_bytes(model: Module) -> int:
+    """Bytes of every array reachable from a module's ``.cache``, each memory block counted once
+    (views such as the heads of q, k, v count as the array they view)."""
+    owners = {}
+    for _, m in model.named_modules():
+        for a in _arrays(m.cache):
+            o = _owner(a)
+            owners[id(o)] = o.nbytes
+    return sum(owners.values())
+
+
+def memory_benchmark(runs, batch) -> dict:
+    out = {}
+    for r in runs:
+        b = r.convert(batch)
+        r.step(b)                                              # warm: Adam's moments exist
+        if isinstance(r, NumpyRunner):
+            r.model.zero_grad()
+            r.crit(r.model(batch.src, batch.tgt_in), batch.labels)
+            cache = numpy_cache_bytes(r.model)
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            r.step(b)
+            peak = tracemalloc.get_traced_memory()[1] - base
+            tracemalloc.stop()
+            state = sum(p.nbytes for p in r.model.parameters()) * 4       # params, grads, 2 moments
+            out[r.name] = {"peak_step_bytes": peak, "cache_bytes": cache, "param_state_bytes": state}
+        else:
+            storages = {}
+
+            def pack(t):
+                storage = t.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                r.loss_fn(r.model(*b[:2]), b[2])
+            state = sum(p.numel() * p.element_size() for p in r.model.parameters()) * 4
+            out[r.name] = {"peak_step_bytes": None, "cache_bytes": sum(storages.values()),
+                           "param_state_bytes": state}
+    return out
+
+
+# ---- decoding --------------------------------------------------------------------------------
+
+
+def decode_benchmark(with_torch, lengths, batch, repeats) -> dict:
+    from decode_bench import measure_decode
+    numpy_result = measure_decode(lengths=lengths, batch=batch, repeats=repeats)
+    rows = [{"length": row["length"], "NumPy": {"cached_s": row["cached_s"], "uncached_s": row["uncached_s"]}}
+            for row in numpy_result["rows"]]
+    if with_torch:
+        model, _, _ = torch_reference.build(VOCAB.size)
+        rng = np.random.default_rng(0)
+        for row in rows:
+            L = row["length"]
+            src = torch.from_numpy(rng.integers(3, VOCAB.size, size=(batch, L)))
+            times = {True: [], False: []}
+            for use_cache in (True, False):            # warm-up
+                torch_reference.greedy_decode(model, src, L, use_cache, stop_at_eos=False)
+            for _ in range(repeats):
+                for use_cache in (True, False):
+                    start = time.perf_counter()
+                    torch_reference.greedy_decode(model, src, L, use_cache, stop_at_eos=False)
+                    times[use_cache].append(time.perf_counter() - start)
+            row["PyTorch"] = {"cached_s": float(np.median(times[True])),
+                              "uncached_s": float(np.median(times[False]))}
+    for row in rows:
+        for side in ("NumPy", "PyTorch"):
+            if side in row:
+                row[side]["speedup"] = row[side]["uncached_s"] / row[side]["cached_s"]
+    return {"batch": batch, "repeats": repeats, "rows": rows}
+
+
+# ---- the reference runs ----------------------------------------------------------------------
+
+
+def numpy_reference_run(seed: int) -> dict:
+    """train() with the reference TrainConfig; evaluation time is measured apart."""
+    from tinytransformer import train as train_module
+    eval_seconds = [0.0]
+    evaluate = train_module.evaluate
+
+    def timed_evaluate(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            eval_seconds[0] += time.perf_counter() - start
+
+    train_module.evaluate = timed_evaluate
+    try:
+        result = train_module.train(train_module.TrainConfig(seed=seed), stream=io.StringIO())
+    finally:
+        train_module.evaluate = evaluate
+    return {"seed": seed, "reached": result.stopped == "target",
+            "steps": result.best["step"] if result.stopped == "target" else None,
+            "exact_match": result.best["exact_match"], "seconds": result.seconds,
+            "eval_seconds": eval_seconds[0], "train_seconds": result.seconds - eval_seconds[0]}
+
+
+def torch_exact_match(model, data) -> float:
+    """Exact match of greedy decoding on ``data`` (a tasks.Batch), as ``train.evaluate`` computes it."""
+    lengths = data.src_mask.sum(1)
+    exact = 0
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        want = data.labels[rows]
+        want = want[:, :int((want != PAD).sum(1).max())]
+        src = torch.from_numpy(np.ascontiguousarray(data.src[rows, :int(length)]))
+        out = torch_reference.greedy_decode(model, src, want.shape[1]).numpy()
+        got = np.full(want.shape, PAD, dtype=np.int64)
+        got[:, :out.shape[1]] = out[:, :want.shape[1]]
+        exact += int(((got == want) | (want == PAD)).all(1).sum())
+    return exact / len(data.labels)
+
+
+def torch_reference_run(seed: int) -> dict:
+    """The reference run with the PyTorch model: the same batches (train's data Generator for
+    this seed), schedule, evaluation set and stopping rule as ``train``."""
+    from tinytransformer import train as train_module
+    config = train_module.TrainConfig(seed=seed)
+    _, data_rng = train_module.seeded_generators(seed)
+    schedule = train_module.build_schedule(config)
+    eval_data = train_module.held_out(config)
+    model, opt, loss_fn = torch_reference.build(VOCAB.size, seed=seed, lr=config.lr)
+    train_seconds = eval_seconds = 0.0
+    best = 0.0
+    for step in range(1, config.steps + 1):
+        start = time.perf_counter()
+        batch = train_module.draw_batch(config, train_module.task_vocab(config), data_rng)
+        src, tgt_in, labels = (torch.from_numpy(a) for a in (batch.src, batch.tgt_in, batch.labels))
+        opt.zero_grad()
+        loss_fn(model(src, tgt_in), labels).backward()
+        for group in opt.param_groups:
+            group["lr"] = schedule(step)
+        opt.step()
+        train_seconds += time.perf_counter() - start
+        if step % config.eval_every == 0:
+            start = time.perf_counter()
+            best = max(best, torch_exact_match(model, eval_data))
+            eval_seconds += time.perf_counter() - start
+            if best >= config.target:
+                return {"seed": seed, "reached": True, "steps": step, "exact_match": best,
+                        "seconds": train_seconds + eval_seconds, "eval_seconds": eval_seconds,
+                        "train_seconds": train_seconds}
+    return {"seed": seed, "reached": False, "steps": None, "exact_match": best,
+            "seconds": train_seconds + eval_seconds, "eval_seconds": eval_seconds,
+            "train_seconds": train_seconds}
+
+
+def reference_runs(with_torch, seeds) -> dict:
+    out = {"NumPy": [numpy_reference_run(s) for s in seeds]}
+    if with_torch:
+        torch.set_num_threads(torch.get_num_threads())
+        out["PyTorch"] = [torch_reference_run(s) for s in seeds]
+    return out
+
+
+# ---- the machine -----------------------------------------------------------------------------
+
+
+def machine_info(threads: int, with_torch: bool) -> dict:
+    model_name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import scipy
+    info = {"cpu": model_name, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "scipy": scipy.__version__, "threads": threads,
+            "thread_env": {v: os.environ.get(v) for v in THREAD_VARIABLES},
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:        # the layout of show_config differs between NumPy versions
+        pass
+    if with_torch:
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+# ---- reporting -------------------------------------------------------------------------------
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+
+def _ms(seconds) -> str:
+    return "-" if seconds is None else f"{1e3 * seconds:.1f}"
+
+
+def _mb(n) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.1f}"
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    has_torch = "PyTorch" in results["step"]["step"]
+    lines = [f"# Benchmark results{' (quick mode: tiny, not for quoting)' if results['quick'] else ''}", "",
+             f"Machine: {m['cpu']}, {m['cpu_count']} cores; {m['threads']} thread(s) for NumPy"
+             + (" and PyTorch" if has_torch else "") + f"; Python {m['python']}, NumPy {m['numpy']}"
+             + (f" ({m['numpy_blas']})" if "numpy_blas" in m else "")
+             + (f", PyTorch {m['torch']}" if has_torch else "") + f"; load average at the start "
+             f"{m['load_average'][0]:.2f}." if m.get("load_average") else ".",
+             "", f"Reproduce: `{results['command']}`", ""]
+    if "same_model_check" in results:
+        c = results["same_model_check"]
+        lines += [f"Same model: given the NumPy weights, the PyTorch model's logits differ by at most "
+                  f"{c['max_abs_logit_difference']:.1e} (loss {c['numpy_loss']:.6f} vs {c['torch_loss']:.6f}).", ""]
+
+    def row(label, numpy_value, torch_value, fmt=_ms, ratio=True):
+        cells = [label, fmt(numpy_value)]
+        if has_torch:
+            cells += [fmt(torch_value), _ratio(numpy_value, torch_value) if ratio else "-"]
+        return "| " + " | ".join(cells) + " |"
+
+    header = ["| | NumPy | PyTorch | NumPy / PyTorch |", "|---|---:|---:|---:|"] if has_torch else \
+        ["| | NumPy |", "|---|---:|"]
+    s = results["step"]
+    setup = results["setup"]
+    lines += ["## Training step, " + ("the tiny --quick configuration" if results["quick"] else
+                                       "reference configuration"), "",
+              f"{setup['sizes']}, batch {setup['batch_size']}, lengths 1..{setup['max_len']} (mean "
+              f"{s['tokens_per_batch']:.0f} target tokens per batch), float32, median over interleaved "
+              "blocks after warm-up. Ratio below 1: NumPy is faster.", ""] + header
+    for method, label in (("step", "training step (ms)"), ("forward_backward", "forward + loss + backward (ms)")):
+        lines.append(row(label, s[method]["NumPy"]["median_s"], s[method].get("PyTorch", {}).get("median_s")))
+    for method, label in (("step", "training step, CPU time of the process (ms)"),):
+        lines.append(row(label, s[method]["NumPy"]["cpu_median_s"],
+                         s[method].get("PyTorch", {}).get("cpu_median_s")))
+    lines.append(row("training tokens / s", s["step"]["NumPy"]["tokens_per_s"],
+                     s["step"].get("PyTorch", {}).get("tokens_per_s"), fmt=lambda v: f"{v:,.0f}" if v else "-",
+                     ratio=False))
+
+    lines += ["", "### The phases of a step (median ms)", ""] + header
+    for phase in results["phases"]["NumPy"]:
+        lines.append(row(phase, results["phases"]["NumPy"][phase], results["phases"].get("PyTorch", {}).get(phase)))
+
+    lines += ["", "### Where the NumPy step goes", "",
+              "Each module's forward and backward, exclusive of its children, summed by layer type "
+              "(timing wrappers add a little overhead).", "", "| part | ms / step | share |", "|---|---:|---:|"]
+    for r in results["layers"]["NumPy"]:
+        lines.append(f"| {r['part']} | {r['ms']:.2f} | {100 * r['share']:.0f}% |")
+    if "PyTorch" in results["layers"]:
+        lines += ["", "PyTorch's top operators by self CPU time (torch.profiler; adds overhead):", "",
+                  "| operator | ms / step | share | calls / step |", "|---|---:|---:|---:|"]
+        for r in results["layers"]["PyTorch"]:
+            lines.append(f"| {r['op']} | {r['ms']:.2f} | {100 * r['share']:.0f}% | {r['calls_per_step']:.0f} |")
+
+    d = results["decode"]
+    lines += ["", f"## Greedy decoding, {d['batch']} sequences (median seconds of {d['repeats']})", ""]
+    if has_torch:
+        lines += ["| length | NumPy cached | NumPy uncached | NumPy speedup | PyTorch cached | PyTorch uncached "
+                  "| PyTorch speedup | cached NumPy / PyTorch |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in d["rows"]:
+            n, t = r["NumPy"], r["PyTorch"]
+            lines.append(f"| {r['length']} | {n['cached_s']:.3f} | {n['uncached_s']:.3f} | {n['speedup']:.1f}x "
+                         f"| {t['cached_s']:.3f} | {t['uncached_s']:.3f} | {t['speedup']:.1f}x "
+                         f"| {n['cached_s'] / t['cached_s']:.2f} |")
+    else:
+        lines += ["| length | cached | uncached | speedup |", "|---:|---:|---:|---:|"]
+        for r in d["rows"]:
+            n = r["NumPy"]
+            lines.append(f"| {r['length']} | {n['cached_s']:.3f} | {n['uncached_s']:.3f} | {n['speedup']:.1f}x |")
+
+    sc = results["scaling"]
+    for key, label, note in (("length", "sequence length", "every sequence of this length, d_model 64"),
+                             ("d_model", "d_model", "d_ff = 4 d_model, 4 heads, lengths 1..16")):
+        lines += ["", f"## Step time against {label} (median ms; {note})", "",
+                  f"| {label} | NumPy |" + (" PyTorch | NumPy / PyTorch |" if has_torch else ""),
+                  "|---:|---:|" + ("---:|---:|" if has_torch else "")]
+        for r in sc[key]:
+            lines.append(f"| {r[key]} | {_ms(r['NumPy'])} |" +
+                         (f" {_ms(r['PyTorch'])} | {_ratio(r['NumPy'], r['PyTorch'])} |" if has_torch else ""))
+
+    mem = results["memory"]
+    lines += ["", "## Memory of a training step (MB)", "",
+              "Peak: tracemalloc's peak of NumPy allocations during one step, above what was allocated "
+              "before it (PyTorch's allocations are invisible to tracemalloc: n/a). Held between forward "
+              "and backward: every array in a module's cache / every tensor autograd saves, each "
+              "memory block once.", ""] + header
+    for key, label in (("peak_step_bytes", "peak during a step"), ("cache_bytes", "held between forward and backward"),
+                       ("param_state_bytes", "parameters, gradients, Adam moments")):
+        lines.append(row(label, mem["NumPy"][key], mem.get("PyTorch", {}).get(key), fmt=_mb,
+                         ratio=key != "peak_step_bytes"))
+
+    if "reference_runs" in results:
+        rr = results["reference_runs"]
+        lines += ["", "## Reference run to 99% exact match (greedy, 1,000 held-out sequences)", "",
+                  "Seconds of training exclude the evaluations (every 100 steps), which are listed apart.", "",
+                  "| implementation | seed | steps | training s | evaluation s | total s |", "|---|---:|---:|---:|---:|---:|"]
+        for side, runs_ in rr.items():
+            for r in runs_:
+                steps = r["steps"] if r["reached"] else f"not reached ({r['exact_match']:.3f})"
+                lines.append(f"| {side} | {r['seed']} | {steps} | {r['train_seconds']:.1f} | "
+                             f"{r['eval_seconds']:.1f} | {r['seconds']:.1f} |")
+            reached = [r for r in runs_ if r["reached"]]
+            if reached:
+                lines.append(f"| {side} | median | {np.median([r['steps'] for r in reached]):.0f} | "
+                             f"{np.median([r['train_seconds'] for r in reached]):.1f} | "
+                             f"{np.median([r['eval_seconds'] for r in reached]):.1f} | "
+                             f"{np.median([r['seconds'] for r in reached]):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_scaling(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    sc = results["scaling"]
+    fig = Figure(figsize=(10, 4.2), dpi=120)
+    for ax, key, label in ((fig.add_subplot(1, 2, 1), "length", "sequence length (d_model 64)"),
+                           (fig.add_subplot(1, 2, 2), "d_model", "d_model (d_ff = 4 d_model, lengths 1..16)")):
+        xs = [r[key] for r in sc[key]]
+        for side, style in (("NumPy", "o-"), ("PyTorch", "s--")):
+            if sc[key] and side in sc[key][0]:
+                ax.plot(xs, [1e3 * r[side] for r in sc[key]], style, label=f"{side}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel(label)
+        ax.set_ylabel("ms per training step (median)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    m = results["machine"]
+    fig.suptitle(f"Training step, batch 64, float32: {m['cpu']}, {m['threads']} thread(s)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def main(args: argparse.Namespace) -> dict:
+    with_torch = torch is not None and not args.no_torch
+    if with_torch:
+        torch.set_num_threads(args.threads)
+    if os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
+        print(f"warning: NumPy was imported before the thread count could be set; its BLAS uses "
+              f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}", file=sys.stderr)
+    q = args.quick
+    # --quick writes to a temporary directory unless told: it must never replace real results
+    out_dir = Path(args.out) if args.out else \
+        (Path(tempfile.gettempdir()) / "tinytransformer-bench-quick" if q else HERE / "results")
+    figure = Path(args.figure) if args.figure else \
+        (out_dir / "benchmark_scaling.png" if q else ROOT / "figures" / "benchmark_scaling.png")
+    command = "python benchmarks/run.py" + (" --quick" if q else "") + \
+        (f" --threads {args.threads}" if args.threads != 1 else "") + (" --reference-runs" if args.reference_runs else "")
+    results = {"quick": q, "command": command, "machine": machine_info(args.threads, with_torch)}
+    say = (lambda text: print(text, file=sys.stderr, flush=True))
+
+    setup = QUICK if q else REFERENCE
+    results["setup"] = setup
+    batches = reference_batches(4 if q else 20, max_len=setup["max_len"], batch_size=setup["batch_size"])
+    runs = runners(with_torch, **setup["sizes"])
+    if with_torch:
+        results["same_model_check"] = same_model_check(batches[0], **setup["sizes"])
+    say("training step ...")
+    results["step"] = step_benchmark(runs, batches, warmup=1 if q else 10, blocks=2 if q else 10,
+                                     per_block=2 if q else 10)
+    say("phases and per-layer breakdown ...")
+    results["phases"] = phase_benchmark(runs, batches, repeats=3 if q else 50)
+    results["layers"] = {"NumPy": layer_breakdown(runs[0], batches, warmup=1, repeats=2 if q else 30)}
+    if with_torch:
+        results["layers"]["PyTorch"] = torch_top_ops(runs[1], batches, warmup=1, repeats=2 if q else 20)
+    say("memory ...")
+    results["memory"] = memory_benchmark(runs, batches[0])
+    say("decoding ...")
+    results["decode"] = decode_benchmark(with_torch, lengths=(4,) if q else (16, 32, 64),
+                                         batch=setup["batch_size"], repeats=1 if q else 5)
+    say("scaling ...")
+    results["scaling"] = scaling(with_torch, lengths=(4,) if q else (16, 32, 64, 128),
+                                 d_models=(8,) if q else (32, 64, 128, 256),
+                                 warmup=1 if q else 2, blocks=1 if q else 5, per_block=1 if q else 2,
+                                 sizes=setup["sizes"], batch_size=setup["batch_size"])
+    if args.reference_runs:
+        say("reference runs (minutes) ...")
+        results["reference_runs"] = reference_runs(with_torch, args.seeds)
+    results["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "benchmark.json").write_text(json.dumps(results, indent=1) + "\n")
+    text = markdown(results)
+    (out_dir / "README.md").write_text(text)
+    plot_scaling(results, figure)
+    print(text)
+    say(f"wrote {out_dir / 'benchmark.json'}, {out_dir / 'README.md'} and {figure}")
+    return results
+
+
+if __name__ == "__main__":
+    main(ARGS)

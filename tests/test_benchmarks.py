@@ -1,0 +1,66 @@
+"""Smoke tests of the benchmark entry point in its tiny mode: it runs, and writes what it promises.
+
+No timing is asserted: the numbers depend on the machine and its load.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "run.py"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def run_quick(out: Path, *extra: str, env: dict | None = None) -> dict:
+    proc = subprocess.run([sys.executable, str(RUN), "--quick", "--out", str(out),
+                           "--figure", str(out / "scaling.png"), *extra],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| training step (ms) |" in proc.stdout
+    results = json.loads((out / "benchmark.json").read_text())
+    assert (out / "README.md").read_text().startswith("# Benchmark results (quick mode")
+    assert (out / "scaling.png").stat().st_size > 0
+    return results
+
+
+def check_numpy_side(results: dict) -> None:
+    assert results["quick"] is True
+    for method in ("step", "forward_backward"):
+        assert results["step"][method]["NumPy"]["median_s"] > 0
+    assert set(results["phases"]["NumPy"]) == {"zero_grad", "forward", "loss", "backward", "optimizer"}
+    parts = {row["part"] for row in results["layers"]["NumPy"]}
+    assert {"Linear forward", "Linear backward", "ScaledDotProductAttention backward"} <= parts
+    assert results["memory"]["NumPy"]["cache_bytes"] > 0
+    assert results["memory"]["NumPy"]["peak_step_bytes"] > 0
+    assert [row["length"] for row in results["decode"]["rows"]] == [4]
+    assert results["scaling"]["length"][0]["NumPy"] > 0 and results["scaling"]["d_model"][0]["NumPy"] > 0
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (optional)")
+def test_quick_run_with_pytorch_beside(tmp_path):
+    results = run_quick(tmp_path)
+    check_numpy_side(results)
+    assert results["step"]["step"]["PyTorch"]["median_s"] > 0
+    assert "PyTorch" in results["decode"]["rows"][0]
+    assert results["memory"]["PyTorch"]["cache_bytes"] > 0
+    check = results["same_model_check"]            # the PyTorch model is the same model
+    assert check["max_abs_logit_difference"] < 1e-4
+    assert abs(check["numpy_loss"] - check["torch_loss"]) < 1e-5
+
+
+def test_quick_run_without_pytorch(tmp_path):
+    # a `torch` module that fails to import stands for PyTorch not being installed
+    blocker = tmp_path / "no_torch"
+    blocker.mkdir()
+    (blocker / "torch.py").write_text("raise ImportError('PyTorch hidden by test_benchmarks')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
+    results = run_quick(tmp_path / "out", env=env)
+    check_numpy_side(results)
+    assert "PyTorch" not in results["step"]["step"]
+    assert "torch" not in results["machine"]
