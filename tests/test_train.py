@@ -176,3 +176,12 @@ def test_train_config_round_trips_and_rejects_nonsense():
         TrainConfig.from_dict({"tsak": "copy"})
     with pytest.raises(ValueError, match="max_len"):      # s SEP t does not fit 20 positions
         default_model_config(TrainConfig(model="decoder-only", max_len=16), max_len=20)
+
+
+def test_default_model_configs():
+    reference = default_model_config(TrainConfig())
+    assert (reference.vocab_size, reference.d_model, reference.n_heads, reference.d_ff) == (13, 64, 4, 256)
+    assert (reference.n_encoder_layers, reference.n_decoder_layers, reference.dropout) == (2, 2, 0.0)
+    lm = default_model_config(TrainConfig(model="decoder-only"))
+    assert (lm.vocab_size, lm.n_encoder_layers, lm.n_decoder_layers) == (14, 0, 4)   # SEP; 2 + 2 blocks
+    assert default_model_config(TrainConfig(model="decoder-only"), n_decoder_layers=2).n_decoder_layers == 2

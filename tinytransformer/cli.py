@@ -27,7 +27,7 @@ from . import decode
 from .nn.transformer import TransformerConfig
 from .tasks import BOS, EOS, TASKS, get_task, lm_prompt
 from .train import (CONFIG_FILE, HISTORY_FILE, MODEL_KINDS, OPTIMIZERS, TrainConfig,
-                    check_model_config, check_resume, evaluate, held_out, longest_input,
+                    check_resume, default_model_config, evaluate, held_out, longest_input,
                     task_vocab, train)
 
 PROG = "tinytransformer"
@@ -57,7 +57,7 @@ TRAIN_OPTIONS = [
     ("--d-ff", "model", "d_ff", int, "feed-forward hidden width"),
     ("--n-encoder-layers", "model", "n_encoder_layers", int, "encoder layers"),
     ("--n-decoder-layers", "model", "n_decoder_layers", int,
-     "decoder layers (the blocks of a decoder-only model)"),
+     "decoder layers; the blocks of a decoder-only model (then 4 by default)"),
     ("--dropout", "model", "dropout", float, "dropout probability"),
     ("--model-max-len", "model", "max_len", int, "longest sequence the model accepts"),
     ("--activation", "model", "activation", str, "feed-forward activation: relu or gelu"),
@@ -125,9 +125,7 @@ def _train_configs(args) -> tuple[TrainConfig, TransformerConfig, Path]:
         check_resume(args.out, config, model_config)
         return config, model_config, args.out
     config = TrainConfig(**train_over)
-    vocab_size = task_vocab(config).size
-    model_config = TransformerConfig(**{"vocab_size": vocab_size, **model_over})
-    check_model_config(config, model_config)
+    model_config = default_model_config(config, **model_over)
     out = args.out
     if out is None:
         kind = "-lm" if config.model == "decoder-only" else ""

@@ -168,8 +168,19 @@ def longest_input(config: TrainConfig, max_len: int | None = None) -> int:
 
 
 def default_model_config(config: TrainConfig, **overrides) -> TransformerConfig:
-    """The contract's default TransformerConfig with the task's vocab_size; ``overrides`` win."""
-    model_config = TransformerConfig(**{"vocab_size": task_vocab(config).size, **overrides})
+    """The contract's default TransformerConfig with the task's vocab_size; ``overrides`` win.
+
+    A decoder-only model has no encoder, so by default it gets as many blocks as the
+    encoder-decoder has layers in all (2 + 2 = 4): about the same size (202k vs 236k
+    parameters) and depth. With 2 blocks (102k parameters) it also learns reverse,
+    but needed 2,500 steps instead of ~900.
+    """
+    defaults = {"vocab_size": task_vocab(config).size}
+    if config.model == "decoder-only" and "n_decoder_layers" not in overrides:
+        plain = TransformerConfig(vocab_size=1)
+        defaults.update(n_encoder_layers=0,
+                        n_decoder_layers=plain.n_encoder_layers + plain.n_decoder_layers)
+    model_config = TransformerConfig(**{**defaults, **overrides})
     check_model_config(config, model_config)
     return model_config
 
