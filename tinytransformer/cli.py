@@ -146,6 +146,8 @@ def cmd_train(args) -> int:
     except FloatingPointError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
+    except CheckpointError as err:            # --resume from a damaged last.npz
+        raise UsageError(f"train --resume: {err}") from None
     if result.stopped == "interrupted":
         return 130
     best = result.best

@@ -436,7 +436,10 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
         opt.load_state_dict(info["optimizer"])
         data_rng.bit_generator.state = info["rng_states"]["data"]
         step, elapsed = info["step"], info["extra"]["seconds"]
-        history = json.loads((out_dir / HISTORY_FILE).read_text())
+        if (out_dir / HISTORY_FILE).is_file():
+            history = json.loads((out_dir / HISTORY_FILE).read_text())
+        else:
+            stream.write(f"{out_dir / HISTORY_FILE} is missing: the history restarts at step {step}\n")
         keep = sum(s <= step for s in history["step"])
         for key in PER_STEP:
             del history[key][keep:]
