@@ -113,11 +113,14 @@ def test_generate_cache_equals_recompute(name, seed, dtype, tol):
     recomputed = generate(model, prompt, 12, use_cache=False, return_logits=True)
     np.testing.assert_array_equal(cached.tokens, recomputed.tokens)
     np.testing.assert_allclose(cached.logits, recomputed.logits, rtol=0, atol=tol)
-    # the logits of each row's first new token are those of the whole prompt, run alone
+    # a row of the batch is what its prompt gives alone: same tokens, same first logits
     lengths = (prompt != PAD).sum(1)
-    for row in (0, 1):
-        alone = model.eval()(prompt[row:row + 1, :lengths[row]])[0, -1]
-        np.testing.assert_allclose(cached.logits[row, 0], alone, rtol=0, atol=tol)
+    for row in (lengths.argmin(), lengths.argmax()):
+        alone = generate(model, prompt[row:row + 1, :lengths[row]], 12, return_logits=True)
+        n = alone.tokens.shape[1]
+        np.testing.assert_array_equal(cached.tokens[row, :n], alone.tokens[0])
+        assert (cached.tokens[row, n:] == PAD).all()
+        np.testing.assert_allclose(cached.logits[row, :n], alone.logits[0], rtol=0, atol=tol)
 
 
 def test_sampling_cache_equals_recompute_and_is_seeded():
