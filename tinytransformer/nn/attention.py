@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .activation import last_axis_sum, softmax_backward
+from .activation import last_axis_sum
 from .dropout import Dropout
 from .linear import Linear
 from .module import Module, check_float_input
@@ -193,11 +193,14 @@ class ScaledDotProductAttention(Module):
             raise ValueError(f"q, k, v: expected (B, H, Tq, dk), (B, H, Tk, dk), (B, H, Tk, dv), "
                              f"got {q.shape}, {k.shape}, {v.shape}")
         scale = 1.0 / math.sqrt(q.shape[-1])     # a Python float: float32 stays float32
-        scores = q @ k.swapaxes(-1, -2)                               # (B, H, Tq, Tk)
-        scores *= scale
+        # scaling q (B, H, Tq, dk), not the scores (B, H, Tq, Tk): fewer numbers once Tk > dk
+        q_scaled = q * scale
+        scores = q_scaled @ k.swapaxes(-1, -2)                        # (B, H, Tq, Tk)
         if mask is not None:
             _check_mask(mask, scores.shape)
-            scores = np.where(mask, scores, -np.inf)
+            # the mask as a bias, 0 where allowed and -inf where masked, added in place: ~5x
+            # faster than np.where(mask, scores, -inf) with a broadcast mask (measured)
+            scores += np.where(mask, scores.dtype.type(0), scores.dtype.type(-np.inf))
         row_max = scores.max(axis=-1, keepdims=True)                  # (B, H, Tq, 1)
         if mask is not None:
             row_max[row_max == -np.inf] = 0.0     # fully masked row: exp(-inf - 0) = 0 below
@@ -209,20 +212,22 @@ class ScaledDotProductAttention(Module):
         attn = np.divide(weights, total, out=weights)                 # (B, H, Tq, Tk)
         dropped = self.dropout(attn)
         self.attn = attn
-        self.cache = (q, k, v, attn, dropped, scale)
+        self.cache = (q_scaled, k, v, attn, dropped, scale)
         return dropped @ v                                            # (B, H, Tq, dv)
 
     def backward(self, dout: np.ndarray):                             # dout: (B, H, Tq, dv)
-        q, k, v, attn, dropped, scale = self._saved()
+        q_scaled, k, v, attn, dropped, scale = self._saved()
         # forward was out = dropped @ v
         dv = dropped.swapaxes(-1, -2) @ dout                           # (B, H, Tk, dv)
         dattn = self.dropout.backward(dout @ v.swapaxes(-1, -2))       # (B, H, Tq, Tk)
-        # forward was attn = softmax(scores); masked entries have attn = 0, so get no gradient
-        dscores = softmax_backward(attn, dattn)
-        dscores *= scale
-        # forward was scores = q @ k^T * scale
+        # forward was attn = softmax(scores), so dS = A * (dA - sum_k(dA * A)) (softmax_backward),
+        # computed in place in dattn's memory; masked entries have A = 0, so get no gradient
+        dscores = np.subtract(dattn, last_axis_sum(dattn * attn), out=dattn)
+        dscores *= attn
+        # forward was scores = (q * scale) @ k^T
         dq = dscores @ k                                              # (B, H, Tq, dk)
-        dk = dscores.swapaxes(-1, -2) @ q                             # (B, H, Tk, dk)
+        dq *= scale
+        dk = dscores.swapaxes(-1, -2) @ q_scaled                      # (B, H, Tk, dk)
         return dq, dk, dv
 
 
