@@ -1,5 +1,6 @@
 """The training loop: it learns, it resumes bit for bit, it stops on Ctrl-C, it scores correctly."""
 
+import importlib
 import io
 import json
 import os
@@ -8,13 +9,15 @@ import signal
 import numpy as np
 import pytest
 
-from tinytransformer import train as train_module
 from tinytransformer.checkpoint import load_checkpoint
 from tinytransformer.nn.loss import CrossEntropyLoss
 from tinytransformer.nn.transformer import Transformer, TransformerConfig
 from tinytransformer.optim import Adam
 from tinytransformer.tasks import PAD, Vocab, eval_set, make_batch
 from tinytransformer.train import TrainConfig, default_model_config, evaluate, train
+
+# the module, not the function: the package re-exports train(), which hides the submodule's name
+train_module = importlib.import_module("tinytransformer.train")
 
 SMALL = dict(d_model=32, n_heads=2, d_ff=64, n_encoder_layers=1, n_decoder_layers=1, max_len=16)
 
