@@ -694,6 +694,7 @@ def plot_scaling(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
     sc = results["scaling"]
     fig = Figure(figsize=(10, 4.2), dpi=120)
     for ax, key, label in ((fig.add_subplot(1, 2, 1), "length", "sequence length (d_model 64)"),
@@ -705,6 +706,8 @@ def plot_scaling(results: dict, path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(xs, [str(x) for x in xs])
+        ax.yaxis.set_major_formatter(ScalarFormatter())          # 200, not 2 x 10^2
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("ms per training step (median)")
         ax.grid(True, which="both", alpha=0.3)
