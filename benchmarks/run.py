@@ -65,6 +65,7 @@ if __name__ == "__main__":
         os.environ[variable] = str(ARGS.threads)
 
 import contextlib  # noqa: E402  (the imports follow the thread setting on purpose)
+import importlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
@@ -457,7 +458,8 @@ def decode_benchmark(with_torch, lengths, batch, repeats) -> dict:
 
 def numpy_reference_run(seed: int) -> dict:
     """train() with the reference TrainConfig; evaluation time is measured apart."""
-    from tinytransformer import train as train_module
+    # the module, not the function that tinytransformer re-exports under the same name
+    train_module = importlib.import_module("tinytransformer.train")
     eval_seconds = [0.0]
     evaluate = train_module.evaluate
 
@@ -498,7 +500,8 @@ def torch_exact_match(model, data) -> float:
 def torch_reference_run(seed: int) -> dict:
     """The reference run with the PyTorch model: the same batches (train's data Generator for
     this seed), schedule, evaluation set and stopping rule as ``train``."""
-    from tinytransformer import train as train_module
+    # the module, not the function that tinytransformer re-exports under the same name
+    train_module = importlib.import_module("tinytransformer.train")
     config = train_module.TrainConfig(seed=seed)
     _, data_rng = train_module.seeded_generators(seed)
     schedule = train_module.build_schedule(config)
@@ -687,6 +690,14 @@ def markdown(results: dict) -> str:
                              f"{np.median([r['train_seconds'] for r in reached]):.1f} | "
                              f"{np.median([r['eval_seconds'] for r in reached]):.1f} | "
                              f"{np.median([r['seconds'] for r in reached]):.1f} |")
+    lines += ["", "## Notes", "",
+              "- Wall-clock medians; NumPy and PyTorch run in the same process, with the same batches and "
+              "thread count, taking turns in blocks, so a change of machine load hits both.",
+              "- PyTorch side (benchmarks/torch_reference.py): the same architecture in torch.nn modules, "
+              "eager mode, attention through `F.scaled_dot_product_attention` (PyTorch's fused CPU kernel), "
+              "`torch.optim.Adam` with its defaults apart from betas and eps.",
+              "- Tokens are target tokens (non-PAD labels), the ones the loss counts.",
+              "- Figure: figures/benchmark_scaling.png."]
     return "\n".join(lines) + "\n"
 
 
