@@ -91,8 +91,6 @@ def softmax_backward(s: np.ndarray, ds: np.ndarray, axis: int = -1) -> np.ndarra
     From ds_i/dx_j = s_i (delta_ij - s_j): dx_j = sum_i ds_i s_i (delta_ij - s_j)
     = s_j (ds_j - sum_i ds_i s_i). No Jacobian matrix is built.
     """
-    if axis in (-1, s.ndim - 1):
-        return s * (ds - last_axis_sum(ds * s))
     return s * (ds - (ds * s).sum(axis=axis, keepdims=True))
 
 
