@@ -31,7 +31,7 @@ def test_train_writes_the_run_directory_and_reports(run_dir, capsys):
     assert config["train"]["lr"] == 2e-3 and config["model"]["n_heads"] == 2   # defaults kept
 
 
-def test_train_prints_the_result_and_the_plot_command(tmp_path, capsys):
+def test_train_prints_the_result_and_writes_the_plots(tmp_path, capsys):
     out = tmp_path / "run"
     code = cli.main(["train", "--task", "sort", "--max-len", "3", *SMALL, "--steps", "20",
                      "--eval-every", "10", "--eval-size", "20", "--out", str(out)])
@@ -40,6 +40,10 @@ def test_train_prints_the_result_and_the_plot_command(tmp_path, capsys):
     assert "Held-out exact match" in printed
     assert str(out / "best.npz") in printed and str(out / "history.json") in printed
     assert f"tinytransformer plot {out}" in printed
+    for name in ("attention_encoder.png", "attention_decoder.png", "attention_cross.png",
+                 "training_curves.png"):
+        path = out / "figures" / name
+        assert str(path) in printed and path.stat().st_size > 0, name
 
     # an existing run is not overwritten; --resume continues it with a bigger budget
     assert cli.main(["train", "--out", str(out)]) == 2

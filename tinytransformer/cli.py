@@ -161,7 +161,12 @@ def cmd_train(args) -> int:
               f"{best['step']}: {how[result.stopped]}; {result.steps} steps, {result.seconds:.0f} s.")
     print(f"Checkpoints: {out / BEST} (best evaluation), {out / LAST} (for --resume)")
     print(f"History:     {out / HISTORY_FILE}")
-    print(f"Plot:        {PROG} plot {out}")
+    if best is not None:
+        line, saved = write_plots(out)
+        print(f"Plots of the best model on {line}:")
+        for path in saved:
+            print(f"             {path}")
+        print(f"Plot another example: {PROG} plot {out} --example \"3 1 4 1 5\"")
     return 0
 
 
@@ -245,19 +250,21 @@ def cmd_generate(args) -> int:
 DEFAULT_EXAMPLE = [3, 1, 4, 1, 5, 9, 2, 6]        # digits of pi, cut to the run's symbols and lengths
 
 
-def cmd_plot(args) -> int:
+def write_plots(run_dir, example: str | None = None, out_dir=None, which=None) -> tuple[str, list[Path]]:
+    """Attention grids of every layer and head for one example, and the training curves.
+
+    Returns the example's line ("3 1 4 -> 4 1 3") and the paths written.
+    """
     from .plot import plot_attention_grid, plot_training_curves     # matplotlib only when plotting
-    model, info, config = _load_run(args.run_dir, args.which)
+    model, info, config = _load_run(run_dir, which)
     vocab = task_vocab(config)
-    if args.example is None:
+    if example is None:
         example = " ".join(str(s % config.n_symbols) for s in DEFAULT_EXAMPLE[:config.max_len])
-    else:
-        example = args.example
     try:
         src = vocab.encode(example)
     except ValueError as err:
         raise UsageError(f"plot: {err}") from None
-    out_dir = args.out or Path(info["path"]).parent / "figures"
+    out_dir = Path(out_dir) if out_dir is not None else Path(info["path"]).parent / "figures"
     output = model_output(model, config, src)
     n_out = int(np.argmax(output == EOS)) if EOS in output else len(output)
     n_out = min(n_out, model.config.max_len - (len(src) + 1 if config.model == "decoder-only" else 1))
@@ -286,7 +293,12 @@ def cmd_plot(args) -> int:
         path = out_dir / "training_curves.png"
         plot_training_curves(json.loads(history_path.read_text()), save=path)
         saved.append(path)
-    print(f"example: {example} -> {vocab.decode(output)}")
+    return f"{example} -> {vocab.decode(output)}", saved
+
+
+def cmd_plot(args) -> int:
+    line, saved = write_plots(args.run_dir, args.example, args.out, args.which)
+    print(f"example: {line}")
     for path in saved:
         print(path)
     return 0
