@@ -381,18 +381,10 @@ class Transformer(Module):
         self.encoder = Encoder(c.n_encoder_layers, *layer_args)
         self.decoder = Decoder(c.n_decoder_layers, *layer_args)
         self.out_proj = Linear(c.d_model, c.vocab_size, rng=rng, dtype=dtype)
-        self._tie()
-
-    def _tie(self) -> None:
-        if self.config.tie_embeddings:
+        if c.tie_embeddings:      # Module.astype and load_state_dict keep these ties
             self.src_embed.params["weight"] = self.tgt_embed.params["weight"]
             self.src_embed.grads["weight"] = self.tgt_embed.grads["weight"]
             tie_output_to_embedding(self.out_proj, self.tgt_embed)
-
-    def astype(self, dtype) -> "Transformer":
-        super().astype(dtype)
-        self._tie()           # the transposed view in out_proj must view the new matrix
-        return self
 
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray | None = None):
         """The encoder's memory (B, S, D) and the source key mask (B, 1, 1, S)."""
@@ -473,16 +465,8 @@ class DecoderOnlyTransformer(Module):
         if c.norm_first:
             self.norm = LayerNorm(c.d_model, dtype=dtype)
         self.out_proj = Linear(c.d_model, c.vocab_size, rng=rng, dtype=dtype)
-        self._tie()
-
-    def _tie(self) -> None:
-        if self.config.tie_embeddings:
+        if c.tie_embeddings:
             tie_output_to_embedding(self.out_proj, self.embed)
-
-    def astype(self, dtype) -> "DecoderOnlyTransformer":
-        super().astype(dtype)
-        self._tie()
-        return self
 
     def forward(self, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         check_model_ids("ids", ids, self.config)
