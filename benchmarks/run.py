@@ -254,13 +254,15 @@ def step_benchmark(runs, batches, warmup, blocks, per_block) -> dict:
 
 
 def phase_benchmark(runs, batches, repeats) -> dict:
-    """Median seconds of each phase of the step (zero_grad, forward, loss, backward, optimizer)."""
-    out = {}
-    for r in runs:
-        converted = [r.convert(b) for b in batches]
-        samples = [r.phases(converted[i % len(batches)], time.perf_counter) for i in range(repeats)]
-        out[r.name] = {phase: float(np.median([s[phase] for s in samples])) for phase in samples[0]}
-    return out
+    """Median seconds of each phase of the step (zero_grad, forward, loss, backward, optimizer),
+    the runners taking turns step by step."""
+    converted = {r.name: [r.convert(b) for b in batches] for r in runs}
+    samples = {r.name: [] for r in runs}
+    for i in range(repeats):
+        for r in runs:
+            samples[r.name].append(r.phases(converted[r.name][i % len(batches)], time.perf_counter))
+    return {name: {phase: float(np.median([s[phase] for s in got])) for phase in got[0]}
+            for name, got in samples.items()}
 
 
 @contextlib.contextmanager
@@ -705,7 +707,7 @@ def plot_scaling(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import LogLocator, ScalarFormatter
     sc = results["scaling"]
     fig = Figure(figsize=(10, 4.2), dpi=120)
     for ax, key, label in ((fig.add_subplot(1, 2, 1), "length", "sequence length (d_model 64)"),
@@ -718,6 +720,7 @@ def plot_scaling(results: dict, path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.yaxis.set_major_formatter(ScalarFormatter())          # 200, not 2 x 10^2
+        ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2, 3, 5)))
         ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("ms per training step (median)")
