@@ -698,6 +698,9 @@ def markdown(results: dict) -> str:
               "- PyTorch side (benchmarks/torch_reference.py): the same architecture in torch.nn modules, "
               "eager mode, attention through `F.scaled_dot_product_attention` (PyTorch's fused CPU kernel), "
               "`torch.optim.Adam` with its defaults apart from betas and eps.",
+              "- Threads: `--threads N` (default 1) sets NumPy's BLAS and PyTorch alike. At this model's "
+              "sizes a second BLAS thread gains NumPy little, and on a busy machine BLAS threads that "
+              "find no free core slow a step down several times over; hence one by default.",
               "- Tokens are target tokens (non-PAD labels), the ones the loss counts.",
               "- Figure: figures/benchmark_scaling.png."]
     return "\n".join(lines) + "\n"
