@@ -564,6 +564,16 @@ def machine_info(threads: int, with_torch: bool) -> dict:
         info["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
     except Exception:        # the layout of show_config differs between NumPy versions
         pass
+    try:       # the commit measured (and whether the working tree differed from it)
+        import subprocess
+        git = ["git", "-C", str(ROOT)]
+        commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(git + ["status", "--porcelain", "--", "tinytransformer", "benchmarks"],
+                               capture_output=True, text=True)
+        if commit.returncode == 0:
+            info["commit"] = commit.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
+    except OSError:
+        pass
     if with_torch:
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
@@ -592,8 +602,9 @@ def markdown(results: dict) -> str:
              f"Machine: {m['cpu']}, {m['cpu_count']} cores; {m['threads']} thread(s) for NumPy"
              + (" and PyTorch" if has_torch else "") + f"; Python {m['python']}, NumPy {m['numpy']}"
              + (f" ({m['numpy_blas']})" if "numpy_blas" in m else "")
-             + (f", PyTorch {m['torch']}" if has_torch else "") + f"; load average at the start "
-             f"{m['load_average'][0]:.2f}." if m.get("load_average") else ".",
+             + (f", PyTorch {m['torch']}" if has_torch else "")
+             + (f"; load average at the start {m['load_average'][0]:.2f}" if m.get("load_average") else "")
+             + (f"; commit {m['commit']}" if "commit" in m else "") + ".",
              "", f"Reproduce: `{results['command']}`", ""]
     if "same_model_check" in results:
         c = results["same_model_check"]
