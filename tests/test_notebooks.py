@@ -5,16 +5,15 @@ rewritten by the tests), with the kernel's working directory set to that copy's 
 when a reader opens the notebook next to its siblings, so relative paths such as a run
 directory land in the temporary folder.
 
-The kernel runs with one BLAS thread unless the environment already chooses a number. The
-matrices here are small; on a 2-core machine that is busy with anything else, OpenBLAS's
-threads wait on each other and a training step measured 6-8x slower with two threads than
-with one (about 300 ms against 35-48 ms for the reference step), which would take
-04_train_reverse from about a minute to several.
+The kernel inherits conftest.py's one BLAS thread. The matrices here are small; on a 2-core
+machine that is busy with anything else, OpenBLAS's threads wait on each other and a
+training step measured 6-8x slower with two threads than with one (about 300 ms against
+35-48 ms for the reference step), which would take 04_train_reverse from about a minute to
+several.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from nbclient import NotebookClient
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT = 600   # seconds for one cell; the notebooks aim at well under a minute in total
-BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def code_cells(nb) -> list:
@@ -33,10 +31,8 @@ def code_cells(nb) -> list:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path, monkeypatch):
-    if not any(name in os.environ for name in BLAS_THREAD_VARIABLES):
-        for name in BLAS_THREAD_VARIABLES:     # read by the kernel process when numpy loads
-            monkeypatch.setenv(name, "1")
+def test_notebook_runs(path, tmp_path):
+    # the kernel inherits conftest.py's OPENBLAS_NUM_THREADS
     copy = tmp_path / path.name
     shutil.copy(path, copy)
     nb = nbformat.read(copy, as_version=4)
