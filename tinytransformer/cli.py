@@ -71,7 +71,7 @@ TRAIN_OPTIONS = [
     ("--eps", "train", "eps", float, "Adam epsilon"),
     ("--weight-decay", "train", "weight_decay", float, "weight decay"),
     ("--momentum", "train", "momentum", float, "SGD momentum"),
-    ("--clip", "train", "clip", float, "clip the global gradient norm to this (default: no clipping)"),
+    ("--clip", "train", "clip", float, "clip the global gradient norm to this (None: no clipping)"),
     ("--label-smoothing", "train", "label_smoothing", float, "label smoothing"),
     ("--eval-every", "train", "eval_every", int, "steps between evaluations"),
     ("--eval-size", "train", "eval_size", int, "held-out sequences"),
