@@ -417,3 +417,18 @@ def test_unknown_gelu_approximation_is_a_value_error():
 def test_unknown_feedforward_activation_is_a_value_error():
     with pytest.raises(ValueError, match="activation: expected 'relu', 'gelu' or 'gelu_tanh'"):
         FeedForward(D, F, activation="swish")
+
+
+@pytest.mark.parametrize("layer", [ReLU(), GELU(), GELU("tanh"), Softmax(), Dropout(0.2)],
+                         ids=["ReLU", "GELU", "GELU(tanh)", "Softmax", "Dropout"])
+def test_elementwise_layers_refuse_integer_input(layer):
+    # an integer input would be silently truncated (GELU) or divided into inf (Dropout)
+    with pytest.raises(TypeError, match="input x: expected a floating-point array, got dtype int64"):
+        layer(np.array([1, 2, 3]))
+
+
+def test_linear_backward_refuses_an_upstream_gradient_of_the_wrong_shape(rng):
+    layer = Linear(4, 3, rng=rng)
+    layer(rng.standard_normal((2, 5, 4)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"Linear dy: expected the shape of the forward's output \(2, 5, 3\), got shape \(5, 2, 3\)"):
+        layer.backward(np.ones((5, 2, 3), np.float32))

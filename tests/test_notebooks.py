@@ -23,6 +23,7 @@ from nbclient import NotebookClient
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+assert NOTEBOOKS, f"no notebooks found in {NOTEBOOK_DIR}: the tests below would silently run nothing"
 CELL_TIMEOUT = 600   # seconds for one cell; the notebooks aim at well under a minute in total
 
 

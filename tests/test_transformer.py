@@ -265,3 +265,28 @@ def test_float32_model_computes_in_float32():
     assert logits.dtype == np.float32
     model.backward(np.ones_like(logits))
     assert all(g.dtype == np.float32 for _, _, g in model.named_parameters())
+
+
+def test_backward_refuses_dlogits_of_another_shape():
+    model = Transformer(config(), np.random.default_rng(0))
+    src, tgt = padded_batch()
+    logits = model(src, tgt)                                             # (3, 7, V)
+    with pytest.raises(ValueError, match=r"dlogits: expected the shape of the forward's output \(3, 7, 11\)"):
+        model.backward(np.ones((7, 3, V), np.float32))
+    lm = DecoderOnlyTransformer(config(), np.random.default_rng(0))
+    lm(tgt)
+    with pytest.raises(ValueError, match="dlogits"):
+        lm.backward(logits[:, :3])
+
+
+def test_encode_or_decode_alone_forbids_a_backward_through_mixed_caches():
+    model = Transformer(config(), np.random.default_rng(0))
+    src, tgt = padded_batch()
+    model(src, tgt)
+    memory, src_keys = model.encode(src[:2])                   # overwrites the encoder's caches
+    with pytest.raises(RuntimeError, match="before forward"):
+        model.backward(np.ones((3, 7, V), np.float32))
+    model(src, tgt)
+    model.decode(tgt[:2], memory, src_keys)
+    with pytest.raises(RuntimeError, match="before forward"):
+        model.backward(np.ones((3, 7, V), np.float32))

@@ -60,7 +60,7 @@ TRAIN_OPTIONS = [
      "decoder layers; the blocks of a decoder-only model (then 4 by default)"),
     ("--dropout", "model", "dropout", float, "dropout probability"),
     ("--model-max-len", "model", "max_len", int, "longest sequence the model accepts"),
-    ("--activation", "model", "activation", str, "feed-forward activation: relu or gelu"),
+    ("--activation", "model", "activation", str, "feed-forward activation: relu, gelu (exact) or gelu_tanh"),
     ("--positional", "model", "positional", str, "positions: sinusoidal or learned"),
     ("--batch-size", "train", "batch_size", int, "sequences per step"),
     ("--steps", "train", "steps", int, "step budget (the run stops earlier at the target)"),

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .nn.attention import AttentionCache, KVCache
+from .nn.kv_cache import AttentionCache, KVCache
 from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer
 from .tasks import BOS, EOS, PAD

@@ -3,12 +3,12 @@
 For a module f and a fixed random upstream gradient g (never all ones: a
 wrong gradient that only sums correctly would slip through), the scalar
     L(x, theta) = sum(f(x, theta) * g)
-has dL/dx = backward(g). Central differences estimate each element:
+has dL/dx = backward(g), and we compare, in float64, every element of every
+floating input and of every parameter (or a seeded sample of the elements
+of a large array) with its central difference:
     dL/dz ~ (L(z + eps) - L(z - eps)) / (2 eps)
 with eps = 1e-5: truncation error O(eps^2) ~ 1e-10, rounding error
-~ 1e-16 |L| / eps ~ 1e-11 |L|; smaller eps trades the first for the second.
-and we compare, in float64, every element of every floating input and of
-every parameter (or a seeded sample of the elements of a large array).
+~ 1e-16 |L| / eps ~ 1e-11 |L|; a smaller eps trades the first for the second.
 
 The error of one element is
     |analytic - numeric| / max(|analytic| + |numeric|, floor)
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
+
 import numpy as np
 
 from .nn.activation import ReLU

@@ -10,13 +10,14 @@ import math
 import numpy as np
 from scipy.special import erf
 
-from .module import Module
+from .module import Module, check_float_input
 
 
 class ReLU(Module):
     """y = max(x, 0).   Backward: dx = dy * [x > 0]."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        check_float_input("ReLU input x", x)
         positive = x > 0
         self.cache = positive
         return x * positive
@@ -51,8 +52,9 @@ class GELU(Module):
         return f"approximate={self.approximate!r}"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        check_float_input("GELU input x", x)
         if self.approximate == "none":
-            cdf = 0.5 * (1.0 + erf(x / np.sqrt(2.0)).astype(x.dtype))
+            cdf = 0.5 * (1.0 + erf(x / math.sqrt(2.0)).astype(x.dtype))
             self.cache = (x, cdf)
             return x * cdf
         tanh_u = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)).astype(x.dtype)
@@ -105,6 +107,7 @@ class Softmax(Module):
         return f"axis={self.axis}"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        check_float_input("Softmax input x", x)
         s = softmax(x, self.axis)
         self.cache = s
         return s

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .module import Module, default_rng
+from .module import Module, check_float_input, default_rng
 
 
 class Dropout(Module):
@@ -29,6 +29,7 @@ class Dropout(Module):
         return f"p={self.p}"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        check_float_input("Dropout input x", x)
         if not self.training or self.p == 0.0:
             self.cache = (None,)                # nothing dropped: backward is the identity
             return x

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .module import Module, check_float_input, default_rng
+from .module import Module, check_float_input, check_upstream, default_rng
 
 
 class Linear(Module):
@@ -45,6 +45,7 @@ class Linear(Module):
     def backward(self, dy: np.ndarray) -> np.ndarray:          # dy: (..., O)
         x = self._saved()
         weight = self.params["weight"]
+        check_upstream("Linear dy", dy, x.shape[:-1] + (weight.shape[1],))
         x2 = x.reshape(-1, weight.shape[0])                     # (N, I)
         dy2 = dy.reshape(-1, weight.shape[1])                   # (N, O)
         # forward was y = x @ W + b, every leading position using the same W and b

@@ -36,19 +36,28 @@ def default_rng(rng: np.random.Generator | None) -> np.random.Generator:
     return rng
 
 
-def check_float_input(name: str, x, dtype=None, last_dim: int | None = None, min_ndim: int = 1) -> None:
-    """Raise a clear error unless ``x`` is a float array (of ``dtype`` if given) with last axis ``last_dim``."""
+def check_float_input(name: str, x, dtype=None, last_dim: int | None = None, min_ndim: int = 1,
+                      dtype_of: str = "the layer's dtype") -> None:
+    """Raise a clear error unless ``x`` is a float array (of ``dtype`` if given: ``dtype_of`` says
+    whose dtype that is) with at least ``min_ndim`` axes, the last of size ``last_dim``."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array, got {type(x).__name__}")
     if dtype is None and x.dtype.kind != "f":
         raise TypeError(f"{name}: expected a floating-point array, got dtype {x.dtype.name}")
     if dtype is not None and x.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name} (the layer's dtype), "
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name} ({dtype_of}), "
                         f"got {x.dtype.name}; cast the input or the model with .astype()")
     if x.ndim < min_ndim:
         raise ValueError(f"{name}: expected at least {min_ndim} dimensions, got shape {x.shape}")
     if last_dim is not None and x.shape[-1] != last_dim:
         raise ValueError(f"{name}: expected last dimension {last_dim}, got shape {x.shape}")
+
+
+def check_upstream(name: str, dout, shape: tuple) -> None:
+    """Raise a clear error unless the upstream gradient ``dout`` has the forward output's shape."""
+    if not isinstance(dout, np.ndarray) or dout.shape != tuple(shape):
+        got = f"shape {dout.shape}" if isinstance(dout, np.ndarray) else type(dout).__name__
+        raise ValueError(f"{name}: expected the shape of the forward's output {tuple(shape)}, got {got}")
 
 
 def _storage(a: np.ndarray) -> np.ndarray:
@@ -169,8 +178,11 @@ class Module:
         missing = sorted(set(own) - set(state))
         extra = sorted(set(state) - set(own))
         if missing or extra:
-            raise KeyError(f"load_state_dict: state does not match the model: "
-                           f"missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+            def names(keys: list[str]) -> str:
+                return "nothing" if not keys else \
+                    ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+            raise KeyError(f"load_state_dict: state does not match the model: missing {names(missing)}; "
+                           f"unexpected {names(extra)}")
         for name, param in own.items():
             value = np.asarray(state[name])
             if value.shape != param.shape:

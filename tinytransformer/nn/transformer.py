@@ -19,15 +19,16 @@ from typing import Callable
 
 import numpy as np
 
-from .attention import AttentionCache, KVCache, MultiHeadAttention, causal_mask
+from ..tasks import PAD    # the padding id: masks are derived from it when not given
+from .attention import MultiHeadAttention, causal_mask
 from .dropout import Dropout
 from .embedding import Embedding, LearnedPositionalEmbedding, SinusoidalPositionalEncoding, check_ids
 from .feedforward import FeedForward, make_activation
+from .kv_cache import AttentionCache, KVCache
 from .linear import Linear
-from .module import Module, default_rng
+from .module import Module, check_upstream, default_rng
 from .normalization import LayerNorm
 
-PAD = 0   # the padding id of every vocabulary (tasks.PAD); masks are derived from it when not given
 
 
 @dataclass
@@ -388,6 +389,7 @@ class Transformer(Module):
 
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray | None = None):
         """The encoder's memory (B, S, D) and the source key mask (B, 1, 1, S)."""
+        self.cache = None          # the layers' caches no longer belong to one forward: no backward
         check_model_ids("src_ids", src_ids, self.config)
         src_keys = key_mask("src_mask", src_mask, src_ids)
         return self.encoder(embed_forward(self.src_embed, self.pos, src_ids), src_keys), src_keys
@@ -395,6 +397,7 @@ class Transformer(Module):
     def decode(self, tgt_ids: np.ndarray, memory: np.ndarray, src_keys: np.ndarray,
                tgt_mask: np.ndarray | None = None) -> np.ndarray:
         """Logits (B, T, V) of the target, given the memory and the source key mask."""
+        self.cache = None
         check_model_ids("tgt_ids", tgt_ids, self.config)
         if tgt_ids.shape[0] != memory.shape[0]:
             raise ValueError(f"tgt_ids: batch size {tgt_ids.shape[0]} differs from the source's "
@@ -429,11 +432,12 @@ class Transformer(Module):
     def forward(self, src_ids: np.ndarray, tgt_ids: np.ndarray, src_mask: np.ndarray | None = None,
                 tgt_mask: np.ndarray | None = None) -> np.ndarray:
         memory, src_keys = self.encode(src_ids, src_mask)                    # (B, S, D)
-        self.cache = True
-        return self.decode(tgt_ids, memory, src_keys, tgt_mask)              # (B, T, V)
+        logits = self.decode(tgt_ids, memory, src_keys, tgt_mask)            # (B, T, V)
+        self.cache = logits.shape
+        return logits
 
     def backward(self, dlogits: np.ndarray) -> None:
-        self._saved()
+        check_upstream("dlogits", dlogits, self._saved())
         dy, dmemory = self.decoder.backward(self.out_proj.backward(dlogits))
         embed_backward(self.tgt_embed, self.pos, dy)
         embed_backward(self.src_embed, self.pos, self.encoder.backward(dmemory))
@@ -476,8 +480,9 @@ class DecoderOnlyTransformer(Module):
             x = layer(x, self_mask)
         if hasattr(self, "norm"):
             x = self.norm(x)
-        self.cache = True
-        return self.out_proj(x)                                               # (B, T, V)
+        logits = self.out_proj(x)                                             # (B, T, V)
+        self.cache = logits.shape
+        return logits
 
     def init_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
         """An empty KVCache for ``batch_size`` sequences of up to ``capacity`` positions (default max_len)."""
@@ -497,7 +502,7 @@ class DecoderOnlyTransformer(Module):
         return self.out_proj(x)                                               # (B, Tn, V)
 
     def backward(self, dlogits: np.ndarray) -> None:
-        self._saved()
+        check_upstream("dlogits", dlogits, self._saved())
         dx = self.out_proj.backward(dlogits)
         if hasattr(self, "norm"):
             dx = self.norm.backward(dx)
