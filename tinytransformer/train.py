@@ -31,9 +31,7 @@ training batches.
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -45,6 +43,7 @@ from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, save_json
 from .nn.loss import CrossEntropyLoss
 from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig
+from .progress import Progress, StopRequest
 from .tasks import (PAD, TASKS, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch,
                     make_lm_batch)
 
@@ -275,101 +274,6 @@ def evaluate(model: Module, data: Batch | LMBatch) -> dict:
         by_length[source_length] = float(right.mean())
     return {"exact_match": exact / len(answer), "token_accuracy": correct_tokens / int((answer != PAD).sum()),
             "n": len(answer), "by_length": by_length}
-
-
-# ---- what a person watches ----------------------------------------------------------------
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-class Progress:
-    """The progress line: step, loss, lr, gradient norm, tokens/s, elapsed, ETA.
-
-    On a terminal one line is rewritten in place (``\\r``), at most 5 times a
-    second; elsewhere (a log file, a notebook, a pipe) a line is printed every
-    ``every`` steps. Tokens are target tokens, the ones the loss counts. The ETA
-    runs to the step budget, so it is an upper bound when the run stops early.
-    """
-
-    def __init__(self, stream, total_steps: int, every: int, first_step: int, elapsed: float):
-        self.stream, self.total, self.every = stream, total_steps, every
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self.start_time, self.start_step, self.elapsed_before = time.perf_counter(), first_step, elapsed
-        self.window_tokens, self.window_seconds, self.last_draw = 0, 0.0, 0.0
-        self.on_line = False
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.start_time
-
-    def step(self, step: int, loss: float, lr: float, grad_norm: float, tokens: int,
-             seconds: float) -> None:
-        self.window_tokens += tokens
-        self.window_seconds += seconds
-        now = time.perf_counter()
-        if self.tty:
-            if now - self.last_draw < 0.2 and step != self.total:
-                return
-        elif step % self.every and step != self.total:
-            return
-        self.last_draw = now
-        rate = self.window_tokens / max(self.window_seconds, 1e-9)
-        self.window_tokens, self.window_seconds = 0, 0.0
-        per_step = (now - self.start_time) / max(step - self.start_step, 1)
-        line = (f"step {step:>{len(str(self.total))}}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
-                f"|g| {grad_norm:.2f}  {rate / 1000:.1f}k tok/s  elapsed {_clock(self.elapsed())}  "
-                f"eta <= {_clock(per_step * (self.total - step))}")
-        if self.tty:
-            self.stream.write("\r" + line + "\x1b[K")
-            self.on_line = True
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def end_line(self) -> None:
-        """Finish the terminal's progress line, so what follows starts on a fresh one."""
-        if self.on_line:
-            self.stream.write("\n")
-            self.on_line = False
-
-    def print(self, text: str) -> None:
-        """A line that stays (evaluations, messages), below the progress line."""
-        self.end_line()
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-class StopRequest:
-    """Ctrl-C during training: finish the current step, save, and stop.
-
-    The first SIGINT only sets ``requested``; the loop checks it between steps,
-    so a checkpoint is never taken halfway through an update. A second Ctrl-C
-    raises KeyboardInterrupt at once. Outside the main thread (where signal
-    handlers cannot be installed) Ctrl-C arrives as KeyboardInterrupt instead,
-    which ``train`` also handles.
-    """
-
-    def __init__(self, progress: Progress):
-        self.progress, self.requested, self.previous = progress, False, None
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.progress.print("Ctrl-C: stopping after this step and saving (press again to abort "
-                            "without saving)")
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
 
 
 # ---- the loop -----------------------------------------------------------------------------
