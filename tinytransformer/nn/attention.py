@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .activation import last_axis_sum
+from .activation import last_axis_max, last_axis_sum
 from .dropout import Dropout
 from .kv_cache import AttentionCache
 from .linear import Linear
@@ -99,7 +99,7 @@ class ScaledDotProductAttention(Module):
             # the mask as a bias, 0 where allowed and -inf where masked, added in place: ~5x
             # faster than np.where(mask, scores, -inf) with a broadcast mask (measured)
             scores += np.where(mask, scores.dtype.type(0), scores.dtype.type(-np.inf))
-        row_max = scores.max(axis=-1, keepdims=True)                  # (B, H, Tq, 1)
+        row_max = last_axis_max(scores)                               # (B, H, Tq, 1)
         if mask is not None:
             row_max[row_max == -np.inf] = 0.0     # fully masked row: exp(-inf - 0) = 0 below
         # the softmax runs in place in the scores' memory (no new (B, H, Tq, Tk) array per step)
