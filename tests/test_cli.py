@@ -119,3 +119,16 @@ def test_python_dash_m_help():
     assert done.returncode == 0, done.stderr
     for command in ("train", "eval", "generate", "plot", "gradcheck", "bench"):
         assert command in done.stdout
+
+
+def test_bench_passes_its_options_through_to_the_benchmark_script(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda command: calls.append(command) or 0)
+    assert cli.main(["bench", "--quick", "--threads", "1"]) == 0
+    assert calls[0][-3:] == ["--quick", "--threads", "1"] and calls[0][-4].endswith("run.py")
+
+
+def test_an_unknown_option_is_one_line_and_exit_2(capsys):
+    assert cli.main(["train", "--bogus"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "tinytransformer: error: unrecognized arguments: --bogus"

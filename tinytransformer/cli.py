@@ -368,7 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run one command; return its exit code (0 ok, 1 failed, 2 bad arguments, 130 Ctrl-C)."""
     try:
-        args = build_parser().parse_args(argv)
+        # parse_known_args: argparse does not hand an option such as `bench --quick` to the
+        # REMAINDER of a subcommand, so bench collects what is left over here
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:
+            if getattr(args, "run", None) is not cmd_bench:
+                raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+            args.bench_args = [*extra, *args.bench_args]
         return args.run(args)
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
