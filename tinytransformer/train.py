@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from . import decode, optim
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, save_json
 from .nn.loss import CrossEntropyLoss
 from .nn.module import Module
-from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig
+from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig, config_from_dict
 from .progress import Progress, StopRequest
 from .tasks import (PAD, TASKS, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch,
                     make_lm_batch)
@@ -132,11 +132,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 @dataclass

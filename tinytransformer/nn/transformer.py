@@ -31,6 +31,15 @@ from .normalization import LayerNorm
 
 
 
+def config_from_dict(cls, data: dict):
+    """``cls(**data)`` for a config dataclass, with a clear error for a field it does not have."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)
+
+
 @dataclass
 class TransformerConfig:
     """Sizes and choices of a model; serialisable to JSON (``to_json`` / ``from_json``)."""
@@ -71,11 +80,7 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TransformerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"TransformerConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
