@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse
 
 from .module import Module, check_float_input, default_rng
+from .overlap import defer
 
 
 def check_ids(name: str, ids, n: int) -> None:
@@ -62,7 +63,10 @@ class Embedding(Module):
         N = flat_ids.size
         onehot_t = scipy.sparse.coo_array(                        # (V, N), onehot_t[ids[n], n] = 1
             (np.ones(N, dtype=dy.dtype), (flat_ids, np.arange(N))), shape=(self.num_embeddings, N))
-        self.grads["weight"] += onehot_t @ dy.reshape(N, self.d_model)    # (V, D)
+
+        def add_param_grads():      # deferred like every parameter gradient: nn/overlap.py
+            self.grads["weight"] += onehot_t @ dy.reshape(N, self.d_model)    # (V, D)
+        defer(add_param_grads)
         return None
 
 
@@ -142,5 +146,8 @@ class LearnedPositionalEmbedding(Module):
     def backward(self, dy: np.ndarray) -> np.ndarray:        # dy: (B, T, D)
         offset, T = self._saved(), dy.shape[-2]
         # forward was y[b, t] = x[b, t] + P[offset + t], the same row for every b
-        self.grads["weight"][offset: offset + T] += dy.reshape(-1, T, self.d_model).sum(axis=0)
+
+        def add_param_grads():      # deferred: nn/overlap.py
+            self.grads["weight"][offset: offset + T] += dy.reshape(-1, T, self.d_model).sum(axis=0)
+        defer(add_param_grads)
         return dy

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .module import Module, check_float_input, check_upstream, default_rng
+from .overlap import defer
 
 
 class Linear(Module):
@@ -48,10 +49,14 @@ class Linear(Module):
         check_upstream("Linear dy", dy, x.shape[:-1] + (weight.shape[1],))
         x2 = x.reshape(-1, weight.shape[0])                     # (N, I)
         dy2 = dy.reshape(-1, weight.shape[1])                   # (N, O)
-        # forward was y = x @ W + b, every leading position using the same W and b
-        self.grads["weight"] += x2.T @ dy2                      # (I, O)
-        if "bias" in self.params:
-            self.grads["bias"] += dy2.sum(axis=0)               # (O,)
+        # forward was y = x @ W + b, every leading position using the same W and b;
+        # dW and db wait for the optimizer step, so inside a model's backward they are
+        # computed on the second core while backward goes on (nn/overlap.py)
+        def add_param_grads():
+            self.grads["weight"] += x2.T @ dy2                  # (I, O)
+            if "bias" in self.params:
+                self.grads["bias"] += dy2.sum(axis=0)           # (O,)
+        defer(add_param_grads)
         # dx as one 2-D product too: NumPy runs (B, T, O) @ W^T as B small products,
         # measured 2.5x slower than this for O = 64, I = 256
         return (dy2 @ weight.T).reshape(x.shape)                # (..., I)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .module import Module, check_float_input
+from .overlap import defer
 
 
 class LayerNorm(Module):
@@ -42,8 +43,11 @@ class LayerNorm(Module):
         xhat, rstd = xhat.reshape(-1, self.d_model), rstd.reshape(-1, 1)   # (N, D), (N, 1)
         dy2 = dy.reshape(-1, self.d_model)                        # (N, D)
         # forward was y = gamma * xhat + beta, summed over every position
-        self.grads["weight"] += (dy2 * xhat).sum(0)
-        self.grads["bias"] += dy2.sum(0)
+        # (deferred: see nn/overlap.py)
+        def add_param_grads():
+            self.grads["weight"] += (dy2 * xhat).sum(0)
+            self.grads["bias"] += dy2.sum(0)
+        defer(add_param_grads)
         g = dy2 * self.params["weight"]
         dx = g - row_mean(g) - xhat * row_mean(g * xhat)
         dx *= rstd

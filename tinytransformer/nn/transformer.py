@@ -28,6 +28,7 @@ from .kv_cache import AttentionCache, KVCache
 from .linear import Linear
 from .module import Module, check_upstream, default_rng
 from .normalization import LayerNorm
+from .overlap import overlap_param_grads
 
 
 
@@ -443,9 +444,11 @@ class Transformer(Module):
 
     def backward(self, dlogits: np.ndarray) -> None:
         check_upstream("dlogits", dlogits, self._saved())
-        dy, dmemory = self.decoder.backward(self.out_proj.backward(dlogits))
-        embed_backward(self.tgt_embed, self.pos, dy)
-        embed_backward(self.src_embed, self.pos, self.encoder.backward(dmemory))
+        # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
+        with overlap_param_grads():
+            dy, dmemory = self.decoder.backward(self.out_proj.backward(dlogits))
+            embed_backward(self.tgt_embed, self.pos, dy)
+            embed_backward(self.src_embed, self.pos, self.encoder.backward(dmemory))
         return None
 
     def attention_maps(self) -> dict[str, np.ndarray]:
@@ -508,12 +511,14 @@ class DecoderOnlyTransformer(Module):
 
     def backward(self, dlogits: np.ndarray) -> None:
         check_upstream("dlogits", dlogits, self._saved())
-        dx = self.out_proj.backward(dlogits)
-        if hasattr(self, "norm"):
-            dx = self.norm.backward(dx)
-        for layer in reversed(self.layers):
-            dx = layer.backward(dx)
-        embed_backward(self.embed, self.pos, dx)
+        # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
+        with overlap_param_grads():
+            dx = self.out_proj.backward(dlogits)
+            if hasattr(self, "norm"):
+                dx = self.norm.backward(dx)
+            for layer in reversed(self.layers):
+                dx = layer.backward(dx)
+            embed_backward(self.embed, self.pos, dx)
         return None
 
     def attention_maps(self) -> dict[str, np.ndarray]:

@@ -1,0 +1,84 @@
+"""Parameter gradients on the second core, overlapped with the rest of the backward pass.
+
+Backward through a layer gives two kinds of gradient. The gradient of its input is
+needed at once: the layer below is waiting for it. The gradients of its parameters
+are needed only at the optimizer step. So a layer's backward hands the second kind
+to ``defer``:
+
+    def add_param_grads():
+        self.grads["weight"] += x2.T @ dy2
+    defer(add_param_grads)
+    return dy2 @ W.T                      # the input gradient, computed right away
+
+Outside ``overlap_param_grads()`` (a layer on its own, the gradient checks), or with
+``overlap.enabled = False``, ``defer(job)`` simply runs ``job()``. Inside it, the job
+goes to one worker thread and backward goes on: the weight gradients of every
+Linear (half of the backward's arithmetic) are computed on the second core while
+the main thread works its way down the network. NumPy releases the GIL inside its
+matrix products and array loops, so the two threads really run at the same time.
+The models' ``backward`` runs inside the context, which on leaving waits for every
+deferred job, so when ``model.backward`` returns every gradient is complete.
+
+The same numbers, bit for bit: one worker runs the jobs in the order they were
+deferred, so every gradient buffer gets the same additions in the same order as
+without the worker. That holds for tied buffers too (the output projection and the
+embedding add into one): every write into a parameter gradient inside a model's
+backward goes through ``defer``.
+
+A deferred job reads arrays after ``defer`` returns, so those arrays (a layer's
+saved forward input, its upstream gradient) must not be changed in place before
+the context ends; no backward in this package writes into its upstream gradient.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+enabled = True          # False: every deferred job runs at once, on the calling thread
+
+_state = threading.local()          # .jobs: the futures of the open context, per thread
+_worker: ThreadPoolExecutor | None = None
+_worker_pid: int | None = None      # a forked child starts a worker of its own
+
+
+def _get_worker() -> ThreadPoolExecutor:
+    global _worker, _worker_pid
+    if _worker is None or _worker_pid != os.getpid():
+        _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tinytransformer-grads")
+        _worker_pid = os.getpid()
+    return _worker
+
+
+def defer(job: Callable[[], None]) -> None:
+    """Run ``job()`` (parameter-gradient work) now, or on the worker inside ``overlap_param_grads()``."""
+    jobs: list[Future] | None = getattr(_state, "jobs", None)
+    if jobs is None:
+        job()
+    else:
+        jobs.append(_get_worker().submit(job))
+
+
+@contextmanager
+def overlap_param_grads() -> Iterator[None]:
+    """Within this block ``defer`` hands jobs to the worker; leaving it waits for all of them.
+
+    A job's error is raised here, on leaving; an error inside the block still waits for
+    the jobs already handed over (so none writes a gradient later) and then propagates.
+    Nested blocks share the outermost one's wait.
+    """
+    if not enabled or getattr(_state, "jobs", None) is not None:
+        yield
+        return
+    _state.jobs = []
+    try:
+        yield
+    finally:
+        jobs, _state.jobs = _state.jobs, None
+        errors = [job.exception() for job in jobs]        # waits for every job
+    for error in errors:                                  # reached only if the block succeeded
+        if error is not None:
+            raise error
