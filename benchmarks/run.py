@@ -21,9 +21,12 @@ lengths 1..16, batch 64, d_model 64, 4 heads, d_ff 256, 2 + 2 layers, float32):
 
 Timing: wall clock (``time.perf_counter``), medians over many steps, NumPy and
 PyTorch interleaved in blocks so that a change in machine load hits both. Both
-use the same number of threads (``--threads``, default 1): it is set in the
-environment (OPENBLAS/OMP/MKL_NUM_THREADS) before NumPy is imported, and with
-``torch.set_num_threads``. The CPU time of the process is kept alongside.
+get the same number of threads (``--threads``, default 2, the cores of the machine
+the targets are set for): PyTorch through ``torch.set_num_threads``; NumPy runs its
+products on one BLAS thread and, from 2 threads on, its parameter gradients on a
+second thread (``tinytransformer.nn.overlap``); it has no use for a third. The
+training step is also measured with one thread each. The CPU time of the process is
+kept alongside.
 
 Results: ``benchmarks/results/benchmark.json`` (every number, raw samples
 included), ``benchmarks/results/README.md`` (the Markdown tables, also printed)
@@ -41,8 +44,9 @@ import sys
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="tinytransformer benchmarks (NumPy vs PyTorch eager)")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check that everything works")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="BLAS/OpenMP threads for NumPy and PyTorch alike (default 1)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads for NumPy and PyTorch alike (default 2); NumPy uses at most 2: "
+                             "one BLAS thread and the parameter-gradient worker")
     parser.add_argument("--reference-runs", action="store_true",
                         help="also train the reference run to 99%% exact match (3 seeds; minutes)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the reference runs")
@@ -59,10 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 if __name__ == "__main__":
-    # BLAS reads its thread count once, when NumPy is imported: set it before the import below
+    # BLAS reads its thread count once, when NumPy is imported: set it before the import below.
+    # One BLAS thread: at these sizes a second one makes NumPy's products slower, not faster
+    # (measured); PyTorch gets its threads from torch.set_num_threads in main().
     ARGS = parse_args()
     for variable in THREAD_VARIABLES:
-        os.environ[variable] = str(ARGS.threads)
+        os.environ[variable] = "1"
 
 import contextlib  # noqa: E402  (the imports follow the thread setting on purpose)
 import importlib  # noqa: E402
@@ -81,6 +87,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]          # the package of this checkout, and decode_bench
 
 from tinytransformer import optim  # noqa: E402
+from tinytransformer.nn import overlap  # noqa: E402
 from tinytransformer.nn.loss import CrossEntropyLoss  # noqa: E402
 from tinytransformer.nn.module import Module  # noqa: E402
 from tinytransformer.nn.transformer import Transformer, TransformerConfig  # noqa: E402
@@ -537,7 +544,6 @@ def torch_reference_run(seed: int) -> dict:
 def reference_runs(with_torch, seeds) -> dict:
     out = {"NumPy": [numpy_reference_run(s) for s in seeds]}
     if with_torch:
-        torch.set_num_threads(torch.get_num_threads())
         out["PyTorch"] = [torch_reference_run(s) for s in seeds]
     return out
 
@@ -600,7 +606,9 @@ def markdown(results: dict) -> str:
     has_torch = "PyTorch" in results["step"]["step"]
     lines = [f"# Benchmark results{' (quick mode: tiny, not for quoting)' if results['quick'] else ''}", "",
              f"Machine: {m['cpu']}, {m['cpu_count']} cores; {m['threads']} thread(s) for NumPy"
-             + (" and PyTorch" if has_torch else "") + f"; Python {m['python']}, NumPy {m['numpy']}"
+             + (" and PyTorch" if has_torch else "")
+             + (" (NumPy: one BLAS thread and the parameter-gradient worker)" if m["threads"] >= 2 else "")
+             + f"; Python {m['python']}, NumPy {m['numpy']}"
              + (f" ({m['numpy_blas']})" if "numpy_blas" in m else "")
              + (f", PyTorch {m['torch']}" if has_torch else "")
              + (f"; load average at the start {m['load_average'][0]:.2f}" if m.get("load_average") else "")
@@ -628,6 +636,10 @@ def markdown(results: dict) -> str:
               "blocks after warm-up. Ratio below 1: NumPy is faster.", ""] + header
     for method, label in (("step", "training step (ms)"), ("forward_backward", "forward + loss + backward (ms)")):
         lines.append(row(label, s[method]["NumPy"]["median_s"], s[method].get("PyTorch", {}).get("median_s")))
+    if "step_one_thread" in results:
+        one = results["step_one_thread"]["step"]
+        lines.append(row("training step, one thread each (ms)", one["NumPy"]["median_s"],
+                         one.get("PyTorch", {}).get("median_s")))
     for method, label in (("step", "training step, CPU time of the process (ms)"),):
         lines.append(row(label, s[method]["NumPy"]["cpu_median_s"],
                          s[method].get("PyTorch", {}).get("cpu_median_s")))
@@ -709,9 +721,11 @@ def markdown(results: dict) -> str:
               "- PyTorch side (benchmarks/torch_reference.py): the same architecture in torch.nn modules, "
               "eager mode, attention through `F.scaled_dot_product_attention` (PyTorch's fused CPU kernel), "
               "`torch.optim.Adam` with its defaults apart from betas and eps.",
-              "- Threads: `--threads N` (default 1) sets NumPy's BLAS and PyTorch alike. At this model's "
-              "sizes a second BLAS thread gains NumPy little, and on a busy machine BLAS threads that "
-              "find no free core slow a step down several times over; hence one by default.",
+              "- Threads: `--threads N` (default 2) for each side. PyTorch: `torch.set_num_threads(N)`. "
+              "NumPy: one BLAS thread (at these sizes a second BLAS thread makes the products slower, "
+              "and on a busy machine BLAS threads that find no free core slow a step down several times "
+              "over) and, from N = 2, the worker thread that computes the parameter gradients while "
+              "backward goes on (`tinytransformer/nn/overlap.py`); it has no use for a third thread.",
               "- Tokens are target tokens (non-PAD labels), the ones the loss counts.",
               "- Figure: figures/benchmark_scaling.png."]
     return "\n".join(lines) + "\n"
@@ -750,11 +764,19 @@ def plot_scaling(results: dict, path: Path) -> None:
 # ---- main ------------------------------------------------------------------------------------
 
 
+def set_threads(n: int, with_torch: bool) -> None:
+    """n threads each: PyTorch's own; for NumPy, from 2 on, the parameter-gradient worker."""
+    overlap.enabled = n >= 2
+    if with_torch:
+        torch.set_num_threads(n)
+
+
 def main(args: argparse.Namespace) -> dict:
     with_torch = torch is not None and not args.no_torch
-    if with_torch:
-        torch.set_num_threads(args.threads)
-    if os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
+    if args.threads < 1:
+        raise SystemExit(f"--threads: expected a number >= 1, got {args.threads}")
+    set_threads(args.threads, with_torch)
+    if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
         print(f"warning: NumPy was imported before the thread count could be set; its BLAS uses "
               f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}", file=sys.stderr)
     q = args.quick
@@ -764,7 +786,7 @@ def main(args: argparse.Namespace) -> dict:
     figure = Path(args.figure) if args.figure else \
         (out_dir / "benchmark_scaling.png" if q else ROOT / "figures" / "benchmark_scaling.png")
     command = "python benchmarks/run.py" + (" --quick" if q else "") + \
-        (f" --threads {args.threads}" if args.threads != 1 else "") + (" --reference-runs" if args.reference_runs else "")
+        (f" --threads {args.threads}" if args.threads != 2 else "") + (" --reference-runs" if args.reference_runs else "")
     results = {"quick": q, "command": command, "machine": machine_info(args.threads, with_torch)}
     say = (lambda text: print(text, file=sys.stderr, flush=True))
 
@@ -777,6 +799,12 @@ def main(args: argparse.Namespace) -> dict:
     say("training step ...")
     results["step"] = step_benchmark(runs, batches, warmup=1 if q else 10, blocks=2 if q else 10,
                                      per_block=2 if q else 10)
+    if args.threads != 1:
+        say("training step, one thread each ...")
+        set_threads(1, with_torch)
+        results["step_one_thread"] = step_benchmark(runs, batches, warmup=1 if q else 10,
+                                                    blocks=2 if q else 10, per_block=2 if q else 10)
+        set_threads(args.threads, with_torch)
     say("phases and per-layer breakdown ...")
     results["phases"] = phase_benchmark(runs, batches, repeats=3 if q else 50)
     results["layers"] = {"NumPy": layer_breakdown(runs[0], batches, warmup=1, repeats=2 if q else 30)}

@@ -33,6 +33,8 @@ def check_numpy_side(results: dict) -> None:
     assert results["quick"] is True
     for method in ("step", "forward_backward"):
         assert results["step"][method]["NumPy"]["median_s"] > 0
+    assert results["machine"]["threads"] == 2           # the default: the gradient worker on
+    assert results["step_one_thread"]["step"]["NumPy"]["median_s"] > 0
     assert set(results["phases"]["NumPy"]) == {"zero_grad", "forward", "loss", "backward", "optimizer"}
     parts = {row["part"] for row in results["layers"]["NumPy"]}
     assert {"Linear forward", "Linear backward", "ScaledDotProductAttention backward"} <= parts
