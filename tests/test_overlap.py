@@ -76,17 +76,18 @@ def test_overlapped_backward_gives_bit_identical_gradients(cls, variant, overlap
 
 def test_a_models_backward_hands_every_parameter_gradient_to_the_worker(overlap_enabled, monkeypatch):
     overlap.enabled = True
-    worker, ran_on = overlap._get_worker(), []
+    jobs, ran_on = overlap._queue(), []
 
     class Recording:
-        def submit(self, job):
-            return worker.submit(lambda: (ran_on.append(threading.current_thread().name), job()))
+        def put(self, item):
+            job, errors = item
+            jobs.put((lambda: (ran_on.append(threading.current_thread().name), job()), errors))
 
     model = Transformer(config(tie_embeddings=True), np.random.default_rng(0))
     (src, tgt), labels = batch(np.random.default_rng(1))
     crit = CrossEntropyLoss(ignore_index=0)
     crit(model(src, tgt), labels)
-    monkeypatch.setattr(overlap, "_get_worker", Recording)
+    monkeypatch.setattr(overlap, "_queue", Recording)
     model.backward(crit.backward())
     # one job per Linear and LayerNorm, one per embedding (the tied matrix counted as used)
     n_linear = sum(isinstance(m, Linear) for _, m in model.named_modules())
