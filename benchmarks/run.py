@@ -113,6 +113,7 @@ class NumpyRunner:
     """A tinytransformer model, its Adam and its loss; batches are tasks.Batch objects."""
 
     name = "NumPy"
+    threads = None          # set: interleaved() switches to this thread count for its blocks
 
     def __init__(self, d_model=64, n_heads=4, d_ff=256, n_layers=2, max_len=64, seed=0):
         config = TransformerConfig(vocab_size=VOCAB.size, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
@@ -158,6 +159,7 @@ class TorchRunner:
     """The same model written with torch.nn (benchmarks/torch_reference.py), eager mode."""
 
     name = "PyTorch"
+    threads = None
 
     def __init__(self, d_model=64, n_heads=4, d_ff=256, n_layers=2, max_len=64, seed=0):
         self.model, self.opt, self.loss_fn = torch_reference.build(
@@ -232,11 +234,15 @@ def interleaved(runs: list, method: str, batches: list, warmup: int, blocks: int
     wall = {r.name: [] for r in runs}
     cpu = {r.name: [] for r in runs}
     for r in runs:
+        if r.threads is not None:
+            set_threads(r.threads)
         for i in range(warmup):
             getattr(r, method)(converted[r.name][i % len(batches)])
     i = 0
     for _ in range(blocks):
         for r in runs:
+            if r.threads is not None:
+                set_threads(r.threads)
             fn = getattr(r, method)
             for j in range(per_block):
                 batch = converted[r.name][(i + j) % len(batches)]
@@ -636,10 +642,9 @@ def markdown(results: dict) -> str:
               "blocks after warm-up. Ratio below 1: NumPy is faster.", ""] + header
     for method, label in (("step", "training step (ms)"), ("forward_backward", "forward + loss + backward (ms)")):
         lines.append(row(label, s[method]["NumPy"]["median_s"], s[method].get("PyTorch", {}).get("median_s")))
-    if "step_one_thread" in results:
-        one = results["step_one_thread"]["step"]
-        lines.append(row("training step, one thread each (ms)", one["NumPy"]["median_s"],
-                         one.get("PyTorch", {}).get("median_s")))
+    if "NumPy, one thread" in s["step"]:
+        lines.append(row("training step, one thread each (ms)", s["step"]["NumPy, one thread"]["median_s"],
+                         s["step"].get("PyTorch, one thread", {}).get("median_s")))
     for method, label in (("step", "training step, CPU time of the process (ms)"),):
         lines.append(row(label, s[method]["NumPy"]["cpu_median_s"],
                          s[method].get("PyTorch", {}).get("cpu_median_s")))
@@ -764,10 +769,10 @@ def plot_scaling(results: dict, path: Path) -> None:
 # ---- main ------------------------------------------------------------------------------------
 
 
-def set_threads(n: int, with_torch: bool) -> None:
+def set_threads(n: int) -> None:
     """n threads each: PyTorch's own; for NumPy, from 2 on, the parameter-gradient worker."""
     overlap.enabled = n >= 2
-    if with_torch:
+    if torch is not None:
         torch.set_num_threads(n)
 
 
@@ -775,7 +780,7 @@ def main(args: argparse.Namespace) -> dict:
     with_torch = torch is not None and not args.no_torch
     if args.threads < 1:
         raise SystemExit(f"--threads: expected a number >= 1, got {args.threads}")
-    set_threads(args.threads, with_torch)
+    set_threads(args.threads)
     if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
         print(f"warning: NumPy was imported before the thread count could be set; its BLAS uses "
               f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}", file=sys.stderr)
@@ -797,14 +802,19 @@ def main(args: argparse.Namespace) -> dict:
     if with_torch:
         results["same_model_check"] = same_model_check(batches[0], **setup["sizes"])
     say("training step ...")
-    results["step"] = step_benchmark(runs, batches, warmup=1 if q else 10, blocks=2 if q else 10,
+    step_runs = runs
+    if args.threads != 1:     # also with one thread each, all four taking turns
+        one_thread = runners(with_torch, **setup["sizes"])
+        for r in one_thread:
+            r.name, r.threads = f"{r.name}, one thread", 1
+        for r in runs:
+            r.threads = args.threads
+        step_runs = runs + one_thread
+    results["step"] = step_benchmark(step_runs, batches, warmup=1 if q else 10, blocks=2 if q else 10,
                                      per_block=2 if q else 10)
-    if args.threads != 1:
-        say("training step, one thread each ...")
-        set_threads(1, with_torch)
-        results["step_one_thread"] = step_benchmark(runs, batches, warmup=1 if q else 10,
-                                                    blocks=2 if q else 10, per_block=2 if q else 10)
-        set_threads(args.threads, with_torch)
+    for r in runs:
+        r.threads = None
+    set_threads(args.threads)
     say("phases and per-layer breakdown ...")
     results["phases"] = phase_benchmark(runs, batches, repeats=3 if q else 50)
     results["layers"] = {"NumPy": layer_breakdown(runs[0], batches, warmup=1, repeats=2 if q else 30)}

@@ -34,7 +34,7 @@ def check_numpy_side(results: dict) -> None:
     for method in ("step", "forward_backward"):
         assert results["step"][method]["NumPy"]["median_s"] > 0
     assert results["machine"]["threads"] == 2           # the default: the gradient worker on
-    assert results["step_one_thread"]["step"]["NumPy"]["median_s"] > 0
+    assert results["step"]["step"]["NumPy, one thread"]["median_s"] > 0
     assert set(results["phases"]["NumPy"]) == {"zero_grad", "forward", "loss", "backward", "optimizer"}
     parts = {row["part"] for row in results["layers"]["NumPy"]}
     assert {"Linear forward", "Linear backward", "ScaledDotProductAttention backward"} <= parts

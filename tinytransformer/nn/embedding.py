@@ -63,8 +63,8 @@ class Embedding(Module):
         N = flat_ids.size
         onehot_t = scipy.sparse.coo_array(                        # (V, N), onehot_t[ids[n], n] = 1
             (np.ones(N, dtype=dy.dtype), (flat_ids, np.arange(N))), shape=(self.num_embeddings, N))
-
-        def add_param_grads():      # deferred like every parameter gradient: nn/overlap.py
+        # deferred, like every parameter gradient (nn/overlap.py)
+        def add_param_grads():
             self.grads["weight"] += onehot_t @ dy.reshape(N, self.d_model)    # (V, D)
         defer(add_param_grads)
         return None
@@ -146,8 +146,8 @@ class LearnedPositionalEmbedding(Module):
     def backward(self, dy: np.ndarray) -> np.ndarray:        # dy: (B, T, D)
         offset, T = self._saved(), dy.shape[-2]
         # forward was y[b, t] = x[b, t] + P[offset + t], the same row for every b
-
-        def add_param_grads():      # deferred: nn/overlap.py
+        # (deferred: nn/overlap.py)
+        def add_param_grads():
             self.grads["weight"][offset: offset + T] += dy.reshape(-1, T, self.d_model).sum(axis=0)
         defer(add_param_grads)
         return dy
