@@ -1,6 +1,7 @@
 """Parameter gradients on the worker thread (nn/overlap.py): the same numbers, complete on return."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -74,25 +75,67 @@ def test_overlapped_backward_gives_bit_identical_gradients(cls, variant, overlap
         np.testing.assert_array_equal(overlapped[name][0], param, err_msg=f"parameter {name}")
 
 
-def test_a_models_backward_hands_every_parameter_gradient_to_the_worker(overlap_enabled, monkeypatch):
-    overlap.enabled = True
-    jobs, ran_on = overlap._queue(), []
-
-    class Recording:
-        def put(self, item):
-            job, errors = item
-            jobs.put((lambda: (ran_on.append(threading.current_thread().name), job()), errors))
-
-    model = Transformer(config(tie_embeddings=True), np.random.default_rng(0))
+def backward_once(enabled, tie=True):
+    """A model with tied embeddings and learned positions after one backward: its (name, grad) pairs."""
+    overlap.enabled = enabled
+    model = Transformer(config(tie_embeddings=tie, positional="learned"), np.random.default_rng(0))
     (src, tgt), labels = batch(np.random.default_rng(1))
     crit = CrossEntropyLoss(ignore_index=0)
     crit(model(src, tgt), labels)
-    monkeypatch.setattr(overlap, "_queue", Recording)
     model.backward(crit.backward())
-    # one job per Linear and LayerNorm, one per embedding (the tied matrix counted as used)
+    return model, {name: grad.copy() for name, _, grad in model.named_parameters()}
+
+
+def test_every_parameter_gradient_of_a_model_goes_through_the_worker(overlap_enabled, monkeypatch):
+    # a stand-in queue holds every job until backward waits for the worker; at that moment
+    # no gradient may have been touched: a write that bypassed defer (into the tied matrix,
+    # say) would race with the worker's writes into the same buffer
+    held, untouched = [], []
+
+    class Holding:
+        def put(self, item):
+            job, errors = item
+            if isinstance(getattr(job, "__self__", None), threading.Event):     # the end marker
+                untouched.append(all(not grad.any() for _, _, grad in model.named_parameters()))
+                for held_job, _ in held:
+                    held_job()
+                job()
+            else:
+                held.append((job, errors))
+
+    overlap.enabled = True
+    model = Transformer(config(tie_embeddings=True, positional="learned"), np.random.default_rng(0))
+    (src, tgt), labels = batch(np.random.default_rng(1))
+    crit = CrossEntropyLoss(ignore_index=0)
+    crit(model(src, tgt), labels)
+    monkeypatch.setattr(overlap, "_queue", Holding)
+    model.backward(crit.backward())
     n_linear = sum(isinstance(m, Linear) for _, m in model.named_modules())
-    assert len(ran_on) >= n_linear
-    assert all(name.startswith("tinytransformer-grads") for name in ran_on), set(ran_on)
+    assert untouched == [True]
+    assert len(held) > n_linear                  # every Linear, LayerNorm, embedding (+ errstate)
+    monkeypatch.undo()
+    _, alone = backward_once(enabled=False)
+    for name, _, grad in model.named_parameters():
+        np.testing.assert_array_equal(grad, alone[name], err_msg=name)
+
+
+def test_a_models_backward_waits_for_a_slow_worker(overlap_enabled, monkeypatch):
+    jobs, ran_on = overlap._queue(), []
+
+    class Slow:                                  # every job 1 ms late, on the real worker
+        def put(self, item):
+            job, errors = item
+            jobs.put((lambda: (time.sleep(0.001), ran_on.append(threading.current_thread().name),
+                               job()), errors))
+
+    monkeypatch.setattr(overlap, "_queue", Slow)
+    _, overlapped = backward_once(enabled=True)
+    monkeypatch.undo()
+    _, alone = backward_once(enabled=False)
+    assert ran_on and all(name.startswith("tinytransformer-grads") for name in ran_on), set(ran_on)
+    for name, grad in alone.items():
+        assert grad.any(), name
+        np.testing.assert_array_equal(overlapped[name], grad, err_msg=name)
 
 
 def test_defer_runs_at_once_outside_the_context_and_when_disabled(overlap_enabled):
@@ -149,15 +192,48 @@ def test_an_error_in_the_block_waits_for_the_jobs_and_propagates(overlap_enabled
     assert done == [1]                               # finished before the error left the block
 
 
-def test_nested_contexts_wait_once_at_the_outermost(overlap_enabled):
+def test_a_block_inside_another_waits_for_its_jobs_too(overlap_enabled):
+    # so a model's backward returns complete gradients even inside a caller's own block
     overlap.enabled = True
-    release, done = threading.Event(), []
+    done = []
     with overlap_param_grads():
         with overlap_param_grads():
-            defer(lambda: (release.wait(5), done.append(1)))
-        assert done == []                            # the inner block did not wait
-        release.set()
-    assert done == [1]
+            defer(lambda: (time.sleep(0.05), done.append(1)))
+        assert done == [1]
+        defer(lambda: done.append(2))
+    assert done == [1, 2]
+
+
+def test_ctrl_c_while_waiting_is_raised_only_after_the_jobs_have_finished(overlap_enabled, monkeypatch):
+    overlap.enabled = True
+    done = []
+
+    class InterruptedOnce(threading.Event):
+        interrupted = False
+
+        def wait(self, timeout=None):
+            if not InterruptedOnce.interrupted:
+                InterruptedOnce.interrupted = True
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    monkeypatch.setattr(overlap.threading, "Event", InterruptedOnce)
+    with pytest.raises(KeyboardInterrupt):
+        with overlap_param_grads():
+            defer(lambda: (time.sleep(0.05), done.append(1)))
+    assert InterruptedOnce.interrupted and done == [1]      # no job writes after the block
+
+
+def test_the_worker_follows_the_callers_errstate(overlap_enabled):
+    overlap.enabled = True
+    big = np.full(3, 3e38, dtype=np.float32)
+    with np.errstate(over="raise"):
+        with pytest.raises(FloatingPointError):
+            with overlap_param_grads():
+                defer(lambda: big * big)
+    with np.errstate(over="ignore"):
+        with overlap_param_grads():                          # filterwarnings = error: a warning fails
+            defer(lambda: big * big)
 
 
 def test_a_layer_alone_accumulates_at_once():

@@ -7,7 +7,9 @@ Every layer in tinytransformer is a Module. A Module
 - returns from ``backward(dout)`` the gradient with respect to each floating
   input (one array, or a tuple in input order) and *adds* the gradients of its
   own parameters into ``self.grads`` (accumulate, never overwrite, so a
-  parameter used twice gets both contributions);
+  parameter used twice gets both contributions); the layers hand those
+  additions to ``overlap.defer``, which inside a model's backward runs them on
+  a second thread, in order, finished before the model's ``backward`` returns;
 - keeps its own parameters in ``self.params`` (name -> ndarray) and their
   gradients in ``self.grads`` (same keys, shapes and dtypes);
 - finds its children among its attributes (a Module, or a list of Modules),

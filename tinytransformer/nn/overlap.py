@@ -10,8 +10,8 @@ to ``defer``:
     defer(add_param_grads)
     return dy2 @ W.T                      # the input gradient, computed right away
 
-Outside ``overlap_param_grads()`` (a layer on its own, the gradient checks), or with
-``tinytransformer.nn.overlap.enabled = False``, ``defer(job)`` simply runs ``job()``.
+Outside ``overlap_param_grads()`` (a layer on its own, a layer's gradient check), or
+with ``tinytransformer.nn.overlap.enabled = False``, ``defer(job)`` simply runs ``job()``.
 Inside it, the job goes to one worker thread and backward goes on: the weight
 gradients of every Linear (half of the backward's arithmetic) are computed on the
 second core while the main thread works its way down the network. NumPy releases
@@ -19,7 +19,8 @@ the GIL inside its matrix products and array loops, so the two threads really ru
 the same time: for the reference model the backward pass takes ~15 ms instead of
 ~20 ms on a 2-core machine (benchmarks/). The models' ``backward`` runs inside the
 context, which on leaving waits for every deferred job, so when ``model.backward``
-returns every gradient is complete.
+returns every gradient is complete (the whole-model gradient checks go through the
+worker, so they check this path too).
 
 The same numbers, bit for bit: one worker runs the jobs in the order they were
 deferred, so every gradient buffer gets the same additions in the same order as
@@ -29,7 +30,11 @@ backward goes through ``defer``.
 
 A deferred job reads arrays after ``defer`` returns, so those arrays (a layer's
 saved forward input, its upstream gradient) must not be changed in place before
-the context ends; no backward in this package writes into its upstream gradient.
+the context ends. No backward in this package writes into its upstream gradient,
+nor into the gradient it returns (LearnedPositionalEmbedding returns the very ``dy``
+its job reads): whatever receives a gradient computes a new array from it.
+NumPy's error settings (``np.errstate``) belong to a thread; the worker takes those
+of the thread that opens the context.
 """
 
 from __future__ import annotations
@@ -40,13 +45,17 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-# False: every deferred job runs at once, on the calling thread. Off by default on a
-# one-core machine, where the worker could only take turns with the main thread.
-enabled = (os.cpu_count() or 1) > 1
+import numpy as np
+
+# False: every deferred job runs at once, on the calling thread. Off by default with a
+# single core to run on, where the worker could only take turns with the main thread.
+_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+enabled = _cores > 1
 
 _state = threading.local()      # .errors: the error list of this thread's open context, else None
 _jobs: queue.SimpleQueue | None = None      # (job, errors) pairs for the worker, in order
 _jobs_pid: int | None = None                # a forked child starts a worker of its own
+_start_lock = threading.Lock()              # one worker, even if two threads start at once
 
 
 def _work(jobs: queue.SimpleQueue) -> None:
@@ -63,10 +72,12 @@ def _queue() -> queue.SimpleQueue:
     # a SimpleQueue and a bare thread rather than concurrent.futures: a put costs ~0.1 us
     # on the main thread, a submit ~20 us (measured), and a step defers ~50 jobs
     global _jobs, _jobs_pid
-    if _jobs is None or _jobs_pid != os.getpid():
-        _jobs, _jobs_pid = queue.SimpleQueue(), os.getpid()
-        threading.Thread(target=_work, args=(_jobs,), name="tinytransformer-grads", daemon=True).start()
-    return _jobs
+    with _start_lock:
+        if _jobs is None or _jobs_pid != os.getpid():
+            _jobs, _jobs_pid = queue.SimpleQueue(), os.getpid()
+            threading.Thread(target=_work, args=(_jobs,), name="tinytransformer-grads",
+                             daemon=True).start()
+        return _jobs
 
 
 def defer(job: Callable[[], None]) -> None:
@@ -78,24 +89,49 @@ def defer(job: Callable[[], None]) -> None:
         _queue().put((job, errors))
 
 
+def _wait_for_worker(errors: list) -> None:
+    """Return once the worker has run every job queued so far.
+
+    A Ctrl-C while waiting is held back until then, so that no job writes into a
+    gradient after the context has ended (the next zero_grad would race with it).
+    """
+    finished = threading.Event()
+    _queue().put((finished.set, errors))         # runs after every job queued before it
+    interrupted = None
+    while not finished.is_set():
+        try:
+            finished.wait()
+        except BaseException as error:
+            interrupted = error
+    if interrupted is not None:
+        raise interrupted
+
+
 @contextmanager
 def overlap_param_grads() -> Iterator[None]:
     """Within this block ``defer`` hands jobs to the worker; leaving it waits for all of them.
 
     A job's error is raised here, on leaving; an error inside the block still waits for
     the jobs already handed over (so none writes a gradient later) and then propagates.
-    Nested blocks share the outermost one's wait.
+    A block inside another waits on leaving too, so a model's ``backward`` returns
+    complete gradients wherever it is called.
     """
-    if not enabled or getattr(_state, "errors", None) is not None:
+    if not enabled:
         yield
         return
-    _state.errors = errors = []
+    outer = getattr(_state, "errors", None)
+    errors = [] if outer is None else outer
+    if outer is None:
+        _state.errors = errors
+        settings = np.geterr()                   # the worker computes under this thread's errstate
+        _queue().put((lambda: np.seterr(**settings), errors))
     try:
         yield
     finally:
-        _state.errors = None
-        finished = threading.Event()
-        _queue().put((finished.set, errors))     # runs after every job deferred before it
-        finished.wait()
+        if outer is None:
+            _state.errors = None
+        _wait_for_worker(errors)
     if errors:                                   # reached only if the block succeeded
-        raise errors[0]
+        error = errors[0]
+        errors.clear()
+        raise error
