@@ -63,8 +63,7 @@ VARIANTS = [
 def test_overlapped_backward_gives_bit_identical_gradients(cls, variant, overlap_enabled):
     # the tied matrix takes additions from three layers into one buffer, the
     # learned positions from both the source and the target: the worker must keep the order
-    make_model = lambda: Transformer(config(**variant), np.random.default_rng(3)) if cls is Transformer \
-        else DecoderOnlyTransformer(config(**variant), np.random.default_rng(3))
+    make_model = lambda: cls(config(**variant), np.random.default_rng(3))
     decoder_only = cls is DecoderOnlyTransformer
     alone = train_steps(make_model, decoder_only, enabled=False)
     overlapped = train_steps(make_model, decoder_only, enabled=True)
@@ -75,15 +74,15 @@ def test_overlapped_backward_gives_bit_identical_gradients(cls, variant, overlap
         np.testing.assert_array_equal(overlapped[name][0], param, err_msg=f"parameter {name}")
 
 
-def backward_once(enabled, tie=True):
-    """A model with tied embeddings and learned positions after one backward: its (name, grad) pairs."""
+def backward_once(enabled):
+    """A model with tied embeddings and learned positions after one backward: its gradients by name."""
     overlap.enabled = enabled
-    model = Transformer(config(tie_embeddings=tie, positional="learned"), np.random.default_rng(0))
+    model = Transformer(config(tie_embeddings=True, positional="learned"), np.random.default_rng(0))
     (src, tgt), labels = batch(np.random.default_rng(1))
     crit = CrossEntropyLoss(ignore_index=0)
     crit(model(src, tgt), labels)
     model.backward(crit.backward())
-    return model, {name: grad.copy() for name, _, grad in model.named_parameters()}
+    return {name: grad.copy() for name, _, grad in model.named_parameters()}
 
 
 def test_every_parameter_gradient_of_a_model_goes_through_the_worker(overlap_enabled, monkeypatch):
@@ -114,7 +113,7 @@ def test_every_parameter_gradient_of_a_model_goes_through_the_worker(overlap_ena
     assert untouched == [True]
     assert len(held) > n_linear                  # every Linear, LayerNorm, embedding (+ errstate)
     monkeypatch.undo()
-    _, alone = backward_once(enabled=False)
+    alone = backward_once(enabled=False)
     for name, _, grad in model.named_parameters():
         np.testing.assert_array_equal(grad, alone[name], err_msg=name)
 
@@ -129,9 +128,9 @@ def test_a_models_backward_waits_for_a_slow_worker(overlap_enabled, monkeypatch)
                                job()), errors))
 
     monkeypatch.setattr(overlap, "_queue", Slow)
-    _, overlapped = backward_once(enabled=True)
+    overlapped = backward_once(enabled=True)
     monkeypatch.undo()
-    _, alone = backward_once(enabled=False)
+    alone = backward_once(enabled=False)
     assert ran_on and all(name.startswith("tinytransformer-grads") for name in ran_on), set(ran_on)
     for name, grad in alone.items():
         assert grad.any(), name
