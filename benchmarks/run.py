@@ -1,7 +1,7 @@
 """Benchmarks of tinytransformer, beside the same model in PyTorch eager when torch is importable.
 
     python benchmarks/run.py                     # everything but the reference runs (a few minutes)
-    python benchmarks/run.py --reference-runs    # also train to 99% exact match, 3 seeds (minutes more)
+    python benchmarks/run.py --reference-runs    # instead: the reference run until solved, 10 seeds
     python benchmarks/run.py --quick             # a tiny smoke run (seconds), used by the tests
 
 What is measured, for the reference configuration (reverse task, 10 symbols,
@@ -17,7 +17,8 @@ lengths 1..16, batch 64, d_model 64, 4 heads, d_ff 256, 2 + 2 layers, float32):
 - the peak memory of a training step (tracemalloc) and the bytes held between
   forward and backward (every array in a module's ``.cache``; for PyTorch, the
   tensors autograd saves);
-- with ``--reference-runs``: steps and seconds to 99% exact match, 3 seeds.
+- with ``--reference-runs`` (and nothing else): steps and seconds until the reference run
+  solves reverse, seeds 0-9, NumPy and PyTorch (``benchmarks/reference_runs.py``).
 
 Timing: wall clock (``time.perf_counter``), medians over many steps, NumPy and
 PyTorch interleaved in blocks so that a change in machine load hits both. Both
@@ -48,8 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="threads for NumPy and PyTorch alike (default 2); NumPy uses at most 2: "
                              "one BLAS thread and the parameter-gradient worker")
     parser.add_argument("--reference-runs", action="store_true",
-                        help="also train the reference run to 99%% exact match (3 seeds; minutes)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the reference runs")
+                        help="instead: the reference run until solved, over --seeds, NumPy and PyTorch "
+                             "(benchmarks/reference_runs.py; 20-30 minutes)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)),
+                        help="seeds of the reference runs (default 0-9)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it is installed")
     parser.add_argument("--out", type=str, default=None,
                         help="directory for the JSON and Markdown results (default benchmarks/results, "
@@ -71,8 +74,6 @@ if __name__ == "__main__":
         os.environ[variable] = "1"
 
 import contextlib  # noqa: E402  (the imports follow the thread setting on purpose)
-import importlib  # noqa: E402
-import io  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
 import platform  # noqa: E402
@@ -474,92 +475,6 @@ def decode_benchmark(with_torch, lengths, batch, repeats) -> dict:
     return {"batch": batch, "repeats": repeats, "rows": rows}
 
 
-# ---- the reference runs ----------------------------------------------------------------------
-
-
-def numpy_reference_run(seed: int) -> dict:
-    """train() with the reference TrainConfig; evaluation time is measured apart."""
-    # the module, not the function that tinytransformer re-exports under the same name
-    train_module = importlib.import_module("tinytransformer.train")
-    eval_seconds = [0.0]
-    evaluate = train_module.evaluate
-
-    def timed_evaluate(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return evaluate(*args, **kwargs)
-        finally:
-            eval_seconds[0] += time.perf_counter() - start
-
-    train_module.evaluate = timed_evaluate
-    try:
-        result = train_module.train(train_module.TrainConfig(seed=seed), stream=io.StringIO())
-    finally:
-        train_module.evaluate = evaluate
-    return {"seed": seed, "reached": result.stopped == "target",
-            "steps": result.best["step"] if result.stopped == "target" else None,
-            "exact_match": result.best["exact_match"], "seconds": result.seconds,
-            "eval_seconds": eval_seconds[0], "train_seconds": result.seconds - eval_seconds[0]}
-
-
-def torch_exact_match(model, data) -> float:
-    """Exact match of greedy decoding on ``data`` (a tasks.Batch), as ``train.evaluate`` computes it."""
-    lengths = data.src_mask.sum(1)
-    exact = 0
-    for length in np.unique(lengths):
-        rows = np.flatnonzero(lengths == length)
-        want = data.labels[rows]
-        want = want[:, :int((want != PAD).sum(1).max())]
-        src = torch.from_numpy(np.ascontiguousarray(data.src[rows, :int(length)]))
-        out = torch_reference.greedy_decode(model, src, want.shape[1]).numpy()
-        got = np.full(want.shape, PAD, dtype=np.int64)
-        got[:, :out.shape[1]] = out[:, :want.shape[1]]
-        exact += int(((got == want) | (want == PAD)).all(1).sum())
-    return exact / len(data.labels)
-
-
-def torch_reference_run(seed: int) -> dict:
-    """The reference run with the PyTorch model: the same batches (train's data Generator for
-    this seed), schedule, evaluation set and stopping rule as ``train``."""
-    # the module, not the function that tinytransformer re-exports under the same name
-    train_module = importlib.import_module("tinytransformer.train")
-    config = train_module.TrainConfig(seed=seed)
-    _, data_rng = train_module.seeded_generators(seed)
-    schedule = train_module.build_schedule(config)
-    eval_data = train_module.held_out(config)
-    model, opt, loss_fn = torch_reference.build(VOCAB.size, seed=seed, lr=config.lr)
-    train_seconds = eval_seconds = 0.0
-    best = 0.0
-    for step in range(1, config.steps + 1):
-        start = time.perf_counter()
-        batch = train_module.draw_batch(config, train_module.task_vocab(config), data_rng)
-        src, tgt_in, labels = (torch.from_numpy(a) for a in (batch.src, batch.tgt_in, batch.labels))
-        opt.zero_grad()
-        loss_fn(model(src, tgt_in), labels).backward()
-        for group in opt.param_groups:
-            group["lr"] = schedule(step)
-        opt.step()
-        train_seconds += time.perf_counter() - start
-        if step % config.eval_every == 0:
-            start = time.perf_counter()
-            best = max(best, torch_exact_match(model, eval_data))
-            eval_seconds += time.perf_counter() - start
-            if best >= config.target:
-                return {"seed": seed, "reached": True, "steps": step, "exact_match": best,
-                        "seconds": train_seconds + eval_seconds, "eval_seconds": eval_seconds,
-                        "train_seconds": train_seconds}
-    return {"seed": seed, "reached": False, "steps": None, "exact_match": best,
-            "seconds": train_seconds + eval_seconds, "eval_seconds": eval_seconds,
-            "train_seconds": train_seconds}
-
-
-def reference_runs(with_torch, seeds) -> dict:
-    out = {"NumPy": [numpy_reference_run(s) for s in seeds]}
-    if with_torch:
-        out["PyTorch"] = [torch_reference_run(s) for s in seeds]
-    return out
-
-
 # ---- the machine -----------------------------------------------------------------------------
 
 
@@ -711,22 +626,6 @@ def markdown(results: dict) -> str:
         lines.append(row(label, mem["NumPy"][key], mem.get("PyTorch", {}).get(key), fmt=_mb,
                          ratio=key != "peak_step_bytes"))
 
-    if "reference_runs" in results:
-        rr = results["reference_runs"]
-        lines += ["", "## Reference run to 99% exact match (greedy, 1,000 held-out sequences)", "",
-                  "Seconds of training exclude the evaluations (every 100 steps), which are listed apart.", "",
-                  "| implementation | seed | steps | training s | evaluation s | total s |", "|---|---:|---:|---:|---:|---:|"]
-        for side, runs_ in rr.items():
-            for r in runs_:
-                steps = r["steps"] if r["reached"] else f"not reached ({r['exact_match']:.3f})"
-                lines.append(f"| {side} | {r['seed']} | {steps} | {r['train_seconds']:.1f} | "
-                             f"{r['eval_seconds']:.1f} | {r['seconds']:.1f} |")
-            reached = [r for r in runs_ if r["reached"]]
-            if reached:
-                lines.append(f"| {side} | median | {np.median([r['steps'] for r in reached]):.0f} | "
-                             f"{np.median([r['train_seconds'] for r in reached]):.1f} | "
-                             f"{np.median([r['eval_seconds'] for r in reached]):.1f} | "
-                             f"{np.median([r['seconds'] for r in reached]):.1f} |")
     lines += ["", "## Notes", "",
               "- Wall-clock medians; NumPy and PyTorch run in the same process, with the same batches and "
               "thread count, taking turns in blocks, so a change of machine load hits both.",
@@ -791,6 +690,11 @@ def main(args: argparse.Namespace) -> dict:
     if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
         print(f"warning: NumPy was imported before the thread count could be set; its BLAS uses "
               f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}", file=sys.stderr)
+    if args.reference_runs:
+        import reference_runs
+        return reference_runs.main(reference_runs.parse_args(
+            ["--seeds", *map(str, args.seeds), "--threads", str(args.threads)]
+            + ([] if with_torch else ["--no-torch"])))
     q = args.quick
     # --quick writes to a temporary directory unless told: it must never replace real results
     out_dir = Path(args.out) if args.out else \
@@ -798,7 +702,7 @@ def main(args: argparse.Namespace) -> dict:
     figure = Path(args.figure) if args.figure else \
         (out_dir / "benchmark_scaling.png" if q else ROOT / "figures" / "benchmark_scaling.png")
     command = "python benchmarks/run.py" + (" --quick" if q else "") + \
-        (f" --threads {args.threads}" if args.threads != 2 else "") + (" --reference-runs" if args.reference_runs else "")
+        (f" --threads {args.threads}" if args.threads != 2 else "")
     results = {"quick": q, "command": command, "machine": machine_info(args.threads, with_torch)}
     say = (lambda text: print(text, file=sys.stderr, flush=True))
 
@@ -837,9 +741,6 @@ def main(args: argparse.Namespace) -> dict:
                                  d_models=(8,) if q else (32, 64, 128, 256),
                                  warmup=1 if q else 2, blocks=1 if q else 5, per_block=1 if q else 2,
                                  sizes=setup["sizes"], batch_size=setup["batch_size"])
-    if args.reference_runs:
-        say("reference runs (minutes) ...")
-        results["reference_runs"] = reference_runs(with_torch, args.seeds)
     results["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
     out_dir.mkdir(parents=True, exist_ok=True)

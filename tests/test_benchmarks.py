@@ -66,3 +66,22 @@ def test_quick_run_without_pytorch(tmp_path):
     check_numpy_side(results)
     assert "PyTorch" not in results["step"]["step"]
     assert "torch" not in results["machine"]
+
+
+def test_reference_runs_quick(tmp_path):
+    """The seed sweep of the reference run, in its tiny mode, NumPy only: JSON, table, figure."""
+    out = tmp_path / "rr.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reference_runs.py"), "--quick",
+                           "--no-torch", "--seeds", "0", "1", "--out", str(out),
+                           "--figure", str(tmp_path / "rr.png")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    runs = results["runs"]["NumPy"]
+    assert [r["seed"] for r in runs] == [0, 1] and "PyTorch" not in results["runs"]
+    for r in runs:
+        assert r["steps"] == 40 and [e["step"] for e in r["evals"]] == [20, 40]
+        assert set(r["fresh"]["by_length"]) == {"1", "2", "3"}
+    assert results["summary"]["NumPy"]["runs"] == 2
+    assert "| NumPy |" in out.with_suffix(".md").read_text()
+    assert (tmp_path / "rr.png").stat().st_size > 0

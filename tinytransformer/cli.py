@@ -66,16 +66,19 @@ TRAIN_OPTIONS = [
     ("--steps", "train", "steps", int, "step budget (the run stops earlier at the target)"),
     ("--optimizer", "train", "optimizer", str, f"optimizer: {', '.join(OPTIMIZERS)}"),
     ("--lr", "train", "lr", float, "peak learning rate"),
-    ("--schedule", "train", "schedule", str, "inverse_sqrt, constant or cosine"),
+    ("--schedule", "train", "schedule", str, "cosine, inverse_sqrt or constant"),
     ("--warmup", "train", "warmup", int, "linear warmup steps"),
+    ("--decay-steps", "train", "decay_steps", int, "cosine: the step at which lr reaches --min-lr"),
+    ("--min-lr", "train", "min_lr", float, "cosine: the learning rate after --decay-steps"),
     ("--eps", "train", "eps", float, "Adam epsilon"),
     ("--weight-decay", "train", "weight_decay", float, "weight decay"),
     ("--momentum", "train", "momentum", float, "SGD momentum"),
     ("--clip", "train", "clip", float, "clip the global gradient norm to this (None: no clipping)"),
     ("--label-smoothing", "train", "label_smoothing", float, "label smoothing"),
     ("--eval-every", "train", "eval_every", int, "steps between evaluations"),
-    ("--eval-size", "train", "eval_size", int, "held-out sequences"),
-    ("--target", "train", "target", float, "stop at this held-out exact match"),
+    ("--eval-size", "train", "eval_size", int, "held-out sequences, every length equally often"),
+    ("--target", "train", "target", float, "solved: held-out exact match at least this overall..."),
+    ("--target-worst", "train", "target_worst", float, "...and at least this at every length"),
     ("--seed", "train", "seed", int, "random seed (weights, dropout, batches)"),
     ("--log-every", "train", "log_every", int, "progress line period when not on a terminal"),
 ]
@@ -154,10 +157,12 @@ def cmd_train(args) -> int:
     if best is None:
         print("No evaluation was run; nothing to report.")
     else:
-        how = {"target": f"reached the target {config.target:g}",
-               "budget": f"did not reach the target {config.target:g} within {config.steps} steps"}
-        print(f"Held-out exact match {best['exact_match']:.3f} (token accuracy "
-              f"{best['token_accuracy']:.4f}) on {config.eval_size} {config.task} sequences, at step "
+        rule = f"exact match >= {config.target:g} overall and >= {config.target_worst:g} at every length"
+        how = {"target": f"solved ({rule})",
+               "budget": f"not solved ({rule}) within {config.steps} steps"}
+        print(f"Held-out exact match {best['exact_match']:.4f} (worst length {best['worst_length']}: "
+              f"{best['worst']:.3f}; token accuracy {best['token_accuracy']:.4f}) on {config.eval_size} "
+              f"{config.task} sequences of lengths {config.min_len}..{config.max_len}, at step "
               f"{best['step']}: {how[result.stopped]}; {result.steps} steps, {result.seconds:.0f} s.")
     print(f"Checkpoints: {out / BEST} (best evaluation), {out / LAST} (for --resume)")
     print(f"History:     {out / HISTORY_FILE}")
