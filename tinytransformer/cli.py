@@ -91,9 +91,15 @@ def _default(config: str, name: str):
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on a toy task",
-                       description="Train a model on a toy task. With no options: the reference run "
-                                   "(reverse, 10 symbols, lengths 1..16, d_model 64, 4 heads, d_ff 256, "
-                                   "2+2 layers, batch 64, Adam, peak lr 2e-3, warmup 100).")
+                       description="Train a model on a toy task until it solves it (held-out exact "
+                                   "match >= --target overall and >= --target-worst at every length). "
+                                   "With no options: the reference run (reverse, 10 symbols, lengths "
+                                   "1..16, d_model 64, 4 heads, d_ff 256, 2+2 layers) with the recipe "
+                                   "that solved it on every seed measured: batch 64, Adam, lr warmed up "
+                                   "to 2e-3 over 100 steps then cosine down to 1e-4 at step 800, "
+                                   "clipping at 1.0, label smoothing 0.1. On the same NumPy/BLAS build "
+                                   "a seed gives the same run bit for bit; another build takes another, "
+                                   "equally good path (README: the measured range over seeds).")
     for flag, config, name, kind, text in TRAIN_OPTIONS:
         p.add_argument(flag, type=kind, dest=f"{config}.{name}", metavar=name.upper(),
                        help=f"{text} (default: {_default(config, name)})")

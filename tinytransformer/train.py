@@ -65,7 +65,12 @@ class TrainConfig:
 
     The defaults are the reference run: reverse, 10 symbols, lengths 1..16, and
     the recipe that solves it on every seed measured (README, "The recipe"):
-    RECIPE_DOC
+    batch 64; Adam (0.9, 0.98, eps 1e-9); the learning rate rises linearly to 2e-3 over
+    100 steps, then falls along half a cosine to 1e-4 at step 800 and stays there;
+    gradients clipped to a global norm of 1.0; label smoothing 0.1; an evaluation every
+    100 steps. The first recipe (the same peak, then 1/sqrt(step) decay, no clipping,
+    no smoothing) kept the learning rate high while the model was almost right, so
+    exact match swung by 5-50 points from one evaluation to the next.
     ``steps`` is a budget: the run stops earlier when an evaluation solves the task.
     ``decay_steps`` is the schedule's own horizon, not the budget, so a resumed run
     with a larger budget keeps the learning rate it had (it stays at ``min_lr``
@@ -82,14 +87,14 @@ class TrainConfig:
     lr: float = 2e-3                     # the peak learning rate
     schedule: str = "cosine"             # "cosine", "inverse_sqrt" or "constant"
     warmup: int = 100                    # linear warmup to lr over this many steps
-    decay_steps: int = 1500              # cosine: lr reaches min_lr at this step...
+    decay_steps: int = 800               # cosine: lr reaches min_lr at this step...
     min_lr: float = 1e-4                 # ...and stays there
     betas: tuple = (0.9, 0.98)
     eps: float = 1e-9
     weight_decay: float = 0.0
     momentum: float = 0.9                # SGD only
     clip: float | None = 1.0             # max global gradient norm; None = no clipping
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     eval_every: int = 100
     eval_size: int = 3200                # held-out sequences, every length equally often
     target: float = 0.995                # solved: held-out exact match >= target overall...
