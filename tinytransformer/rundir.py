@@ -7,7 +7,6 @@ A run directory (``train --out DIR``) holds
                    (per-step losses, evaluations, best): the one source of truth
     best.npz       the parameters of the best evaluation: those of last.npz at that step
     history.json   a copy of the history in last.npz, for people and plots
-    .lock          locked by the trainer working in the directory
 
 Consistency. Every file is written whole or not at all (``atomic_write``: a
 temporary file renamed over the final name), so a kill leaves each file as
@@ -19,9 +18,10 @@ and ``resume_last`` (every resumed session starts with it) rewrites them from
 last.npz. The copy is possible because best.npz is only ever written right
 after an evaluation, with the parameters that last.npz got at that same step.
 
-The lock is ``flock`` (on POSIX; ``msvcrt.locking`` on Windows) on ``.lock``:
-the operating system releases it when its process ends, however it ends
-(``kill -9`` included), so a dead trainer never leaves the directory locked.
+The lock is ``flock`` on the directory itself (on Windows, which cannot lock a
+directory, ``msvcrt.locking`` on a ``.lock`` file in it): the operating system
+releases it when its process ends, however it ends (``kill -9`` included), so a
+dead trainer never leaves the directory locked.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ else:
 __all__ = ["RunDir", "RunDirError", "CONFIG_FILE", "HISTORY_FILE", "read_run_config",
            "read_history", "resume_last"]
 
-CONFIG_FILE, HISTORY_FILE, LOCK_FILE = "config.json", "history.json", ".lock"
+CONFIG_FILE, HISTORY_FILE = "config.json", "history.json"
+LOCK_FILE = ".lock"                     # Windows only: POSIX locks the directory itself
 FIGURES = "figures"                     # where ``tinytransformer plot`` writes by default
 
 
@@ -57,24 +58,21 @@ class RunDir:
         self.path, self.lock_fd = Path(path), None
 
     def __enter__(self) -> "RunDir":
-        if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"run directory {self.path}: expected a directory, found a file")
         try:
+            if self.path.exists() and not self.path.is_dir():
+                raise RunDirError(f"run directory {self.path}: expected a directory, found a file")
             self.path.mkdir(parents=True, exist_ok=True)
-            self.lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            self.lock_fd = _open_for_locking(self.path)
         except OSError as err:
             raise RunDirError(f"cannot use {self.path} as a run directory: {err.strerror} "
                               f"({err.filename})") from None
         try:
             _lock(self.lock_fd)
         except OSError:
-            owner = os.read(self.lock_fd, 32).decode("ascii", "replace").strip() or "?"
             os.close(self.lock_fd)
             self.lock_fd = None
-            raise RunDirError(f"{self.path} is in use by another trainer (process {owner}): wait "
-                              f"for it to end, or choose another directory") from None
-        os.ftruncate(self.lock_fd, 0)                     # the owner's pid, for that message
-        os.write(self.lock_fd, f"{os.getpid()}\n".encode("ascii"))
+            raise RunDirError(f"{self.path} is in use by another trainer: wait for it to end, "
+                              f"or choose another directory") from None
         for directory in (self.path, self.path / FIGURES):
             if directory.is_dir():
                 remove_stale_temporaries(directory)
@@ -82,12 +80,18 @@ class RunDir:
 
     def __exit__(self, *exc) -> None:
         if self.lock_fd is not None:
-            os.close(self.lock_fd)                       # closing the file releases the lock
+            os.close(self.lock_fd)                       # closing it releases the lock
             self.lock_fd = None
 
 
+def _open_for_locking(directory: Path) -> int:
+    if os.name == "posix":                  # flock locks a directory: no lock file left behind
+        return os.open(directory, os.O_RDONLY)
+    return os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+
+
 def _lock(fd: int) -> None:
-    """Lock ``fd`` without waiting; OSError if another process holds it."""
+    """Lock ``fd`` without waiting; OSError if another process holds the lock."""
     if os.name == "posix":
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     else:
