@@ -133,6 +133,15 @@ def test_a_kill_between_last_npz_and_its_copies_loses_no_history(tmp_path, whole
     assert load_checkpoint(out)[1]["step"] == history["best"]["step"]
 
 
+@pytest.mark.parametrize("name,count", [("last.npz", 1), ("best.npz", 1), ("history.json", 1),
+                                        ("last.npz", 3), ("history.json", 3)])
+def test_a_run_killed_after_any_write_resumes_to_the_same_end(tmp_path, whole, name, count):
+    out = tmp_path / "run"
+    kill_after_rename(name, count, train_argv(out))
+    assert cli.main(train_argv(out, 40, "--resume")) == 0
+    assert_same_run(whole, out)
+
+
 def test_plot_draws_the_history_of_the_checkpoint(tmp_path, monkeypatch):
     """history.json lags last.npz after that kill: plot draws the checkpoint's history."""
     out = tmp_path / "run"
@@ -176,8 +185,8 @@ MALFORMED = {
     "no config": (_drop("config"), "metadata has no 'config'"),
     "unknown dtype": (_set("dtype", "float99"), "unknown dtype 'float99'"),
     "integer dtype": (_set("dtype", "int32"), "unknown dtype 'int32'"),
-    "step not a number": (_set("step", "ten"), "'step' should be a int"),
-    "params not a list": (_set("params", {"a": 1}), "'params' should be a list"),
+    "step not a number": (_set("step", "ten"), "'step' should be an integer, got 'ten'"),
+    "params not a list": (_set("params", {"a": 1}), "'params' should be a list of names"),
     "no generator states": (_drop("model_rng_states"), "no 'model_rng_states'"),
     "dangling array": (_set("task", {"__array__": "task/nowhere"}), "'task/nowhere' missing"),
     "bad config": (_set("config", {"vocab_size": 13, "d_modle": 16}), "config is invalid"),

@@ -298,16 +298,18 @@ def read_checkpoint(path, which: str | None = None) -> tuple[dict, dict[str, np.
 
 # what the metadata must hold, beyond format, version and model class; the rest
 # (task, extra, rng_states, optimizer) is free-form and may be null
-_META_FIELDS = {"config": dict, "dtype": str, "params": list, "step": int, "model_rng_states": list}
+_META_FIELDS = {"config": (dict, "an object"), "dtype": (str, "a dtype name"),
+                "params": (list, "a list of names"), "step": (int, "an integer"),
+                "model_rng_states": (list, "a list of Generator states")}
 
 
 def _check_meta(meta: dict, file: Path) -> None:
-    for key, kind in _META_FIELDS.items():
+    for key, (kind, what) in _META_FIELDS.items():
         if key not in meta:
             raise CheckpointError(f"{file}: malformed checkpoint, the metadata has no {key!r}")
         if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
-            raise CheckpointError(f"{file}: malformed checkpoint, metadata {key!r} should be a "
-                                  f"{kind.__name__}, got {meta[key]!r:.60}")
+            raise CheckpointError(f"{file}: malformed checkpoint, metadata {key!r} should be "
+                                  f"{what}, got {meta[key]!r:.60}")
     if meta["step"] < 0:
         raise CheckpointError(f"{file}: malformed checkpoint, step {meta['step']} is negative")
     if not all(isinstance(name, str) for name in meta["params"]):
