@@ -38,11 +38,14 @@ def train_argv(out, steps=40, *more):
     return ["train", *TINY, "--steps", str(steps), "--eval-every", "10", "--out", str(out), *more]
 
 
+# a fresh interpreter that imports this checkout's tinytransformer
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
 def python(script: str, *args, timeout=300) -> subprocess.CompletedProcess:
-    """Run ``script`` in a fresh interpreter that imports this checkout's tinytransformer."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    """Run ``script`` (argv: ``args``) in a fresh interpreter, to its end."""
     return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+                          text=True, env=ENV, timeout=timeout)
 
 
 # argv: NAME COUNT CLI-ARGS...: SIGKILL this process right after the COUNT-th rename onto NAME
@@ -138,6 +141,14 @@ def test_a_kill_between_last_npz_and_its_copies_loses_no_history(tmp_path, whole
 def test_a_run_killed_after_any_write_resumes_to_the_same_end(tmp_path, whole, name, count):
     out = tmp_path / "run"
     kill_after_rename(name, count, train_argv(out))
+    assert cli.main(train_argv(out, 40, "--resume")) == 0
+    assert_same_run(whole, out)
+
+
+def test_a_run_saved_before_last_npz_held_its_history_resumes_from_history_json(tmp_path, whole):
+    out = tmp_path / "run"
+    kill_after_rename("history.json", 2, train_argv(out))          # at step 20
+    rewrite_meta(out / "last.npz", lambda meta, arrays: meta["extra"].pop("history"))
     assert cli.main(train_argv(out, 40, "--resume")) == 0
     assert_same_run(whole, out)
 
@@ -368,9 +379,8 @@ sys.exit(cli.main(sys.argv[3:]))
 
 def start_paused_trainer(tmp_path, argv):
     ready, go = tmp_path / "ready", tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.Popen([sys.executable, "-c", PAUSE_AT_FIRST_BATCH, str(ready), str(go),
-                             *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             *argv], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     for _ in range(6000):            # a safety limit on waiting, not a timing assumption
         if ready.exists() or proc.poll() is not None:
