@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from contextlib import contextmanager
 
 
 def _clock(seconds: float) -> str:
@@ -89,7 +90,16 @@ class StopRequest:
 
     def __init__(self, stream):
         self.stream, self.requested, self.aborted, self.previous = stream, False, False, None
-        self.progress: Progress | None = None        # set once the run has a progress line
+        self.progress: Progress | None = None
+
+    @contextmanager
+    def reporting_to(self, progress: Progress):
+        """Within the block, print the Ctrl-C message below ``progress``'s line, not across it."""
+        self.progress = progress
+        try:
+            yield self
+        finally:
+            self.progress = None
 
     def _handle(self, signum, frame):
         if self.requested:

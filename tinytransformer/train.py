@@ -366,7 +366,6 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
                                           "model_class": type(model).__name__})
 
     progress = Progress(stream, config.steps, config.log_every, step, elapsed)
-    stop.progress = progress
     n_params = model.num_parameters()
     progress.print(f"{'Resuming' if resume else 'Training'} the {config.model} model "
                    f"({n_params:,} parameters) on {config.task}, {config.n_symbols} symbols, lengths "
@@ -427,35 +426,36 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
     updating, data_state, drawn = False, None, step
     saved_step = step if resume else None           # the step last.npz holds
     try:
-        # a resumed run whose evaluation at this step was cut short does it now
-        if step and step % config.eval_every == 0 and \
-                not any(e["step"] == step for e in history["eval"]) and run_eval():
-            stopped = "target"
-        while stopped == "budget" and step < config.steps:
-            if stop.requested:
-                stopped = "interrupted"
-                break
-            data_state, drawn = data_rng.bit_generator.state, step + 1
-            t0 = time.perf_counter()
-            batch = draw_batch(config, vocab, data_rng)
-            inputs = (batch.ids,) if isinstance(batch, LMBatch) else (batch.src, batch.tgt_in)
-            # ---- the training step ----
-            model.zero_grad()
-            logits = model(*inputs)                                   # (B, T, V)
-            loss = crit(logits, batch.labels)
-            model.backward(crit.backward())
-            grad_norm = (optim.clip_grad_norm(model, config.clip) if config.clip
-                         else optim.grad_norm(model))
-            opt.lr = schedule(step + 1)
-            updating = True
-            opt.step()
-            step, updating = step + 1, False
-            # ---- bookkeeping ----
-            for key, value in zip(PER_STEP, (step, loss, opt.lr, grad_norm)):
-                history[key].append(value)
-            progress.step(step, loss, opt.lr, grad_norm, batch.n_tokens, time.perf_counter() - t0)
-            if (step % config.eval_every == 0 or step == config.steps) and run_eval():
+        with stop.reporting_to(progress):
+            # a resumed run whose evaluation at this step was cut short does it now
+            if step and step % config.eval_every == 0 and \
+                    not any(e["step"] == step for e in history["eval"]) and run_eval():
                 stopped = "target"
+            while stopped == "budget" and step < config.steps:
+                if stop.requested:
+                    stopped = "interrupted"
+                    break
+                data_state, drawn = data_rng.bit_generator.state, step + 1
+                t0 = time.perf_counter()
+                batch = draw_batch(config, vocab, data_rng)
+                inputs = (batch.ids,) if isinstance(batch, LMBatch) else (batch.src, batch.tgt_in)
+                # ---- the training step ----
+                model.zero_grad()
+                logits = model(*inputs)                                   # (B, T, V)
+                loss = crit(logits, batch.labels)
+                model.backward(crit.backward())
+                grad_norm = (optim.clip_grad_norm(model, config.clip) if config.clip
+                             else optim.grad_norm(model))
+                opt.lr = schedule(step + 1)
+                updating = True
+                opt.step()
+                step, updating = step + 1, False
+                # ---- bookkeeping ----
+                for key, value in zip(PER_STEP, (step, loss, opt.lr, grad_norm)):
+                    history[key].append(value)
+                progress.step(step, loss, opt.lr, grad_norm, batch.n_tokens, time.perf_counter() - t0)
+                if (step % config.eval_every == 0 or step == config.steps) and run_eval():
+                    stopped = "target"
     except KeyboardInterrupt:
         # Ctrl-C outside the main thread, or a second Ctrl-C: the step in flight is dropped
         if updating or stop.aborted:
