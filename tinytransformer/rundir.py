@@ -42,6 +42,7 @@ __all__ = ["RunDir", "RunDirError", "CONFIG_FILE", "HISTORY_FILE", "read_run_con
            "read_history", "resume_last"]
 
 CONFIG_FILE, HISTORY_FILE = "config.json", "history.json"
+PER_STEP = ("step", "loss", "lr", "grad_norm")       # history lists with one value per step
 LOCK_FILE = ".lock"                     # Windows only: POSIX locks the directory itself
 FIGURES = "figures"                     # where ``tinytransformer plot`` writes by default
 
@@ -155,7 +156,8 @@ def resume_last(run_dir, model, optimizer, generators: dict) -> dict | None:
     if not isinstance(history, dict):
         raise CheckpointError(f"{file}: cannot resume from it: its history is not a dictionary")
     best = history.get("best")
-    if best is not None and best["step"] == info["step"] and _step_of(run_dir, "best") != info["step"]:
+    if isinstance(best, dict) and best.get("step") == info["step"] \
+            and _step_of(run_dir, "best") != info["step"]:
         # killed between last.npz and best.npz: last.npz holds the parameters of that evaluation
         save_checkpoint(run_dir / BEST, model, step=info["step"], task=info["task"],
                         extra={"eval": best})
@@ -164,7 +166,7 @@ def resume_last(run_dir, model, optimizer, generators: dict) -> dict | None:
 
 
 def _step_of(run_dir: Path, which: str) -> int | None:
-    """The step of a run's best.npz or last.npz; None if it is missing or unreadable."""
+    """The step of a run's best.npz ("best") or last.npz ("last"); None if missing or unreadable."""
     try:
         return read_checkpoint(run_dir, which)[0]["step"]
     except (FileNotFoundError, CheckpointError):
@@ -176,11 +178,11 @@ def _legacy_history(run_dir: Path, step: int) -> dict:
     path = run_dir / HISTORY_FILE
     try:
         history = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+        keep = sum(s <= step for s in history["step"])
+        for key in PER_STEP:
+            del history[key][keep:]
+        history["eval"] = [e for e in history["eval"] if e["step"] <= step]
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{run_dir / LAST} holds no history and {path} cannot be read "
-                              f"({err})") from None
-    keep = sum(s <= step for s in history["step"])
-    for key in ("step", "loss", "lr", "grad_norm"):
-        del history[key][keep:]
-    history["eval"] = [e for e in history["eval"] if e["step"] <= step]
+                              f"({type(err).__name__}: {err})") from None
     return history

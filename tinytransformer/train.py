@@ -47,7 +47,7 @@ from .nn.loss import CrossEntropyLoss
 from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig, config_from_dict
 from .progress import Progress, StopRequest
-from .rundir import CONFIG_FILE, HISTORY_FILE, RunDir, read_run_config, resume_last
+from .rundir import CONFIG_FILE, HISTORY_FILE, PER_STEP, RunDir, read_run_config, resume_last
 from .tasks import (PAD, TASKS, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch,
                     make_lm_batch)
 
@@ -56,7 +56,6 @@ __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "default_model_con
 
 MODEL_KINDS = {"encoder-decoder": Transformer, "decoder-only": DecoderOnlyTransformer}
 OPTIMIZERS = ("adam", "adamw", "sgd")
-PER_STEP = ("step", "loss", "lr", "grad_norm")       # history lists with one value per step
 
 
 @dataclass
