@@ -92,7 +92,7 @@ def sweep_run(name: str, seed: int, steps: int, every: int) -> dict:
         for step in range(1, steps + 1):
             batch = train_module.draw_batch(config, vocab, data_rng)
             model.zero_grad()
-            loss = crit(model(batch.src, batch.tgt_in), batch.labels)
+            crit(model(batch.src, batch.tgt_in), batch.labels)
             model.backward(crit.backward())
             if config.clip:
                 optim.clip_grad_norm(model, config.clip)

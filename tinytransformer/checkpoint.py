@@ -25,13 +25,16 @@ corrupted file fails to load with a ``CheckpointError`` (the zip format keeps a
 CRC-32 of every member, checked on reading).
 
 A run directory holds ``best.npz`` (the best evaluation so far: what the run
-reports) and ``last.npz`` (the latest state: what ``--resume`` continues from).
+reports) and ``last.npz`` (the latest state: what ``--resume`` continues from);
+``rundir.py`` keeps them consistent. A checkpoint never holds a non-finite
+parameter: saving one is refused, and so is loading one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -79,14 +82,31 @@ def atomic_write(path, write: Callable) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
+            err.filename = str(path)  # a failed write() (disk full) names no file: say which one
         raise
     _fsync_directory(path.parent)     # make the rename itself durable
     return path
+
+
+# the temporary names mkstemp gives in atomic_write: "." + final name + "." + 8 characters + ".tmp"
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(directory) -> list[Path]:
+    """Delete the temporary files that ``atomic_write`` left in ``directory`` when its process
+    was killed (``kill -9`` skips its cleanup). Only safe while no other process writes there,
+    i.e. under the run directory's lock. Returns the paths removed."""
+    directory = Path(directory)
+    stale = [p for p in directory.glob(".*.tmp") if _TEMPORARY.fullmatch(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -135,14 +155,17 @@ def _split_arrays(obj, prefix: str, arrays: dict):
                     f"(expected arrays, numbers, strings, lists and dicts)")
 
 
-def _join_arrays(obj, arrays):
+def _join_arrays(obj, arrays, file):
     """The inverse of ``_split_arrays``."""
     if isinstance(obj, dict):
         if set(obj) == {"__array__"}:
+            if obj["__array__"] not in arrays:
+                raise CheckpointError(f"{file}: incomplete checkpoint, array {obj['__array__']!r} "
+                                      f"missing")
             return arrays[obj["__array__"]]
-        return {key: _join_arrays(value, arrays) for key, value in obj.items()}
+        return {key: _join_arrays(value, arrays, file) for key, value in obj.items()}
     if isinstance(obj, list):
-        return [_join_arrays(v, arrays) for v in obj]
+        return [_join_arrays(v, arrays, file) for v in obj]
     return obj
 
 
@@ -166,7 +189,16 @@ def _set_generator_states(model: Module, states: list[dict], source) -> None:
         raise CheckpointError(f"{source}: holds the state of {len(states)} random Generator(s) "
                               f"of the model, but the model has {len(generators)}")
     for generator, state in zip(generators, states):
-        generator.bit_generator.state = state
+        try:
+            generator.bit_generator.state = state
+        except (TypeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{source}: a saved random Generator state is invalid: "
+                                  f"{err}") from None
+
+
+def non_finite(params: dict[str, np.ndarray]) -> list[str]:
+    """The names of the arrays in ``params`` holding an inf or a NaN (a diverged model)."""
+    return [name for name, value in params.items() if not np.isfinite(value).all()]
 
 
 # ---- save and load ------------------------------------------------------------------------
@@ -193,6 +225,10 @@ def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, task=Non
         raise ValueError(f"step: expected an integer >= 0, got {step!r}")
     arrays: dict[str, np.ndarray] = {}
     params = model.state_dict()
+    diverged = non_finite(params)
+    if diverged:
+        raise ValueError(f"save_checkpoint: parameter(s) {diverged} hold inf or NaN (a diverged "
+                         f"model); a checkpoint never holds one")
     for name, value in params.items():
         arrays[f"params/{name}"] = value
     meta = {
@@ -253,10 +289,39 @@ def read_checkpoint(path, which: str | None = None) -> tuple[dict, dict[str, np.
     if meta.get("model_class") not in MODEL_CLASSES:
         raise CheckpointError(f"{file}: unknown model class {meta.get('model_class')!r}, "
                               f"expected one of {sorted(MODEL_CLASSES)}")
+    _check_meta(meta, file)
     missing = [name for name in meta["params"] if f"params/{name}" not in arrays]
     if missing:
         raise CheckpointError(f"{file}: incomplete checkpoint, parameter(s) {missing} missing")
     return meta, arrays, file
+
+
+# what the metadata must hold, beyond format, version and model class; the rest
+# (task, extra, rng_states, optimizer) is free-form and may be null
+_META_FIELDS = {"config": (dict, "an object"), "dtype": (str, "a dtype name"),
+                "params": (list, "a list of names"), "step": (int, "an integer"),
+                "model_rng_states": (list, "a list of Generator states")}
+
+
+def _check_meta(meta: dict, file: Path) -> None:
+    for key, (kind, what) in _META_FIELDS.items():
+        if key not in meta:
+            raise CheckpointError(f"{file}: malformed checkpoint, the metadata has no {key!r}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise CheckpointError(f"{file}: malformed checkpoint, metadata {key!r} should be "
+                                  f"{what}, got {meta[key]!r:.60}")
+    if meta["step"] < 0:
+        raise CheckpointError(f"{file}: malformed checkpoint, step {meta['step']} is negative")
+    if not all(isinstance(name, str) for name in meta["params"]):
+        raise CheckpointError(f"{file}: malformed checkpoint, metadata 'params' should list "
+                              f"parameter names")
+    try:
+        floating = np.dtype(meta["dtype"]).kind == "f"
+    except TypeError:
+        floating = False
+    if not floating:
+        raise CheckpointError(f"{file}: malformed checkpoint, unknown dtype {meta['dtype']!r} "
+                              f"(expected a floating type such as 'float32')")
 
 
 def _config_differences(saved: dict, config: TransformerConfig) -> list[str]:
@@ -281,7 +346,7 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
     cls = MODEL_CLASSES[meta["model_class"]]
     try:
         config = TransformerConfig.from_dict(meta["config"])
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{file}: the saved model config is invalid: {err}") from None
     if model is None:
         model = cls(config, rng=np.random.default_rng(0), dtype=np.dtype(meta["dtype"]))
@@ -294,20 +359,22 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
             raise CheckpointError(f"{file}: the checkpoint's config differs from the model's: "
                                   + "; ".join(differences))
     params = {name: arrays[f"params/{name}"] for name in meta["params"]}
+    diverged = non_finite(params)
+    if diverged:
+        raise CheckpointError(f"{file}: parameter(s) {diverged} hold inf or NaN: the model it "
+                              f"holds had diverged")
     try:
         model.load_state_dict(params)
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{file}: parameters do not fit the model: {err}") from None
-    _set_generator_states(model, _join_arrays(meta["model_rng_states"], arrays), file)
+    _set_generator_states(model, _join_arrays(meta["model_rng_states"], arrays, file), file)
     info = {
         "config": config,
         "model_class": meta["model_class"],
         "dtype": meta["dtype"],
         "step": meta["step"],
-        "task": _join_arrays(meta["task"], arrays),
-        "extra": _join_arrays(meta["extra"], arrays),
-        "rng_states": _join_arrays(meta["rng_states"], arrays),
-        "optimizer": _join_arrays(meta["optimizer"], arrays),
+        **{key: _join_arrays(meta.get(key), arrays, file)
+           for key in ("task", "extra", "rng_states", "optimizer")},
         "path": file,
     }
     return model, info

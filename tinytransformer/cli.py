@@ -7,13 +7,14 @@
     gradcheck  check every layer's backward against central differences
     bench      run benchmarks/run.py (the benchmark suite of the repository)
 
-A mistake in the arguments is reported as one line on stderr with exit code 2.
+A mistake in the arguments (a damaged checkpoint, an unusable run directory
+included) is reported as one line on stderr with exit code 2; a failure while
+running (divergence, a disk that fills up) as one line with exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -26,9 +27,9 @@ from .checkpoint import BEST, LAST, CheckpointError, load_checkpoint
 from . import decode
 from .nn.transformer import TransformerConfig
 from .tasks import BOS, EOS, TASKS, get_task, lm_prompt
-from .train import (CONFIG_FILE, HISTORY_FILE, MODEL_KINDS, OPTIMIZERS, TrainConfig,
-                    check_resume, default_model_config, evaluate, held_out, longest_input,
-                    task_vocab, train)
+from .rundir import HISTORY_FILE, RunDirError, read_history, read_run_config
+from .train import (MODEL_KINDS, OPTIMIZERS, TrainConfig, check_resume, default_model_config,
+                    evaluate, held_out, longest_input, task_vocab, train)
 
 PROG = "tinytransformer"
 
@@ -125,10 +126,7 @@ def _train_configs(args) -> tuple[TrainConfig, TransformerConfig, Path]:
     if args.resume:
         if args.out is None:
             raise UsageError("train --resume: give the run directory with --out DIR")
-        path = args.out / CONFIG_FILE
-        if not path.is_file():
-            raise UsageError(f"train --resume: {path} not found; is {args.out} a run directory?")
-        saved = json.loads(path.read_text())
+        saved = read_run_config(args.out)
         config = TrainConfig.from_dict({**saved["train"], **train_over})
         model_config = TransformerConfig.from_dict({**saved["model"], **model_over})
         check_resume(args.out, config, model_config)
@@ -148,15 +146,19 @@ def _train_configs(args) -> tuple[TrainConfig, TransformerConfig, Path]:
 def cmd_train(args) -> int:
     try:
         config, model_config, out = _train_configs(args)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, RunDirError) as err:
         raise UsageError(f"train: {err}") from None
     try:
         result = train(config, model_config, out_dir=out, resume=args.resume)
     except FloatingPointError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    except CheckpointError as err:            # --resume from a damaged last.npz
-        raise UsageError(f"train --resume: {err}") from None
+    except (CheckpointError, RunDirError) as err:     # a damaged last.npz, a locked or bad --out
+        raise UsageError(f"train: {err}") from None
+    except OSError as err:                            # a checkpoint write failed: disk full, ...
+        print(f"{PROG}: error: train: {_os_error(err)}; the files already in {out} are intact",
+              file=sys.stderr)
+        return 1
     if result.stopped == "interrupted":
         return 130
     best = result.best
@@ -179,6 +181,11 @@ def cmd_train(args) -> int:
             print(f"             {path}")
         print(f"Plot another example: {PROG} plot {out} --example \"3 1 4 1 5\"")
     return 0
+
+
+def _os_error(err: OSError) -> str:
+    """'<file>: <reason>', what a failed read or write means, without the errno number."""
+    return f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
 
 
 # ---- eval, generate -----------------------------------------------------------------------
@@ -299,10 +306,13 @@ def write_plots(run_dir, example: str | None = None, out_dir=None, which=None) -
             plot_attention_grid(model.attention_maps(), kind, src_tokens=src_tokens,
                                 tgt_tokens=tgt_tokens, save=path)
             saved.append(path)
-    history_path = Path(info["path"]).parent / HISTORY_FILE
-    if history_path.is_file():
+    try:
+        history = read_history(Path(info["path"]).parent)
+    except (CheckpointError, RunDirError) as err:
+        raise UsageError(f"plot: {err}") from None
+    if history is not None:
         path = out_dir / "training_curves.png"
-        plot_training_curves(json.loads(history_path.read_text()), save=path)
+        plot_training_curves(history, save=path)
         saved.append(path)
     return f"{example} -> {vocab.decode(output)}", saved
 
@@ -390,6 +400,9 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:           # a file that cannot be read or written: say which and why
+        print(f"{PROG}: error: {_os_error(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -2,7 +2,8 @@
 
 Every function takes plain arrays, dicts and lists, returns a
 ``matplotlib.figure.Figure`` and, given ``save=`` (a path or a list of paths
-ending in .png or .svg), writes it there, creating parent directories.
+ending in .png or .svg), writes it there, creating parent directories; each
+file is written whole or not at all (a temporary file renamed into place).
 
 What to notice in each:
 
@@ -61,6 +62,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from .checkpoint import atomic_write
+
 __all__ = [
     "plot_attention_grid", "plot_attention_head", "plot_training_curves",
     "plot_positional_encoding", "plot_masks", "plot_gradcheck", "plot_length_generalisation",
@@ -95,9 +98,8 @@ def _save(fig: Figure, save) -> Figure:
     for path in paths:   # check every path before writing any
         if path.suffix.lower() not in (".png", ".svg"):
             raise ValueError(f"save: expected paths ending in .png or .svg, got {str(path)!r}")
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=SAVE_DPI)
+    for path in paths:   # atomically: a kill mid-write never leaves a truncated figure behind
+        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:].lower(), dpi=SAVE_DPI))
     return fig
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from contextlib import contextmanager
 
 
 def _clock(seconds: float) -> str:
@@ -78,21 +79,39 @@ class StopRequest:
     """Ctrl-C during training: finish the current step, save, and stop.
 
     The first SIGINT only sets ``requested``; the loop checks it between steps,
-    so a checkpoint is never taken halfway through an update. A second Ctrl-C
-    raises KeyboardInterrupt at once. Outside the main thread (where signal
-    handlers cannot be installed) Ctrl-C arrives as KeyboardInterrupt instead,
-    which ``train`` also handles.
+    so a checkpoint is never taken halfway through an update. The handler is
+    installed before anything else of the run (building the model, reading a
+    checkpoint), so a Ctrl-C right after the start is such a request too. A
+    second Ctrl-C aborts without saving, as the message says: it sets
+    ``aborted`` and raises KeyboardInterrupt at once. Outside the main thread
+    (where signal handlers cannot be installed) Ctrl-C arrives as
+    KeyboardInterrupt instead, which ``train`` handles like a first Ctrl-C.
     """
 
-    def __init__(self, progress: Progress):
-        self.progress, self.requested, self.previous = progress, False, None
+    def __init__(self, stream):
+        self.stream, self.requested, self.aborted, self.previous = stream, False, False, None
+        self.progress: Progress | None = None
+
+    @contextmanager
+    def reporting_to(self, progress: Progress):
+        """Within the block, print the Ctrl-C message below ``progress``'s line, not across it."""
+        self.progress = progress
+        try:
+            yield self
+        finally:
+            self.progress = None
 
     def _handle(self, signum, frame):
         if self.requested:
+            self.aborted = True
             raise KeyboardInterrupt
         self.requested = True
-        self.progress.print("Ctrl-C: stopping after this step and saving (press again to abort "
-                            "without saving)")
+        text = "Ctrl-C: stopping after this step and saving (press again to abort without saving)"
+        if self.progress is not None:
+            self.progress.print(text)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():

@@ -23,7 +23,9 @@ optimizer moments, step, the data Generator's and the dropout Generator's
 states), and ``--resume`` from it reaches the very same parameters, bit for
 bit, as a run that was never interrupted. Evaluation draws no random numbers
 (dropout is off in eval mode and the held-out set has its own seed), so it
-never shifts the training stream.
+never shifts the training stream. How the run directory stays consistent
+under kills (the history inside last.npz, best.npz written after it, a lock
+against a second trainer) is ``rundir.py``'s.
 
 Seeds: ``seed`` is split (``SeedSequence.spawn``) into two independent streams,
 one for the model (initial weights, then dropout masks) and one for the
@@ -32,21 +34,22 @@ training batches.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import decode, optim
-from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, save_json
+from .checkpoint import BEST, LAST, load_checkpoint, non_finite, save_checkpoint, save_json
 from .nn.loss import CrossEntropyLoss
 from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig, config_from_dict
 from .progress import Progress, StopRequest
+from .rundir import CONFIG_FILE, HISTORY_FILE, PER_STEP, RunDir, read_run_config, resume_last
 from .tasks import (PAD, TASKS, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch,
                     make_lm_batch)
 
@@ -55,8 +58,6 @@ __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "solved", "default
 
 MODEL_KINDS = {"encoder-decoder": Transformer, "decoder-only": DecoderOnlyTransformer}
 OPTIMIZERS = ("adam", "adamw", "sgd")
-CONFIG_FILE, HISTORY_FILE = "config.json", "history.json"
-PER_STEP = ("step", "loss", "lr", "grad_norm")       # history lists with one value per step
 
 
 @dataclass
@@ -323,10 +324,7 @@ def _new_history(config: TrainConfig) -> dict:
 
 def check_resume(out_dir, config: TrainConfig, model_config: TransformerConfig) -> None:
     """Raise unless the run in ``out_dir`` was started with these configs (only ``steps`` may differ)."""
-    path = Path(out_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: {path} not found (is {out_dir} a run directory?)")
-    saved = json.loads(path.read_text())
+    saved = read_run_config(out_dir)
     differences = []
     for kind, asked in (("train", config.to_dict()), ("model", model_config.to_dict())):
         for key in sorted(set(saved[kind]) | set(asked)):
@@ -342,10 +340,12 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
     """Train a model on a toy task; see the module docstring for what happens each step.
 
     ``model_config`` defaults to ``default_model_config(config)``. ``out_dir``: the run
-    directory (config.json, history.json, best.npz, last.npz); None trains in memory
-    and writes nothing. ``resume=True`` continues the run in ``out_dir`` from last.npz.
+    directory (config.json, history.json, best.npz, last.npz), locked while training;
+    None trains in memory and writes nothing. ``resume=True`` continues the run in
+    ``out_dir`` from last.npz (from step 0 if it was stopped before saving one).
     Progress goes to ``stream`` (default stdout). Ctrl-C stops the run after the
     current step, saving last.npz; the result then says ``stopped == "interrupted"``.
+    A second Ctrl-C aborts at once without saving (KeyboardInterrupt).
     """
     config = config or TrainConfig()
     model_config = model_config or default_model_config(config)
@@ -354,7 +354,13 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
     out_dir = Path(out_dir) if out_dir is not None else None
     if resume and out_dir is None:
         raise ValueError("resume: needs out_dir, the run directory to continue")
+    # Ctrl-C is a stop request from here on, before the run has anything to save
+    with StopRequest(stream) as stop, RunDir(out_dir) if out_dir is not None else nullcontext():
+        return _train(config, model_config, out_dir, resume, stream, stop)
 
+
+def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path | None,
+           resume: bool, stream, stop: StopRequest) -> TrainResult:
     vocab = task_vocab(config)
     model_rng, data_rng = seeded_generators(config.seed)
     model = MODEL_KINDS[config.model](model_config, rng=model_rng)
@@ -366,18 +372,13 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
 
     if resume:
         check_resume(out_dir, config, model_config)
-        _, info = load_checkpoint(out_dir, model=model, which="last")  # params + dropout rng
-        opt.load_state_dict(info["optimizer"])
-        data_rng.bit_generator.state = info["rng_states"]["data"]
-        step, elapsed = info["step"], info["extra"]["seconds"]
-        if (out_dir / HISTORY_FILE).is_file():
-            history = json.loads((out_dir / HISTORY_FILE).read_text())
-        else:
-            stream.write(f"{out_dir / HISTORY_FILE} is missing: the history restarts at step {step}\n")
-        keep = sum(s <= step for s in history["step"])
-        for key in PER_STEP:
-            del history[key][keep:]
-        history["eval"] = [e for e in history["eval"] if e["step"] <= step]
+        state = resume_last(out_dir, model, opt, {"data": data_rng})
+        if state is None:
+            stream.write(f"{out_dir} holds no {LAST}: the run was stopped before its first "
+                         f"checkpoint, so it starts again from step 0\n")
+            resume = False
+    if resume:
+        step, elapsed, history = state["step"], state["seconds"], state["history"]
         history["target"], history["target_worst"] = config.target, config.target_worst
         if (out_dir / BEST).is_file():
             best_state = load_checkpoint(out_dir, which="best")[0].state_dict()
@@ -404,18 +405,38 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
                    + (f", from step {step}" if resume else "")
                    + (f"; run directory {out_dir}" if out_dir else ""))
 
-    def save_last() -> None:
+    def check_finite() -> None:
+        diverged = non_finite(model.state_dict())
+        if diverged:
+            raise FloatingPointError(f"parameter(s) {diverged[:3]}{' ...' if len(diverged) > 3 else ''}"
+                                     f" hold inf or NaN after the update; nothing is saved")
+
+    def save_last(best_improved: bool = False) -> None:
+        """last.npz (with the history), then the copies derived from it (see rundir.py)."""
+        nonlocal saved_step
         if out_dir is None:
             return
+        check_finite()
         history["seconds"] = round(progress.elapsed(), 3)
         save_checkpoint(out_dir / LAST, model, opt, step=step, task=task_info(config),
-                        extra={"seconds": history["seconds"]},
+                        extra={"seconds": history["seconds"], "history": history},
                         rng_states={"data": data_rng.bit_generator.state})
+        saved_step = step
+        if best_improved:
+            save_checkpoint(out_dir / BEST, model, step=step, task=task_info(config),
+                            extra={"eval": history["best"]})
         save_json(out_dir / HISTORY_FILE, history)
+
+    def resume_hint() -> str:
+        if saved_step is None:
+            return ""
+        return (f" {out_dir / LAST} holds step {saved_step}; continue with: tinytransformer "
+                f"train --out {out_dir} --resume")
 
     def run_eval() -> bool:
         """Evaluate at ``step``; keep the best; True when the target is reached."""
         nonlocal best_state
+        check_finite()
         t0 = time.perf_counter()
         scores = evaluate(model, eval_data)
         entry = {"step": step, "exact_match": scores["exact_match"], "worst": scores["worst"],
@@ -427,21 +448,19 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
         if improved:
             history["best"] = entry
             best_state = model.state_dict()
-            if out_dir is not None:
-                save_checkpoint(out_dir / BEST, model, step=step, task=task_info(config),
-                                extra={"eval": entry})
         note = f"  (best so far, saved to {BEST})" if out_dir is not None else "  (best so far)"
         progress.print(f"eval at step {step}: exact match {entry['exact_match']:.4f}, worst length "
                        f"{entry['worst_length']}: {entry['worst']:.3f}, token accuracy "
                        f"{entry['token_accuracy']:.4f}{note if improved else ''}"
                        f"  [{time.perf_counter() - t0:.1f} s]")
-        save_last()
+        save_last(best_improved=improved)
         return solved(entry, config)
 
     stopped = "budget"
     updating, data_state, drawn = False, None, step
+    saved_step = step if resume else None           # the step last.npz holds
     try:
-        with StopRequest(progress) as stop:
+        with stop.reporting_to(progress):
             # a resumed run whose evaluation at this step was cut short does it now
             if step and step % config.eval_every == 0 and \
                     not any(e["step"] == step for e in history["eval"]) and run_eval():
@@ -473,9 +492,10 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
                     stopped = "target"
     except KeyboardInterrupt:
         # Ctrl-C outside the main thread, or a second Ctrl-C: the step in flight is dropped
-        if updating:
-            progress.print("Interrupted inside an update: the parameters are half-updated, so they "
-                           "are not saved; last.npz is still the one of the last evaluation")
+        if updating or stop.aborted:
+            progress.print(("Interrupted inside an update: the parameters are half-updated, so "
+                            "they are not saved." if updating else "Aborted without saving.")
+                           + resume_hint())
             raise
         if step != drawn:                      # the unfinished step's batch was drawn: undraw it
             data_rng.bit_generator.state = data_state
@@ -485,15 +505,13 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
         stopped = "interrupted"
     except FloatingPointError as err:
         progress.end_line()
-        raise FloatingPointError(f"training diverged at step {step + 1}: {err}. Try a lower --lr, "
+        raise FloatingPointError(f"training diverged at step {drawn}: {err}. Try a lower --lr, "
                                  f"a longer --warmup or --clip 1.0") from None
 
     history["stopped"], history["seconds"] = stopped, progress.elapsed()
     save_last()
     if stopped == "interrupted":
-        progress.print(f"Stopped at step {step}."
-                       + (f" Saved {out_dir / LAST}; continue with: tinytransformer train "
-                          f"--out {out_dir} --resume" if out_dir else ""))
+        progress.print(f"Stopped at step {step}." + resume_hint())
     if best_state is not None:
         model.load_state_dict(best_state)
     return TrainResult(model, history, history["best"], step, history["seconds"], stopped, out_dir)
