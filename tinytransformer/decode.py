@@ -43,6 +43,7 @@ from .nn.kv_cache import AttentionCache, KVCache
 from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer
 from .tasks import BOS, EOS, PAD
+from .threads import threads
 
 __all__ = ["greedy_decode", "generate", "beam_search", "sequence_log_prob", "Decoded",
            "KVCache", "AttentionCache"]
@@ -64,11 +65,13 @@ class Decoded:
 
 @contextmanager
 def inference(model: Module):
-    """Run the block with the model in eval mode, then restore the mode it was in."""
+    """Run the block with the model in eval mode, then restore the mode it was in; BLAS is
+    held to one thread once for the whole block (``threads``), not at every step."""
     was_training = model.training
     model.eval()
     try:
-        yield model
+        with threads():
+            yield model
     finally:
         model.train(was_training)
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from .nn.activation import ReLU
 from .nn.module import Module
+from .threads import holds_threads
 
 FLOOR = 1e-3
 
@@ -110,6 +111,7 @@ def _indices(size: int, shape: tuple, max_elements: int | None, rng: np.random.G
     return [np.unravel_index(i, shape) for i in flat]
 
 
+@holds_threads
 def gradcheck(module: Module, *inputs, name: str | None = None, eps: float = 1e-5,
               tol: float = 1e-6, max_elements: int | None = None, seed: int = 0,
               input_names: tuple[str, ...] | None = None) -> GradcheckResult:

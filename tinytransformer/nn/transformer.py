@@ -29,6 +29,7 @@ from .linear import Linear
 from .module import Module, check_upstream, default_rng
 from .normalization import LayerNorm
 from .overlap import overlap_param_grads
+from ..threads import holds_threads
 
 
 
@@ -393,6 +394,7 @@ class Transformer(Module):
             self.src_embed.grads["weight"] = self.tgt_embed.grads["weight"]
             tie_output_to_embedding(self.out_proj, self.tgt_embed)
 
+    @holds_threads
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray | None = None):
         """The encoder's memory (B, S, D) and the source key mask (B, 1, 1, S)."""
         self.cache = None          # the layers' caches no longer belong to one forward: no backward
@@ -400,6 +402,7 @@ class Transformer(Module):
         src_keys = key_mask("src_mask", src_mask, src_ids)
         return self.encoder(embed_forward(self.src_embed, self.pos, src_ids), src_keys), src_keys
 
+    @holds_threads
     def decode(self, tgt_ids: np.ndarray, memory: np.ndarray, src_keys: np.ndarray,
                tgt_mask: np.ndarray | None = None) -> np.ndarray:
         """Logits (B, T, V) of the target, given the memory and the source key mask."""
@@ -424,6 +427,7 @@ class Transformer(Module):
         cache.src_keys = src_keys
         return cache
 
+    @holds_threads
     def decode_step(self, tgt_ids: np.ndarray, cache: KVCache) -> np.ndarray:
         """Inference only: logits (B, Tn, V) of Tn new target tokens, the earlier ones read from
         ``cache`` (which this updates); equal to the last Tn rows of ``decode`` on the whole prefix."""
@@ -435,6 +439,7 @@ class Transformer(Module):
         self.cache = None
         return self.out_proj(y)                                              # (B, Tn, V)
 
+    @holds_threads
     def forward(self, src_ids: np.ndarray, tgt_ids: np.ndarray, src_mask: np.ndarray | None = None,
                 tgt_mask: np.ndarray | None = None) -> np.ndarray:
         memory, src_keys = self.encode(src_ids, src_mask)                    # (B, S, D)
@@ -442,6 +447,7 @@ class Transformer(Module):
         self.cache = logits.shape
         return logits
 
+    @holds_threads
     def backward(self, dlogits: np.ndarray) -> None:
         check_upstream("dlogits", dlogits, self._saved())
         # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
@@ -480,6 +486,7 @@ class DecoderOnlyTransformer(Module):
         if c.tie_embeddings:
             tie_output_to_embedding(self.out_proj, self.embed)
 
+    @holds_threads
     def forward(self, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         check_model_ids("ids", ids, self.config)
         self_mask = causal_mask(ids.shape[1]) & key_mask("mask", mask, ids)   # (B, 1, T, T)
@@ -498,6 +505,7 @@ class DecoderOnlyTransformer(Module):
         return KVCache.empty(len(self.layers), batch_size, self.config.n_heads, capacity,
                              self.config.d_model // self.config.n_heads, self.dtype)
 
+    @holds_threads
     def decode_step(self, ids: np.ndarray, cache: KVCache) -> np.ndarray:
         """Inference only: logits (B, Tn, V) of Tn new tokens, the earlier ones read from ``cache``
         (which this updates); equal to the last Tn rows of ``forward`` on the whole sequence."""
@@ -509,6 +517,7 @@ class DecoderOnlyTransformer(Module):
         self.cache = None
         return self.out_proj(x)                                               # (B, Tn, V)
 
+    @holds_threads
     def backward(self, dlogits: np.ndarray) -> None:
         check_upstream("dlogits", dlogits, self._saved())
         # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
