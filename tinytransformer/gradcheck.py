@@ -98,7 +98,8 @@ def _generators(module: Module) -> list[np.random.Generator]:
 
 def _relu_sides(module: Module) -> list[np.ndarray]:
     """Which side of 0 every ReLU input was on in the last forward."""
-    return [m.cache.copy() for _, m in module.named_modules() if isinstance(m, ReLU) and m.cache is not None]
+    return [m.cache.positive.copy() for _, m in module.named_modules()
+            if isinstance(m, ReLU) and m.cache is not None]
 
 
 def _same_sides(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
