@@ -13,9 +13,9 @@ two must produce the same tokens; the script checks it.
 prints a Markdown table and writes benchmarks/results/decode.json.
 ``measure_decode`` is importable for a combined benchmark runner.
 
-On a busy machine set OPENBLAS_NUM_THREADS=1 (the JSON records it): a BLAS
-worker thread that must wait for a core adds milliseconds to a product that
-takes microseconds, which inflates the uncached side most.
+``greedy_decode`` holds NumPy's BLAS to one thread while it runs
+(``tinytransformer.threads``): a BLAS worker thread that must wait for a core
+adds milliseconds to a product that takes microseconds.
 """
 
 from __future__ import annotations

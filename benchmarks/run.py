@@ -23,10 +23,12 @@ lengths 1..16, batch 64, d_model 64, 4 heads, d_ff 256, 2 + 2 layers, float32):
 Timing: wall clock (``time.perf_counter``), medians over many steps, NumPy and
 PyTorch interleaved in blocks so that a change in machine load hits both. Both
 get the same number of threads (``--threads``, default 2, the cores of the machine
-the targets are set for): PyTorch through ``torch.set_num_threads``; NumPy runs its
-products on one BLAS thread and, from 2 threads on, its parameter gradients on a
-second thread (``tinytransformer.nn.overlap``); it has no use for a third. The
-training step is also measured with one thread each. The CPU time of the process is
+the targets are set for): PyTorch through ``torch.set_num_threads``; NumPy through
+``tinytransformer.threads(N)``: its products on one BLAS thread and, from 2 threads on,
+its parameter gradients on a second thread (``tinytransformer.nn.overlap``); it has no
+use for a third. NumPy is imported first, as a learner does, and no thread variable is
+set: the package holds its threads itself. The training step is also measured with one
+thread each. The CPU time of the process is
 kept alongside.
 
 Results: ``benchmarks/results/benchmark.json`` (every number, raw samples
@@ -63,17 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-if __name__ == "__main__":
-    # BLAS reads its thread count once, when NumPy is imported: set it before the import below.
-    # One BLAS thread: at these sizes a second one makes NumPy's products slower, not faster
-    # (measured); PyTorch gets its threads from torch.set_num_threads in main().
-    ARGS = parse_args()
-    for variable in THREAD_VARIABLES:
-        os.environ[variable] = "1"
-
-import contextlib  # noqa: E402  (the imports follow the thread setting on purpose)
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
 import platform  # noqa: E402
@@ -82,12 +74,13 @@ import tracemalloc  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_info  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]          # the package of this checkout, and decode_bench
 
-from tinytransformer import optim  # noqa: E402
+from tinytransformer import optim, threads  # noqa: E402
 from tinytransformer.nn import overlap  # noqa: E402
 from tinytransformer.nn.loss import CrossEntropyLoss  # noqa: E402
 from tinytransformer.nn.module import Module  # noqa: E402
@@ -115,6 +108,7 @@ class NumpyRunner:
 
     name = "NumPy"
     threads = None          # set: interleaved() switches to this thread count for its blocks
+    numpy_threads = 2       # what tinytransformer.threads() holds around each call (set_threads)
 
     def __init__(self, d_model=64, n_heads=4, d_ff=256, n_layers=2, max_len=64, seed=0):
         config = TransformerConfig(vocab_size=VOCAB.size, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
@@ -128,18 +122,24 @@ class NumpyRunner:
 
     def step(self, batch) -> None:
         """The contract's training step, exactly."""
-        self.model.zero_grad()
-        logits = self.model(batch.src, batch.tgt_in)
-        self.crit(logits, batch.labels)
-        self.model.backward(self.crit.backward())
-        self.opt.step()
+        with threads(NumpyRunner.numpy_threads):
+            self.model.zero_grad()
+            logits = self.model(batch.src, batch.tgt_in)
+            self.crit(logits, batch.labels)
+            self.model.backward(self.crit.backward())
+            self.opt.step()
 
     def forward_backward(self, batch) -> None:
-        logits = self.model(batch.src, batch.tgt_in)
-        self.crit(logits, batch.labels)
-        self.model.backward(self.crit.backward())
+        with threads(NumpyRunner.numpy_threads):
+            logits = self.model(batch.src, batch.tgt_in)
+            self.crit(logits, batch.labels)
+            self.model.backward(self.crit.backward())
 
     def phases(self, batch, clock) -> dict:
+        with threads(NumpyRunner.numpy_threads):
+            return self._phases(batch, clock)
+
+    def _phases(self, batch, clock) -> dict:
         t0 = clock()
         self.model.zero_grad()
         t1 = clock()
@@ -490,7 +490,9 @@ def machine_info(threads: int, with_torch: bool) -> dict:
     import scipy
     info = {"cpu": model_name, "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "scipy": scipy.__version__, "threads": threads,
-            "thread_env": {v: os.environ.get(v) for v in THREAD_VARIABLES},
+            # what BLAS starts with; tinytransformer.threads holds it to one thread while it computes
+            "blas_threads_outside": [lib["num_threads"] for lib in threadpool_info()
+                                     if lib["user_api"] == "blas"],
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
@@ -677,7 +679,7 @@ def plot_scaling(results: dict, path: Path) -> None:
 
 def set_threads(n: int) -> None:
     """n threads each: PyTorch's own; for NumPy, from 2 on, the parameter-gradient worker."""
-    overlap.enabled = n >= 2
+    NumpyRunner.numpy_threads = n
     if torch is not None:
         torch.set_num_threads(n)
 
@@ -687,9 +689,6 @@ def main(args: argparse.Namespace) -> dict:
     if args.threads < 1:
         raise SystemExit(f"--threads: expected a number >= 1, got {args.threads}")
     set_threads(args.threads)
-    if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
-        print(f"warning: NumPy was imported before the thread count could be set; its BLAS uses "
-              f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}", file=sys.stderr)
     if args.reference_runs:
         import reference_runs
         return reference_runs.main(reference_runs.parse_args(
@@ -754,4 +753,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(ARGS)
+    main(parse_args())

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-import tinytransformer.nn.attention as attention_module
+import tinytransformer.nn.masks as masks_module
 from tinytransformer.nn import (MultiHeadAttention, ScaledDotProductAttention, causal_mask,
                                 causal_padding_mask, padding_mask)
 
@@ -189,7 +189,24 @@ def test_attention_weights_are_kept_on_sdpa_and_mha_with_shape_b_h_tq_tk(rng):
     mha = make_mha(rng)
     mha(rng.standard_normal((B, TQ, D)), rng.standard_normal((B, TK, D)))
     assert mha.attn.shape == mha.attention.attn.shape == (B, H, TQ, TK)
-    assert mha.attn is mha.attention.attn
+    np.testing.assert_array_equal(mha.attn, mha.attention.attn)
+
+
+def test_editing_the_exposed_map_in_place_changes_no_gradient(rng):
+    # a learner normalising a map for a plot must not reach the array backward reads
+    x, dout = rng.standard_normal((B, TQ, D)), rng.standard_normal((B, TQ, D))
+    grads = []
+    for edit in (False, True):
+        mha = make_mha(np.random.default_rng(0))
+        mha(x)
+        if edit:
+            shown = mha.attn
+            shown /= shown.max()
+            mha.attention.attn[...] = 0.0
+        dx = mha.backward(dout)
+        grads.append((dx, mha.w_q.grads["weight"].copy()))
+    np.testing.assert_array_equal(grads[0][0], grads[1][0])
+    np.testing.assert_array_equal(grads[0][1], grads[1][1])
 
 
 def test_attention_rows_sum_to_one_except_fully_masked_rows(rng):
@@ -286,8 +303,8 @@ def test_causal_padding_mask_is_causal_and_not_padding():
                 assert mask[b, 0, i, j] == (j <= i and ids[b, j] != 0), (b, i, j)
 
 
-def test_attention_module_doctests_pass():
-    result = doctest.testmod(attention_module)
+def test_mask_module_doctests_pass():
+    result = doctest.testmod(masks_module)
     assert result.attempted >= 3 and result.failed == 0, result
 
 

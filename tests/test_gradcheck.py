@@ -16,7 +16,7 @@ f64 = np.float64
 
 class LinearForgetsBias(Linear):
     def backward(self, dy):
-        x = self._saved()
+        x = self._saved().x
         self.grads["weight"] += x.reshape(-1, self.in_features).T @ dy.reshape(-1, self.out_features)
         return dy @ self.params["weight"].T
 
@@ -33,7 +33,7 @@ class LinearOverwrites(Linear):
     """grads[...] = instead of +=: right alone, wrong as soon as the weight is used twice."""
 
     def backward(self, dy):
-        x = self._saved()
+        x = self._saved().x
         self.grads["weight"][...] = x.reshape(-1, self.in_features).T @ dy.reshape(-1, self.out_features)
         self.grads["bias"][...] = dy.reshape(-1, self.out_features).sum(0)
         return dy @ self.params["weight"].T
@@ -50,12 +50,12 @@ class LayerNormDropsVarianceTerm(LayerNorm):
 
 class SoftmaxMissingSum(Softmax):
     def backward(self, ds):
-        return self._saved() * ds                                # missing - sum(ds * s)
+        return self._saved().s * ds                              # missing - sum(ds * s)
 
 
 class EmbeddingKeepsOneRepeat(Embedding):
     def backward(self, dy):
-        ids = self._saved()
+        ids = self._saved().ids
         self.grads["weight"][ids.reshape(-1)] += dy.reshape(-1, dy.shape[-1])   # repeats collide
 
 

@@ -281,3 +281,35 @@ def test_load_state_dict_of_another_model_lists_a_few_names_and_a_count():
     from tinytransformer.nn import Linear
     with pytest.raises(KeyError, match=r"missing embed\.weight, layers\.0\.bias, layers\.0\.weight, layers\.1\.bias and 3 more; unexpected bias, weight"):
         Stack().load_state_dict(Linear(D, V).state_dict())
+
+
+def test_add_grad_accumulates_and_skips_a_frozen_parameter_without_computing_it():
+    from tinytransformer.nn import Linear
+    layer = Linear(3, 2, rng=np.random.default_rng(0), dtype=np.float64)
+    x, dy = np.random.default_rng(1).standard_normal((4, 3)), np.random.default_rng(2).standard_normal((4, 2))
+    layer(x)
+    layer.backward(dy)
+    layer.backward(dy)                                   # a second contribution adds to the first
+    np.testing.assert_allclose(layer.grads["weight"], 2 * x.T @ dy)
+    layer.zero_grad()
+    layer.frozen.add("weight")
+    asked = []
+    layer.add_grad("weight", lambda: asked.append(1))    # the thunk is never called
+    layer.backward(dy)
+    assert asked == [] and not layer.grads["weight"].any()
+    np.testing.assert_allclose(layer.grads["bias"], dy.sum(0))
+
+
+def test_caches_are_named_for_a_learner_to_inspect():
+    from tinytransformer.nn import LayerNorm, Linear, MultiHeadAttention
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    linear, norm = Linear(4, 5, rng=rng), LayerNorm(4)
+    linear(x)
+    norm(x)
+    assert linear.cache.x is x
+    assert norm.cache._fields == ("xhat", "rstd") and norm.cache.rstd.shape == (2, 3, 1)
+    mha = MultiHeadAttention(4, 2, rng=rng)
+    mha(x)
+    assert mha.cache.self_attention is True
+    assert mha.attention.cache._fields == ("q", "k", "v", "attn", "dropped")

@@ -5,15 +5,15 @@ rewritten by the tests), with the kernel's working directory set to that copy's 
 when a reader opens the notebook next to its siblings, so relative paths such as a run
 directory land in the temporary folder.
 
-The kernel inherits conftest.py's one BLAS thread. The matrices here are small; on a 2-core
-machine that is busy with anything else, OpenBLAS's threads wait on each other and a
-training step measured 6-8x slower with two threads than with one (about 300 ms against
-35-48 ms for the reference step), which would take 04_train_reverse from about a minute to
-several.
+The kernel runs as a learner's does: its environment has no BLAS thread variable (removed
+if the caller had one set), and each notebook imports NumPy before tinytransformer. The
+package holds BLAS to the threads it wants where it computes (tinytransformer/threads.py),
+so the notebooks run as fast as the tests of the package do.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -25,6 +25,8 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 assert NOTEBOOKS, f"no notebooks found in {NOTEBOOK_DIR}: the tests below would silently run nothing"
 CELL_TIMEOUT = 600   # seconds for one cell; the notebooks aim at well under a minute in total
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def code_cells(nb) -> list:
@@ -33,13 +35,13 @@ def code_cells(nb) -> list:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
-    # the kernel inherits conftest.py's OPENBLAS_NUM_THREADS
     copy = tmp_path / path.name
     shutil.copy(path, copy)
     nb = nbformat.read(copy, as_version=4)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()     # raises CellExecutionError, naming the cell, on any error
+    learner_env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    client.execute(env=learner_env)     # raises CellExecutionError, naming the cell, on any error
     errors = [out for cell in code_cells(nb) for out in cell.outputs if out.output_type == "error"]
     assert not errors, f"{path.name}: error outputs {[e.ename for e in errors]}"
 
@@ -59,6 +61,8 @@ def test_notebook_is_committed_executed(path):
     assert outputs, f"{path.name}: saved without outputs"
     assert not [o for o in outputs if o.output_type == "error"], f"{path.name}: saved with an error output"
     sources = "\n".join(cell.source for cell in cells)
+    assert 0 <= sources.find("import numpy") < sources.find("tinytransformer"), \
+        f"{path.name}: imports tinytransformer before NumPy; a learner imports NumPy first"
     assert "import tinytransformer" in sources or "from tinytransformer" in sources, \
         f"{path.name}: does not import tinytransformer"
     if "plot" in sources:

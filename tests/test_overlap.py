@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 
+from tinytransformer import threads
 from tinytransformer.nn import Linear, overlap
 from tinytransformer.nn.loss import CrossEntropyLoss
 from tinytransformer.nn.overlap import defer, overlap_param_grads
@@ -16,9 +17,10 @@ V = 13
 
 @pytest.fixture
 def overlap_enabled():
-    """Restore the module switch whatever a test does to it."""
+    """Two threads (the worker may run), and the module switch restored whatever a test does to it."""
     before = overlap.enabled
-    yield
+    with threads(2):
+        yield
     overlap.enabled = before
 
 
@@ -145,6 +147,13 @@ def test_defer_runs_at_once_outside_the_context_and_when_disabled(overlap_enable
         defer(lambda: ran.append(threading.current_thread().name))
         assert len(ran) == 2                                 # already done, before the block ends
     assert ran == [threading.current_thread().name] * 2
+
+
+def test_one_thread_runs_every_job_on_the_calling_thread():
+    ran = []
+    with threads(1), overlap_param_grads():
+        defer(lambda: ran.append(threading.current_thread().name))
+        assert ran == [threading.current_thread().name]      # done at once, no worker
 
 
 def test_leaving_the_context_waits_for_every_job(overlap_enabled):

@@ -4,17 +4,10 @@ The layers and models live in ``tinytransformer.nn``; training, decoding and
 checkpoints in the modules of the same names; plots in ``tinytransformer.plot``
 (imported on demand, so importing the package does not load matplotlib).
 
-One BLAS thread by default: the matrices of these models are small, so more
-threads gain little on an idle machine, and on a busy one a small matrix
-product waits for a free core (a training step measured 10-50x slower with
-two threads than with one on a loaded 2-core machine). This only takes effect
-when tinytransformer is imported before NumPy (as by the ``tinytransformer``
-command), and never overrides an OPENBLAS_NUM_THREADS you set yourself.
+Importing the package changes no process-wide setting. Where it computes, it
+holds NumPy's BLAS to one thread for the duration of the call (``threads``, in
+``tinytransformer/threads.py``), whatever the import order.
 """
-
-import os as _os
-
-_os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .decode import KVCache, beam_search, generate, greedy_decode, sequence_log_prob
@@ -25,6 +18,7 @@ from .nn.transformer import (Decoder, DecoderLayer, DecoderOnlyTransformer, Enco
                              Transformer, TransformerConfig)
 from .optim import SGD, Adam, AdamW, clip_grad_norm, warmup_inverse_sqrt
 from .tasks import BOS, EOS, PAD, Vocab, eval_set, make_batch
+from .threads import threads
 from .train import TrainConfig, TrainResult, evaluate, train
 
 __version__ = "0.1.0"
@@ -34,5 +28,5 @@ __all__ = list(_nn_all) + [
     "warmup_inverse_sqrt", "PAD", "BOS", "EOS", "Vocab", "make_batch", "eval_set",
     "greedy_decode", "beam_search", "generate", "sequence_log_prob", "KVCache",
     "save_checkpoint", "load_checkpoint", "CheckpointError",
-    "TrainConfig", "TrainResult", "train", "evaluate",
+    "TrainConfig", "TrainResult", "train", "evaluate", "threads",
 ]

@@ -43,6 +43,7 @@ from .nn.kv_cache import AttentionCache, KVCache
 from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer
 from .tasks import BOS, EOS, PAD
+from .threads import threads
 
 __all__ = ["greedy_decode", "generate", "beam_search", "sequence_log_prob", "Decoded",
            "KVCache", "AttentionCache"]
@@ -64,11 +65,13 @@ class Decoded:
 
 @contextmanager
 def inference(model: Module):
-    """Run the block with the model in eval mode, then restore the mode it was in."""
+    """Run the block with the model in eval mode, then restore the mode it was in; BLAS is
+    held to one thread once for the whole block (``threads``), not at every step."""
     was_training = model.training
     model.eval()
     try:
-        yield model
+        with threads():
+            yield model
     finally:
         model.train(was_training)
 
@@ -78,6 +81,14 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def never_emitted(model: Module, logits: np.ndarray) -> np.ndarray:
+    """``logits`` (..., V) with padding (``config.pad_id``) and BOS at -inf: decoding never
+    chooses them (the logits themselves, as returned, are the model's own)."""
+    out = logits.copy()
+    out[..., [model.config.pad_id, BOS]] = -np.inf
+    return out
 
 
 def _next_logits(model: Module, use_cache: bool, capacity: int, batch: int,
@@ -134,7 +145,7 @@ def greedy_decode(model: Transformer, src_ids: np.ndarray, max_len: int, use_cac
         next_logits, _ = _next_logits(model, use_cache, max_len, B, memory, src_keys)
         for t in range(max_len):
             logits = next_logits(tokens[:, :t + 1])              # (B, V)
-            tokens[:, t + 1] = np.where(finished, PAD, logits.argmax(axis=-1))
+            tokens[:, t + 1] = np.where(finished, PAD, never_emitted(model, logits).argmax(axis=-1))
             finished |= tokens[:, t + 1] == EOS
             if return_logits:
                 step_logits.append(logits)
@@ -227,7 +238,7 @@ def generate(model: DecoderOnlyTransformer, prompt_ids: np.ndarray, max_new_toke
         next_logits, _ = _next_logits(model, use_cache, total - 1, B)   # the last token is never fed
         for t in range(first, total):                # choose the token at position t
             logits = next_logits(seq[:, :t])          # (B, V), from the token at t - 1
-            token = _choose(logits, temperature, top_k, rng)
+            token = _choose(never_emitted(model, logits), temperature, top_k, rng)
             active = (t >= lengths) & ~finished & (n_new < max_new_tokens)
             seq[active, t] = token[active]
             n_new += active
@@ -298,7 +309,8 @@ def beam_search(model: Transformer, src_ids: np.ndarray, max_len: int, beam_size
         memory, src_keys = np.repeat(memory, K, axis=0), np.repeat(src_keys, K, axis=0)
         next_logits, cache = _next_logits(model, use_cache, max_len, B * K, memory, src_keys)
         for t in range(max_len):
-            logp = log_softmax(next_logits(tokens[:, :t + 1])).reshape(B, K, V)
+            # the model's log-probabilities, with padding and BOS never chosen
+            logp = never_emitted(model, log_softmax(next_logits(tokens[:, :t + 1]))).reshape(B, K, V)
             logp[finished] = -np.inf           # a finished hypothesis continues with PAD only,
             logp[finished, PAD] = 0.0          # at no cost
             candidate_log_prob = (log_prob[:, :, None] + logp).reshape(B, K * V)

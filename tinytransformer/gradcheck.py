@@ -37,6 +37,7 @@ import numpy as np
 
 from .nn.activation import ReLU
 from .nn.module import Module
+from .threads import holds_threads
 
 FLOOR = 1e-3
 
@@ -97,7 +98,8 @@ def _generators(module: Module) -> list[np.random.Generator]:
 
 def _relu_sides(module: Module) -> list[np.ndarray]:
     """Which side of 0 every ReLU input was on in the last forward."""
-    return [m.cache.copy() for _, m in module.named_modules() if isinstance(m, ReLU) and m.cache is not None]
+    return [m.cache.positive.copy() for _, m in module.named_modules()
+            if isinstance(m, ReLU) and m.cache is not None]
 
 
 def _same_sides(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
@@ -110,6 +112,7 @@ def _indices(size: int, shape: tuple, max_elements: int | None, rng: np.random.G
     return [np.unravel_index(i, shape) for i in flat]
 
 
+@holds_threads
 def gradcheck(module: Module, *inputs, name: str | None = None, eps: float = 1e-5,
               tol: float = 1e-6, max_elements: int | None = None, seed: int = 0,
               input_names: tuple[str, ...] | None = None) -> GradcheckResult:

@@ -50,8 +50,10 @@ from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig, config_from_dict
 from .progress import Progress, StopRequest
 from .rundir import CONFIG_FILE, HISTORY_FILE, PER_STEP, RunDir, read_run_config, resume_last
+from .step import train_step
 from .tasks import (PAD, TASKS, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch,
                     make_lm_batch)
+from .threads import threads
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "solved", "default_model_config",
            "held_out", "task_vocab"]
@@ -457,10 +459,10 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
         return solved(entry, config)
 
     stopped = "budget"
-    updating, data_state, drawn = False, None, step
+    data_state, drawn = None, step
     saved_step = step if resume else None           # the step last.npz holds
     try:
-        with stop.reporting_to(progress):
+        with stop.reporting_to(progress), threads():      # BLAS held once for the whole loop
             # a resumed run whose evaluation at this step was cut short does it now
             if step and step % config.eval_every == 0 and \
                     not any(e["step"] == step for e in history["eval"]) and run_eval():
@@ -472,18 +474,9 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
                 data_state, drawn = data_rng.bit_generator.state, step + 1
                 t0 = time.perf_counter()
                 batch = draw_batch(config, vocab, data_rng)
-                inputs = (batch.ids,) if isinstance(batch, LMBatch) else (batch.src, batch.tgt_in)
-                # ---- the training step ----
-                model.zero_grad()
-                logits = model(*inputs)                                   # (B, T, V)
-                loss = crit(logits, batch.labels)
-                model.backward(crit.backward())
-                grad_norm = (optim.clip_grad_norm(model, config.clip) if config.clip
-                             else optim.grad_norm(model))
                 opt.lr = schedule(step + 1)
-                updating = True
-                opt.step()
-                step, updating = step + 1, False
+                loss, grad_norm = train_step(model, crit, opt, batch, config.clip)   # step.py
+                step += 1
                 # ---- bookkeeping ----
                 for key, value in zip(PER_STEP, (step, loss, opt.lr, grad_norm)):
                     history[key].append(value)
@@ -492,6 +485,7 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
                     stopped = "target"
     except KeyboardInterrupt:
         # Ctrl-C outside the main thread, or a second Ctrl-C: the step in flight is dropped
+        updating = opt.step_count != step        # opt.step() began: an update in flight
         if updating or stop.aborted:
             progress.print(("Interrupted inside an update: the parameters are half-updated, so "
                             "they are not saved." if updating else "Aborted without saving.")

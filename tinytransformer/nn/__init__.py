@@ -1,13 +1,13 @@
 """The layers: one file per kind, every backward written by hand."""
 
 from .activation import GELU, ReLU, Softmax
-from .attention import (MultiHeadAttention, ScaledDotProductAttention, causal_mask,
-                        causal_padding_mask, padding_mask)
+from .attention import MultiHeadAttention, ScaledDotProductAttention
 from .dropout import Dropout
 from .embedding import Embedding, LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .feedforward import FeedForward
 from .linear import Linear
 from .loss import CrossEntropyLoss
+from .masks import causal_mask, causal_padding_mask, padding_mask
 from .module import Module
 from .normalization import LayerNorm
 

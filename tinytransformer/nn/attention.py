@@ -1,4 +1,4 @@
-"""Scaled dot-product attention, multi-head attention, and the masks they use.
+"""Scaled dot-product attention and multi-head attention (their masks: masks.py, re-exported here).
 
 Legend: B batch, H heads, Tq query positions, Tk key positions, dk key/query
 size per head, dv value size per head, D d_model = H * dk.
@@ -10,67 +10,36 @@ query may attend to this key". Only keys are masked.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
-from .activation import last_axis_max, last_axis_sum
 from .dropout import Dropout
+from .functional import masked_softmax, softmax_backward
 from .kv_cache import AttentionCache
 from .linear import Linear
-from .module import Module, check_float_input
+from .masks import causal_mask, causal_padding_mask, check_mask, padding_mask  # noqa: F401 (re-exported)
+from .module import InvalidatedByInference, Module, check_float_input, default_rng
 
 
-def causal_mask(T: int) -> np.ndarray:
-    """(T, T) boolean, True where key j <= query i: no position sees the future.
-
-    >>> causal_mask(3).astype(int)
-    array([[1, 0, 0],
-           [1, 1, 0],
-           [1, 1, 1]])
-    """
-    return np.tril(np.ones((T, T), dtype=bool))
+class SDPACache(NamedTuple):
+    q: np.ndarray           # (B, H, Tq, dk)
+    k: np.ndarray           # (B, H, Tk, dk)
+    v: np.ndarray           # (B, H, Tk, dv)
+    attn: np.ndarray        # (B, H, Tq, Tk) A, the softmax weights
+    dropped: np.ndarray     # (B, H, Tq, Tk) dropout(A), what multiplied v
 
 
-def padding_mask(ids: np.ndarray, pad_id: int = 0) -> np.ndarray:
-    """(B, 1, 1, T) boolean, True where the key is a real token (ids != pad_id).
-
-    >>> padding_mask(np.array([[5, 6, 0], [7, 0, 0]])).astype(int)[:, 0, 0]
-    array([[1, 1, 0],
-           [1, 0, 0]])
-    """
-    return (ids != pad_id)[:, None, None, :]
-
-
-def causal_padding_mask(ids: np.ndarray, pad_id: int = 0) -> np.ndarray:
-    """(B, 1, T, T): the decoder's self-attention mask, causal AND not padding.
-
-    >>> causal_padding_mask(np.array([[5, 6, 0]])).astype(int)[0, 0]
-    array([[1, 0, 0],
-           [1, 1, 0],
-           [1, 1, 0]])
-    """
-    return causal_mask(ids.shape[1]) & padding_mask(ids, pad_id)
-
-
-def _check_mask(mask, scores_shape: tuple) -> None:
-    if not isinstance(mask, np.ndarray) or mask.dtype != bool:
-        got = mask.dtype.name if isinstance(mask, np.ndarray) else type(mask).__name__
-        raise TypeError(f"mask: expected a boolean array (True = may attend), got {got}")
-    try:
-        broadcast = np.broadcast_shapes(mask.shape, scores_shape)
-    except ValueError:
-        broadcast = None
-    if broadcast != tuple(scores_shape):
-        raise ValueError(f"mask: shape {mask.shape} does not broadcast to the attention scores "
-                         f"(B, H, Tq, Tk) = {tuple(scores_shape)}; a per-sequence padding mask "
-                         f"is (B, 1, 1, Tk) (see padding_mask), a 2-D mask is (Tq, Tk)")
+class MHACache(NamedTuple):
+    self_attention: bool    # x fed the queries, keys and values (no context)
 
 
 class ScaledDotProductAttention(Module):
     """out = dropout(A) @ v,  A = softmax(q @ k^T / sqrt(dk)), masked keys set to -inf.
 
     A query row whose keys are all masked gets A = 0 (so out = 0), not NaN.
-    The weights A are kept as ``self.attn`` (B, H, Tq, Tk) for plotting.
+    ``self.attn`` gives the weights A (B, H, Tq, Tk) of the last forward for plotting,
+    as a copy: editing it changes no gradient.
 
     Backward, with Ad = dropout(A), S = q @ k^T / sqrt(dk):
         dv = Ad^T @ dout            dAd = dout @ v^T          dA = dropout.backward(dAd)
@@ -81,7 +50,12 @@ class ScaledDotProductAttention(Module):
     def __init__(self, dropout: float = 0.0, rng: np.random.Generator | None = None):
         super().__init__()
         self.dropout = Dropout(dropout, rng=rng)
-        self.attn = None
+        self._attn = None
+
+    @property
+    def attn(self) -> np.ndarray | None:
+        """The weights A (B, H, Tq, Tk) of the last forward: a copy, never the array backward reads."""
+        return None if self._attn is None else self._attn.copy()
 
     def forward(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None):
         check_float_input("q", q, min_ndim=2)
@@ -91,41 +65,26 @@ class ScaledDotProductAttention(Module):
             raise ValueError(f"q, k, v: expected (B, H, Tq, dk), (B, H, Tk, dk), (B, H, Tk, dv), "
                              f"got {q.shape}, {k.shape}, {v.shape}")
         scale = 1.0 / math.sqrt(q.shape[-1])     # a Python float: float32 stays float32
-        # scaling q (B, H, Tq, dk), not the scores (B, H, Tq, Tk): fewer numbers once Tk > dk
-        q_scaled = q * scale
-        scores = q_scaled @ k.swapaxes(-1, -2)                        # (B, H, Tq, Tk)
+        scores = (q @ k.swapaxes(-1, -2)) * scale                     # (B, H, Tq, Tk)
         if mask is not None:
-            _check_mask(mask, scores.shape)
-            # the mask as a bias, 0 where allowed and -inf where masked, added in place: ~5x
-            # faster than np.where(mask, scores, -inf) with a broadcast mask (measured)
-            scores += np.where(mask, scores.dtype.type(0), scores.dtype.type(-np.inf))
-        row_max = last_axis_max(scores)                               # (B, H, Tq, 1)
-        if mask is not None:
-            row_max[row_max == -np.inf] = 0.0     # fully masked row: exp(-inf - 0) = 0 below
-        # the softmax runs in place in the scores' memory (no new (B, H, Tq, Tk) array per step)
-        weights = np.exp(np.subtract(scores, row_max, out=scores), out=scores)
-        total = last_axis_sum(weights)                                # (B, H, Tq, 1)
-        if mask is not None:
-            total[total == 0.0] = 1.0             # fully masked row: 0 / 1 = 0 weight everywhere
-        attn = np.divide(weights, total, out=weights)                 # (B, H, Tq, Tk)
+            check_mask(mask, scores.shape)
+        attn = masked_softmax(scores, mask)                           # (B, H, Tq, Tk)
         dropped = self.dropout(attn)
-        self.attn = attn
-        self.cache = (q_scaled, k, v, attn, dropped, scale)
+        self._attn = attn
+        self.cache = SDPACache(q, k, v, attn, dropped)
         return dropped @ v                                            # (B, H, Tq, dv)
 
     def backward(self, dout: np.ndarray):                             # dout: (B, H, Tq, dv)
-        q_scaled, k, v, attn, dropped, scale = self._saved()
-        # forward was out = dropped @ v
-        dv = dropped.swapaxes(-1, -2) @ dout                           # (B, H, Tk, dv)
-        dattn = self.dropout.backward(dout @ v.swapaxes(-1, -2))       # (B, H, Tq, Tk)
-        # forward was attn = softmax(scores), so dS = A * (dA - sum_k(dA * A)) (softmax_backward),
-        # computed in place in dattn's memory; masked entries have A = 0, so get no gradient
-        dscores = np.subtract(dattn, last_axis_sum(dattn * attn), out=dattn)
-        dscores *= attn
-        # forward was scores = (q * scale) @ k^T
-        dq = dscores @ k                                              # (B, H, Tq, dk)
-        dq *= scale
-        dk = dscores.swapaxes(-1, -2) @ q_scaled                      # (B, H, Tk, dk)
+        q, k, v, attn, dropped = self._saved()
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        # forward was out = dropped @ v, dropped = dropout(attn)
+        dv = dropped.swapaxes(-1, -2) @ dout                          # (B, H, Tk, dv)
+        dattn = self.dropout.backward(dout @ v.swapaxes(-1, -2))      # (B, H, Tq, Tk)
+        # forward was attn = softmax(scores); masked entries have A = 0, so get no gradient
+        dscores = softmax_backward(attn, dattn)                       # (B, H, Tq, Tk)
+        # forward was scores = q @ k^T * scale
+        dq = (dscores @ k) * scale                                    # (B, H, Tq, dk)
+        dk = (dscores.swapaxes(-1, -2) @ q) * scale                   # (B, H, Tk, dk)
         return dq, dk, dv
 
 
@@ -150,12 +109,17 @@ class MultiHeadAttention(Module):
             raise ValueError(f"MultiHeadAttention: d_model ({d_model}) must be divisible by "
                              f"n_heads ({n_heads})")
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
+        rng = default_rng(rng)            # one Generator for all four: distinct weights
         self.w_q = Linear(d_model, d_model, rng=rng, dtype=dtype)
         self.w_k = Linear(d_model, d_model, rng=rng, dtype=dtype)
         self.w_v = Linear(d_model, d_model, rng=rng, dtype=dtype)
         self.w_o = Linear(d_model, d_model, rng=rng, dtype=dtype)
         self.attention = ScaledDotProductAttention(dropout, rng=rng)
-        self.attn = None
+
+    @property
+    def attn(self) -> np.ndarray | None:
+        """The attention weights (B, H, Tq, Tk) of the last forward or step, a copy (for plotting)."""
+        return self.attention.attn
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}"
@@ -184,8 +148,7 @@ class MultiHeadAttention(Module):
         k = self.split_heads(self.w_k(source))                    # (B, H, Tk, dk)
         v = self.split_heads(self.w_v(source))                    # (B, H, Tk, dk)
         heads = self.attention(q, k, v, mask)                     # (B, H, Tq, dk)
-        self.attn = self.attention.attn
-        self.cache = context is None
+        self.cache = MHACache(self_attention=context is None)
         return self.w_o(self.merge_heads(heads))                  # (B, Tq, D)
 
     def project_kv(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,12 +171,11 @@ class MultiHeadAttention(Module):
             kv.append(*self.project_kv(x))
         q = self.split_heads(self.w_q(x))                         # (B, H, Tn, dk)
         heads = self.attention(q, kv.k, kv.v, mask)               # (B, H, Tn, dk)
-        self.attn = self.attention.attn
-        self.cache = None               # backward after a step raises instead of using stale arrays
+        self.cache = InvalidatedByInference("step")   # backward raises instead of using stale arrays
         return self.w_o(self.merge_heads(heads))                  # (B, Tn, D)
 
     def backward(self, dout: np.ndarray):                         # dout: (B, Tq, D)
-        self_attention = self._saved()
+        self_attention = self._saved().self_attention
         dheads = self.split_heads(self.w_o.backward(dout))        # (B, H, Tq, dk)
         dq, dk, dv = self.attention.backward(dheads)
         dx = self.w_q.backward(self.merge_heads(dq))              # (B, Tq, D)

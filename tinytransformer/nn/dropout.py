@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .module import Module, check_float_input, default_rng
+
+
+class DropoutCache(NamedTuple):
+    scaled_mask: np.ndarray | None      # m / (1 - p); None when nothing is dropped (eval, p = 0)
 
 
 class Dropout(Module):
@@ -31,15 +37,15 @@ class Dropout(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         check_float_input("Dropout input x", x)
         if not self.training or self.p == 0.0:
-            self.cache = (None,)                # nothing dropped: backward is the identity
+            self.cache = DropoutCache(None)     # nothing dropped: backward is the identity
             return x
         keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
         scaled_mask = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
-        self.cache = (scaled_mask,)
+        self.cache = DropoutCache(scaled_mask)
         return x * scaled_mask
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        (scaled_mask,) = self._saved()
+        scaled_mask = self._saved().scaled_mask
         if scaled_mask is None:
             return dy
         return dy * scaled_mask

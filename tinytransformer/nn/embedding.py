@@ -5,11 +5,20 @@ Legend: B batch, T time, D d_model, V vocabulary size (number of embeddings).
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse
+from typing import NamedTuple
 
+import numpy as np
+
+from .functional import scatter_add_rows
 from .module import Module, check_float_input, default_rng
-from .overlap import defer
+
+
+class EmbeddingCache(NamedTuple):
+    ids: np.ndarray         # (B, T) the ids looked up
+
+
+class PositionsCache(NamedTuple):
+    offset: int             # the position of the first row of x
 
 
 def check_ids(name: str, ids, n: int) -> None:
@@ -31,12 +40,8 @@ class Embedding(Module):
 
     Backward: every position that looked up row i adds its upstream gradient
     into dW[i]; a token repeated in the batch adds several times (so not
-    ``dW[ids] += dy``, which would keep only one of the repeats). Written as a
-    product: the lookup is y = onehot(ids) @ W with onehot (N, V), so
-        dW = onehot(ids)^T @ dy,
-    computed with onehot^T as a scipy sparse matrix (one 1 per column). That is
-    what ``np.add.at(dW, ids, dy)`` does, ~10x faster (measured for N = 1088,
-    V = 13, D = 64) and without a dense (V, N) matrix for a large vocabulary.
+    ``dW[ids] += dy``, which would keep only one of the repeats):
+        dW = scatter_add_rows(ids, dy),   i.e. np.add.at(dW, ids, dy)   (nn/functional.py)
     The ids are integers: they have no gradient.
     """
 
@@ -53,20 +58,14 @@ class Embedding(Module):
 
     def forward(self, ids: np.ndarray) -> np.ndarray:        # ids: (B, T) int
         check_ids("ids", ids, self.num_embeddings)
-        self.cache = ids
+        self.cache = EmbeddingCache(ids)
         return self.params["weight"][ids]                     # (B, T, D)
 
     def backward(self, dy: np.ndarray) -> None:               # dy: (B, T, D)
-        ids = self._saved()
+        ids = self._saved().ids
         # forward was y[b, t] = W[ids[b, t]]: add each dy[b, t] into row ids[b, t]
-        flat_ids = ids.reshape(-1)                                # (N,)
-        N = flat_ids.size
-        onehot_t = scipy.sparse.coo_array(                        # (V, N), onehot_t[ids[n], n] = 1
-            (np.ones(N, dtype=dy.dtype), (flat_ids, np.arange(N))), shape=(self.num_embeddings, N))
-        # deferred, like every parameter gradient (nn/overlap.py)
-        def add_param_grads():
-            self.grads["weight"] += onehot_t @ dy.reshape(N, self.d_model)    # (V, D)
-        defer(add_param_grads)
+        self.add_grad("weight", lambda: scatter_add_rows(ids.reshape(-1), dy.reshape(-1, self.d_model),
+                                                         self.num_embeddings))       # (V, D)
         return None
 
 
@@ -107,7 +106,7 @@ class SinusoidalPositionalEncoding(Module):
     def forward(self, x: np.ndarray, offset: int = 0) -> np.ndarray:   # x: (B, T, D)
         pe = self.buffers["pe"]
         _check_positions("positional encoding input x", x, offset, self.max_len, self.d_model, pe.dtype)
-        self.cache = True
+        self.cache = PositionsCache(offset)
         return x + pe[offset: offset + x.shape[-2]]
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
@@ -140,14 +139,24 @@ class LearnedPositionalEmbedding(Module):
     def forward(self, x: np.ndarray, offset: int = 0) -> np.ndarray:   # x: (B, T, D)
         weight = self.params["weight"]
         _check_positions("positional embedding input x", x, offset, self.max_len, self.d_model, weight.dtype)
-        self.cache = offset
+        self.cache = PositionsCache(offset)
         return x + weight[offset: offset + x.shape[-2]]
 
     def backward(self, dy: np.ndarray) -> np.ndarray:        # dy: (B, T, D)
-        offset, T = self._saved(), dy.shape[-2]
+        offset, T = self._saved().offset, dy.shape[-2]
         # forward was y[b, t] = x[b, t] + P[offset + t], the same row for every b
-        # (deferred: nn/overlap.py)
-        def add_param_grads():
-            self.grads["weight"][offset: offset + T] += dy.reshape(-1, T, self.d_model).sum(axis=0)
-        defer(add_param_grads)
+        self.add_grad("weight", lambda: dy.reshape(-1, T, self.d_model).sum(axis=0),
+                      at=slice(offset, offset + T))
         return dy
+
+
+def embed_forward(embed: Embedding, pos: Module, ids: np.ndarray, offset: int = 0) -> np.ndarray:
+    """A model's input: x = pos(embed(ids) * sqrt(D)), scaled token embeddings plus positions. (B, T, D)"""
+    scaled = embed(ids) * embed.params["weight"].dtype.type(np.sqrt(embed.d_model))
+    return pos(scaled, offset)
+
+
+def embed_backward(embed: Embedding, pos: Module, dx: np.ndarray) -> None:
+    """The gradient of ``embed_forward`` into the embedding (and a learned position table)."""
+    # forward was x = pos(e * sqrt(D)), e = embed(ids)
+    embed.backward(pos.backward(dx) * dx.dtype.type(np.sqrt(embed.d_model)))

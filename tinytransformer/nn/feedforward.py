@@ -7,7 +7,7 @@ import numpy as np
 from .activation import GELU, ReLU
 from .dropout import Dropout
 from .linear import Linear
-from .module import Module
+from .module import ChildCaches, Module, default_rng
 
 
 def make_activation(name: str) -> Module:
@@ -31,6 +31,7 @@ class FeedForward(Module):
     def __init__(self, d_model: int, d_ff: int, activation: str = "relu", dropout: float = 0.0,
                  rng: np.random.Generator | None = None, dtype=np.float32):
         super().__init__()
+        rng = default_rng(rng)            # one Generator for both Linears: distinct weights
         self.linear1 = Linear(d_model, d_ff, rng=rng, dtype=dtype)
         self.act = make_activation(activation)
         self.dropout = Dropout(dropout, rng=rng)
@@ -38,7 +39,7 @@ class FeedForward(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:             # x: (..., D)
         hidden = self.dropout(self.act(self.linear1(x)))        # (..., d_ff)
-        self.cache = True
+        self.cache = ChildCaches()
         return self.linear2(hidden)                              # (..., D)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:           # dy: (..., D)

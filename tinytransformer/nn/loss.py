@@ -5,9 +5,19 @@ Legend: N number of target positions (all leading axes flattened), V vocabulary 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .module import Module, check_float_input
+
+
+class CrossEntropyCache(NamedTuple):
+    logp: np.ndarray        # (N, V) log-probabilities
+    labels: np.ndarray      # (N,) class ids (0 where ignored)
+    keep: np.ndarray        # (N,) bool, False where the label is ignore_index
+    n: int                  # number of kept positions
+    shape: tuple            # the logits' shape
 
 
 class CrossEntropyLoss(Module):
@@ -65,7 +75,7 @@ class CrossEntropyLoss(Module):
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss is {loss}: the logits contain non-finite values "
                                      f"(max |logit| = {np.abs(z).max()}); training has diverged")
-        self.cache = (logp, safe_labels, keep, n, logits.shape)
+        self.cache = CrossEntropyCache(logp, safe_labels, keep, n, logits.shape)
         return loss
 
     def backward(self, dout: float = 1.0) -> np.ndarray:

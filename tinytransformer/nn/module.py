@@ -6,29 +6,34 @@ Every layer in tinytransformer is a Module. A Module
   what ``backward`` needs;
 - returns from ``backward(dout)`` the gradient with respect to each floating
   input (one array, or a tuple in input order) and *adds* the gradients of its
-  own parameters into ``self.grads`` (accumulate, never overwrite, so a
-  parameter used twice gets both contributions); the layers hand those
-  additions to ``overlap.defer``, which inside a model's backward runs them on
-  a second thread, in order, finished before the model's ``backward`` returns;
+  own parameters into ``self.grads`` with ``self.add_grad(name, lambda: ...)``
+  (accumulate, never overwrite, so a parameter used twice gets both
+  contributions). The layer says *what* it adds; ``add_grad`` decides *when*:
+  at once, or, inside a model's backward, on a second thread (``overlap.py``),
+  finished before the model's ``backward`` returns; and it skips a frozen
+  parameter (``self.frozen``) without computing anything;
 - keeps its own parameters in ``self.params`` (name -> ndarray) and their
   gradients in ``self.grads`` (same keys, shapes and dtypes);
-- finds its children among its attributes (a Module, or a list of Modules),
-  as in PyTorch, so ``named_parameters()`` can walk the whole tree.
+- finds its children among its attributes (a Module, or a list, tuple or dict
+  of Modules), as in PyTorch, so ``named_parameters()`` can walk the whole tree.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
+
+from .overlap import defer
 
 
 def default_rng(rng: np.random.Generator | None) -> np.random.Generator:
     """The Generator a layer draws from: the one given, or a fixed-seed one.
 
     Layers never touch NumPy's global random state. A layer built without a
-    Generator gets ``np.random.default_rng(0)``, so even that is reproducible;
-    models pass one seeded Generator to every layer they build.
+    Generator gets ``np.random.default_rng(0)``, so even that is reproducible.
+    A composite calls this once and hands the one Generator to every child, so
+    its children draw one after another and get distinct weights.
     """
     if rng is None:
         return np.random.default_rng(0)
@@ -83,6 +88,16 @@ def _same_view(view: np.ndarray, owner: np.ndarray, new_owner: np.ndarray) -> np
                       strides=tuple(s // old * new for s in view.strides))
 
 
+class ChildCaches(NamedTuple):
+    """The cache of a composite whose backward needs nothing of its own: its children keep theirs."""
+
+
+class InvalidatedByInference(NamedTuple):
+    """The cache after an inference call (``encode``, ``decode``, ``decode_step``): the layers'
+    caches no longer belong to one forward, so there is nothing to differentiate."""
+    by: str
+
+
 class Module:
     """Base class of every layer. Subclasses call ``super().__init__()`` first."""
 
@@ -90,8 +105,9 @@ class Module:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}   # fixed arrays (no gradient), cast by astype
+        self.frozen: set[str] = set()              # parameters whose gradient is not computed
         self.training = True
-        self.cache = None
+        self.cache = None                          # what forward kept for backward (a NamedTuple)
 
     # ---- the forward/backward contract ------------------------------------------------
 
@@ -109,7 +125,27 @@ class Module:
         if self.cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward(): "
                                f"there is no cached input to differentiate; run forward first")
+        if isinstance(self.cache, InvalidatedByInference):
+            raise RuntimeError(f"{type(self).__name__}.backward(): the caches were invalidated by "
+                               f"inference ({self.cache.by}) after the last forward; run forward "
+                               f"again before backward")
         return self.cache
+
+    def add_grad(self, name: str, gradient: Callable[[], np.ndarray], at=...) -> None:
+        """``self.grads[name][at] += gradient()``: now, or on the gradient worker inside a
+        model's backward (``overlap.py``); not at all for a frozen parameter.
+
+        ``gradient`` is a function (usually a lambda) so that the product itself can run
+        later, on the worker; it must read only arrays nobody changes in place afterwards.
+        """
+        if name in self.frozen:
+            return
+        grad = self.grads[name]
+
+        def accumulate():
+            grad[at] += gradient()
+
+        defer(accumulate)
 
     def add_param(self, name: str, value: np.ndarray) -> np.ndarray:
         """Register a parameter and a zero gradient buffer of the same shape and dtype."""
@@ -120,13 +156,24 @@ class Module:
     # ---- the tree ---------------------------------------------------------------------
 
     def named_children(self) -> Iterator[tuple[str, "Module"]]:
-        """Child modules in attribute order; a list of modules yields ``name.0``, ``name.1``, ..."""
+        """Child modules in attribute order; a list (or tuple) of modules yields ``name.0``,
+        ``name.1``, ..., a dict of modules ``name.<key>``. A container mixing modules with
+        anything else is refused: its modules would silently go untrained."""
         for name, value in vars(self).items():
             if isinstance(value, Module):
                 yield name, value
-            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Module) for v in value):
-                for i, child in enumerate(value):
-                    yield f"{name}.{i}", child
+            elif isinstance(value, (list, tuple, dict)):
+                items = list(value.items() if isinstance(value, dict) else enumerate(value))
+                modules = [isinstance(v, Module) for _, v in items]
+                if any(modules) and not all(modules):
+                    raise TypeError(f"{type(self).__name__}.{name}: a {type(value).__name__} that mixes "
+                                    f"Modules with other values; keep child modules in a container "
+                                    f"of their own")
+                for key, child in (items if any(modules) else []):
+                    if "." in str(key):
+                        raise TypeError(f"{type(self).__name__}.{name}: a key of a dict of modules "
+                                        f"must not contain a dot (it separates names), got {key!r}")
+                    yield f"{name}.{key}", child
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
         """This module and every descendant, depth first, with dotted names."""

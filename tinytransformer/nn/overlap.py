@@ -10,8 +10,9 @@ to ``defer``:
     defer(add_param_grads)
     return dy2 @ W.T                      # the input gradient, computed right away
 
-Outside ``overlap_param_grads()`` (a layer on its own, a layer's gradient check), or
-with ``tinytransformer.nn.overlap.enabled = False``, ``defer(job)`` simply runs ``job()``.
+Outside ``overlap_param_grads()`` (a layer on its own, a layer's gradient check), with
+one thread (``tinytransformer.threads(1)``, or a single core), or with
+``tinytransformer.nn.overlap.enabled = False``, ``defer(job)`` simply runs ``job()``.
 Inside it, the job goes to one worker thread and backward goes on: the weight
 gradients of every Linear (half of the backward's arithmetic) are computed on the
 second core while the main thread works its way down the network. NumPy releases
@@ -47,10 +48,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-# False: every deferred job runs at once, on the calling thread. Off by default with a
-# single core to run on, where the worker could only take turns with the main thread.
-_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-enabled = _cores > 1
+from ..threads import worker_allowed
+
+# False: every deferred job runs at once, on the calling thread. Even when True, the worker
+# runs only inside a ``threads(n)`` block with n >= 2 (a model's methods open one: two threads
+# by default, one on a single core, where the worker could only take turns with the main thread).
+enabled = True
 
 _state = threading.local()      # .errors: the error list of this thread's open context, else None
 _jobs: queue.SimpleQueue | None = None      # (job, errors) pairs for the worker, in order
@@ -116,7 +119,7 @@ def overlap_param_grads() -> Iterator[None]:
     A block inside another waits on leaving too, so a model's ``backward`` returns
     complete gradients wherever it is called.
     """
-    if not enabled:
+    if not (enabled and worker_allowed()):
         yield
         return
     outer = getattr(_state, "errors", None)

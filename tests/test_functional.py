@@ -1,0 +1,65 @@
+"""Every fast routine of nn/functional.py equals its plain reference, edge cases included."""
+
+import numpy as np
+import pytest
+
+from tinytransformer.nn import functional as F
+
+DTYPES = [np.float32, np.float64]
+
+
+def close(dtype):
+    return dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 7), (2, 3, 64), (4, 1), (1, 1)])
+def test_row_mean_equals_the_mean(dtype, shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    got = F.row_mean(x)
+    assert got.shape == shape[:-1] + (1,) and got.dtype == dtype
+    np.testing.assert_allclose(got, F.row_mean_reference(x), **close(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Tk", [1, 5, 17, 40])      # 40: rows past the transposed-copy threshold
+def test_masked_softmax_equals_the_plain_formula(dtype, Tk):
+    rng = np.random.default_rng(Tk)
+    scores = (3 * rng.standard_normal((2, 3, 4, Tk))).astype(dtype)
+    mask = rng.random((2, 1, 4, Tk)) < 0.6
+    mask[0, 0, 1] = False                        # a fully masked row
+    mask[1, 0, 2] = True                         # a fully open row
+    for m in (mask, None, np.tri(4, Tk, dtype=bool)):
+        want = F.masked_softmax_reference(scores, m)
+        got = F.masked_softmax(scores.copy(), m)
+        assert got.dtype == dtype and not np.isnan(got).any()
+        np.testing.assert_allclose(got, want, **close(dtype))
+    got = F.masked_softmax(scores.copy(), mask)
+    np.testing.assert_array_equal(got[0, :, 1], 0.0)       # fully masked: zero weights, not NaN
+    np.testing.assert_allclose(got.sum(-1)[mask.any(-1).repeat(3, axis=1)], 1.0, rtol=1e-5)
+
+
+def test_masked_softmax_of_huge_scores_does_not_overflow():
+    scores = np.array([[1e4, 0.0, -1e4]], dtype=np.float32)
+    np.testing.assert_allclose(F.masked_softmax(scores.copy(), None), [[1.0, 0.0, 0.0]])
+
+
+def test_softmax_backward_is_the_product_with_the_jacobian():
+    rng = np.random.default_rng(0)
+    x, ds = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))
+    s = F.softmax(x)
+    jacobian = np.einsum("ni,ij->nij", s, np.eye(5)) - np.einsum("ni,nj->nij", s, s)
+    np.testing.assert_allclose(F.softmax_backward(s, ds), np.einsum("ni,nij->nj", ds, jacobian),
+                               rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", [1, 50])
+def test_scatter_add_rows_equals_add_at_with_repeats(dtype, N):
+    rng = np.random.default_rng(N)
+    ids = rng.integers(0, 4, N)
+    ids[:1] = 3                                       # at least one id; repeats when N > 4
+    rows = rng.standard_normal((N, 6)).astype(dtype)
+    got = F.scatter_add_rows(ids, rows, 7)
+    assert got.shape == (7, 6) and got.dtype == dtype
+    np.testing.assert_allclose(got, F.scatter_add_rows_reference(ids, rows, 7), **close(dtype))

@@ -1,0 +1,92 @@
+"""TransformerConfig: the sizes and choices of a model, serialisable to JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from .embedding import check_ids
+from .feedforward import make_activation
+
+POSITIONALS = ("sinusoidal", "learned")
+
+
+def config_from_dict(cls, data: dict):
+    """``cls(**data)`` for a config dataclass, with a clear error for a field it does not have."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)
+
+
+@dataclass
+class TransformerConfig:
+    """Sizes and choices of a model; serialisable to JSON (``to_json`` / ``from_json``).
+
+    ``pad_id`` is the token id of padding: the models derive their key masks from it
+    (a key is masked where its id is ``pad_id``) and decoding never emits it.
+    Integer fields are stored as Python ints, whatever integer type was passed in.
+    """
+    vocab_size: int
+    d_model: int = 64
+    n_heads: int = 4
+    d_ff: int = 256
+    n_encoder_layers: int = 2
+    n_decoder_layers: int = 2
+    dropout: float = 0.0
+    max_len: int = 64
+    norm_first: bool = True
+    activation: str = "relu"
+    positional: str = "sinusoidal"
+    tie_embeddings: bool = False
+    pad_id: int = 0
+
+    def __post_init__(self):
+        minimum = {"vocab_size": 1, "d_model": 1, "n_heads": 1, "d_ff": 1, "max_len": 1,
+                   "n_encoder_layers": 0, "n_decoder_layers": 0, "pad_id": 0}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                what = "a positive integer" if low == 1 else "an integer >= 0"
+                raise ValueError(f"TransformerConfig.{name}: expected {what}, got {value!r}")
+            setattr(self, name, int(value))      # a NumPy integer would not go to JSON
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"TransformerConfig: d_model ({self.d_model}) must be divisible by "
+                             f"n_heads ({self.n_heads})")
+        if self.pad_id >= self.vocab_size:
+            raise ValueError(f"TransformerConfig.pad_id: expected a token id below vocab_size "
+                             f"({self.vocab_size}), got {self.pad_id}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TransformerConfig.dropout: expected a value in [0, 1), got {self.dropout}")
+        self.dropout = float(self.dropout)
+        make_activation(self.activation)          # raises for an unknown name
+        if self.positional not in POSITIONALS:
+            raise ValueError(f"TransformerConfig.positional: expected 'sinusoidal' or 'learned', "
+                             f"got {self.positional!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TransformerConfig":
+        return config_from_dict(cls, data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TransformerConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def check_model_ids(name: str, ids, config: TransformerConfig) -> None:
+    """Token ids entering a model: a non-empty (B, T) integer array, T <= max_len, ids < vocab_size."""
+    check_ids(name, ids, config.vocab_size)
+    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ValueError(f"{name}: expected a non-empty (batch, time) array of token ids, "
+                         f"got shape {ids.shape}")
+    if ids.shape[1] > config.max_len:
+        raise ValueError(f"{name}: sequence length {ids.shape[1]} exceeds max_len {config.max_len}")

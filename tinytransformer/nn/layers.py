@@ -1,0 +1,130 @@
+"""The encoder and decoder layers: sublayers in residual branches, each with its LayerNorm.
+
+Legend: B batch, S source length, T target length, D d_model.
+
+Every sublayer (attention or feed-forward) sits in a residual branch with a
+LayerNorm, in one of two arrangements:
+    pre-LN  (norm_first=True):   out = x + dropout(f(norm(x)))      a final norm ends the stack
+    post-LN (norm_first=False):  out = norm(x + dropout(f(x)))      the paper's arrangement
+Backward of the residual: the identity branch passes the gradient through
+unchanged and the sublayer branch adds its own, so dx = dout + (branch) for
+pre-LN, and dx = dsum + (branch) with dsum = norm.backward(dout) for post-LN.
+
+Decoding one token at a time runs these layers through ``inference.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .attention import MultiHeadAttention
+from .dropout import Dropout
+from .feedforward import FeedForward
+from .module import ChildCaches, Module, default_rng
+from .normalization import LayerNorm
+
+
+def residual_forward(x: np.ndarray, norm: LayerNorm, sublayer: Callable, dropout: Dropout,
+                     norm_first: bool) -> np.ndarray:
+    """pre-LN: x + dropout(sublayer(norm(x)));   post-LN: norm(x + dropout(sublayer(x)))."""
+    if norm_first:
+        return x + dropout(sublayer(norm(x)))
+    return norm(x + dropout(sublayer(x)))
+
+
+def residual_backward(dout: np.ndarray, norm: LayerNorm, sublayer_backward: Callable,
+                      dropout: Dropout, norm_first: bool):
+    """The gradient of ``residual_forward`` with respect to x, and the sublayer's other input
+    gradient if it has one (the memory, for cross-attention): returns (dx, dother or None)."""
+    if norm_first:
+        # forward was out = x + dropout(f(norm(x))): dout reaches x through the identity too
+        dsub = sublayer_backward(dropout.backward(dout))
+        dsub, dother = dsub if isinstance(dsub, tuple) else (dsub, None)
+        return dout + norm.backward(dsub), dother
+    # forward was out = norm(s), s = x + dropout(f(x))
+    dsum = norm.backward(dout)
+    dsub = sublayer_backward(dropout.backward(dsum))
+    dsub, dother = dsub if isinstance(dsub, tuple) else (dsub, None)
+    return dsum + dsub, dother
+
+
+class EncoderLayer(Module):
+    """Self-attention then feed-forward, each in a residual branch with its LayerNorm.
+
+    norm1 goes with self-attention, norm2 with the feed-forward network.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
+                 norm_first: bool = True, activation: str = "relu",
+                 rng: np.random.Generator | None = None, dtype=np.float32):
+        super().__init__()
+        rng = default_rng(rng)
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, rng=rng, dtype=dtype)
+        self.ff = FeedForward(d_model, d_ff, activation, dropout, rng=rng, dtype=dtype)
+        self.norm1 = LayerNorm(d_model, dtype=dtype)
+        self.norm2 = LayerNorm(d_model, dtype=dtype)
+        self.dropout1 = Dropout(dropout, rng=rng)     # on the self-attention output
+        self.dropout2 = Dropout(dropout, rng=rng)     # on the feed-forward output
+
+    def extra_repr(self) -> str:
+        return f"norm_first={self.norm_first}"
+
+    def forward(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:   # x: (B, S, D)
+        h = residual_forward(x, self.norm1, lambda z: self.self_attn(z, mask=mask),
+                             self.dropout1, self.norm_first)
+        self.cache = ChildCaches()
+        return residual_forward(h, self.norm2, self.ff, self.dropout2, self.norm_first)
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        self._saved()
+        dh, _ = residual_backward(dout, self.norm2, self.ff.backward, self.dropout2, self.norm_first)
+        dx, _ = residual_backward(dh, self.norm1, self.self_attn.backward, self.dropout1, self.norm_first)
+        return dx
+
+
+class DecoderLayer(Module):
+    """Masked self-attention, cross-attention over the encoder memory, then feed-forward.
+
+    norm1 goes with self-attention, norm2 with cross-attention, norm3 with the
+    feed-forward network. Backward returns (dy, dmemory).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
+                 norm_first: bool = True, activation: str = "relu",
+                 rng: np.random.Generator | None = None, dtype=np.float32):
+        super().__init__()
+        rng = default_rng(rng)
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, rng=rng, dtype=dtype)
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, rng=rng, dtype=dtype)
+        self.ff = FeedForward(d_model, d_ff, activation, dropout, rng=rng, dtype=dtype)
+        self.norm1 = LayerNorm(d_model, dtype=dtype)
+        self.norm2 = LayerNorm(d_model, dtype=dtype)
+        self.norm3 = LayerNorm(d_model, dtype=dtype)
+        self.dropout1 = Dropout(dropout, rng=rng)
+        self.dropout2 = Dropout(dropout, rng=rng)
+        self.dropout3 = Dropout(dropout, rng=rng)
+
+    def extra_repr(self) -> str:
+        return f"norm_first={self.norm_first}"
+
+    def forward(self, y: np.ndarray, memory: np.ndarray, self_mask: np.ndarray | None = None,
+                memory_mask: np.ndarray | None = None) -> np.ndarray:   # y: (B, T, D), memory: (B, S, D)
+        h1 = residual_forward(y, self.norm1, lambda z: self.self_attn(z, mask=self_mask),
+                              self.dropout1, self.norm_first)
+        h2 = residual_forward(h1, self.norm2,
+                              lambda z: self.cross_attn(z, context=memory, mask=memory_mask),
+                              self.dropout2, self.norm_first)
+        self.cache = ChildCaches()
+        return residual_forward(h2, self.norm3, self.ff, self.dropout3, self.norm_first)
+
+    def backward(self, dout: np.ndarray):
+        self._saved()
+        dh2, _ = residual_backward(dout, self.norm3, self.ff.backward, self.dropout3, self.norm_first)
+        dh1, dmemory = residual_backward(dh2, self.norm2, self.cross_attn.backward,
+                                         self.dropout2, self.norm_first)
+        dy, _ = residual_backward(dh1, self.norm1, self.self_attn.backward, self.dropout1, self.norm_first)
+        return dy, dmemory

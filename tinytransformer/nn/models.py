@@ -1,0 +1,213 @@
+"""The two models: the encoder-decoder Transformer and a decoder-only (GPT-style) model.
+
+Legend: B batch, S source length, T target length, D d_model, V vocabulary size.
+
+Masks come from ``config.pad_id`` (a key is masked where its id is padding)
+unless given. Each model's public methods hold NumPy's BLAS threads themselves
+(``threads.py``), so a learner's own loop runs as fast as ``train()``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..threads import holds_threads
+from . import inference
+from .attention import MultiHeadAttention
+from .config import TransformerConfig, check_model_ids
+from .embedding import (Embedding, LearnedPositionalEmbedding, SinusoidalPositionalEncoding,
+                        embed_backward, embed_forward)
+from .kv_cache import KVCache
+from .layers import EncoderLayer
+from .linear import Linear
+from .masks import causal_mask, key_mask
+from .module import InvalidatedByInference, Module, check_upstream, default_rng
+from .normalization import LayerNorm
+from .overlap import overlap_param_grads
+from .stacks import Decoder, Encoder
+
+
+class ModelCache(NamedTuple):
+    logits_shape: tuple     # (B, T, V): what backward's dlogits must be
+
+
+def make_positional(config: TransformerConfig, rng, dtype) -> Module:
+    if config.positional == "learned":
+        return LearnedPositionalEmbedding(config.max_len, config.d_model, rng=rng, dtype=dtype)
+    return SinusoidalPositionalEncoding(config.d_model, config.max_len, dtype=dtype)
+
+
+def tie_output_to_embedding(out_proj: Linear, embed: Embedding) -> None:
+    """Make out_proj compute h @ E^T + b with the embedding matrix E (V, D).
+
+    out_proj's weight and gradient become transposed views of E and of E's
+    gradient, so Linear's own backward adds its contribution straight into
+    the embedding's gradient buffer.
+    """
+    out_proj.params["weight"] = embed.params["weight"].T        # (D, V) view
+    out_proj.grads["weight"] = embed.grads["weight"].T
+
+
+def attention_maps(model: Module) -> dict[str, np.ndarray]:
+    """Attention weights (B, H, Tq, Tk) of every MultiHeadAttention after the last forward,
+    keyed by dotted module name, e.g. ``decoder.layers.1.cross_attn``; copies, for plotting."""
+    return {name: m.attn for name, m in model.named_modules()
+            if isinstance(m, MultiHeadAttention) and m.attn is not None}
+
+
+class Transformer(Module):
+    """The encoder-decoder Transformer of "Attention Is All You Need".
+
+        memory = encoder(pos(src_embed(src) * sqrt(D)), src padding mask)
+        logits = out_proj(decoder(pos(tgt_embed(tgt) * sqrt(D)), memory,
+                                  causal & tgt padding mask, src padding mask))
+
+    ``src_mask``/``tgt_mask`` are (B, S)/(B, T) booleans, True = real token;
+    by default ``ids != config.pad_id``. With ``tie_embeddings`` one (V, D)
+    matrix is the source embedding, the target embedding and the output
+    projection (logits = h @ E^T + b); it is listed once, as ``tgt_embed.weight``,
+    and its gradient is the sum of all three contributions.
+    """
+
+    def __init__(self, config: TransformerConfig, rng: np.random.Generator | None = None,
+                 dtype=np.float32):
+        super().__init__()
+        rng = default_rng(rng)
+        c = self.config = config
+        layer_args = (c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first, c.activation, rng, dtype)
+        # tgt_embed comes first so that a tied matrix is named after it (first name wins)
+        self.tgt_embed = Embedding(c.vocab_size, c.d_model, rng=rng, dtype=dtype)
+        self.src_embed = Embedding(c.vocab_size, c.d_model, rng=rng, dtype=dtype)
+        self.pos = make_positional(c, rng, dtype)
+        self.encoder = Encoder(c.n_encoder_layers, *layer_args)
+        self.decoder = Decoder(c.n_decoder_layers, *layer_args)
+        self.out_proj = Linear(c.d_model, c.vocab_size, rng=rng, dtype=dtype)
+        if c.tie_embeddings:      # Module.astype and load_state_dict keep these ties
+            self.src_embed.params["weight"] = self.tgt_embed.params["weight"]
+            self.src_embed.grads["weight"] = self.tgt_embed.grads["weight"]
+            tie_output_to_embedding(self.out_proj, self.tgt_embed)
+
+    @holds_threads
+    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray | None = None):
+        """The encoder's memory (B, S, D) and the source key mask (B, 1, 1, S)."""
+        self.cache = InvalidatedByInference("encode")   # until forward ends: no backward
+        check_model_ids("src_ids", src_ids, self.config)
+        src_keys = key_mask("src_mask", src_mask, src_ids, self.config.pad_id)
+        return self.encoder(embed_forward(self.src_embed, self.pos, src_ids), src_keys), src_keys
+
+    @holds_threads
+    def decode(self, tgt_ids: np.ndarray, memory: np.ndarray, src_keys: np.ndarray,
+               tgt_mask: np.ndarray | None = None) -> np.ndarray:
+        """Logits (B, T, V) of the target, given the memory and the source key mask."""
+        self.cache = InvalidatedByInference("decode")
+        check_model_ids("tgt_ids", tgt_ids, self.config)
+        if tgt_ids.shape[0] != memory.shape[0]:
+            raise ValueError(f"tgt_ids: batch size {tgt_ids.shape[0]} differs from the source's "
+                             f"{memory.shape[0]}")
+        tgt_keys = key_mask("tgt_mask", tgt_mask, tgt_ids, self.config.pad_id)       # (B, 1, 1, T)
+        self_mask = causal_mask(tgt_ids.shape[1]) & tgt_keys                          # (B, 1, T, T)
+        y = self.decoder(embed_forward(self.tgt_embed, self.pos, tgt_ids), memory, self_mask, src_keys)
+        return self.out_proj(y)                                                       # (B, T, V)
+
+    @holds_threads
+    def forward(self, src_ids: np.ndarray, tgt_ids: np.ndarray, src_mask: np.ndarray | None = None,
+                tgt_mask: np.ndarray | None = None) -> np.ndarray:
+        memory, src_keys = self.encode(src_ids, src_mask)                    # (B, S, D)
+        logits = self.decode(tgt_ids, memory, src_keys, tgt_mask)            # (B, T, V)
+        self.cache = ModelCache(logits.shape)
+        return logits
+
+    @holds_threads
+    def backward(self, dlogits: np.ndarray) -> None:
+        check_upstream("dlogits", dlogits, self._saved().logits_shape)
+        # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
+        with overlap_param_grads():
+            dy, dmemory = self.decoder.backward(self.out_proj.backward(dlogits))
+            embed_backward(self.tgt_embed, self.pos, dy)
+            embed_backward(self.src_embed, self.pos, self.encoder.backward(dmemory))
+        return None
+
+    def init_cache(self, memory: np.ndarray, src_keys: np.ndarray,
+                   capacity: int | None = None) -> KVCache:
+        """An empty KVCache for up to ``capacity`` target positions (default max_len); the
+        cross-attention keys and values of ``memory`` (B, S, D) are computed here, once."""
+        return inference.seq2seq_cache(self, memory, src_keys, capacity)
+
+    @holds_threads
+    def decode_step(self, tgt_ids: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Inference only: logits (B, Tn, V) of Tn new target tokens, the earlier ones read from
+        ``cache`` (which this updates); equal to the last Tn rows of ``decode`` on the whole prefix."""
+        self.cache = InvalidatedByInference("decode_step")
+        return inference.seq2seq_step(self, tgt_ids, cache)
+
+    def attention_maps(self) -> dict[str, np.ndarray]:
+        return attention_maps(self)
+
+
+class DecoderOnlyTransformer(Module):
+    """A GPT-style language model: causal self-attention blocks over one sequence.
+
+        logits = out_proj(norm(blocks(pos(embed(ids) * sqrt(D)), causal & padding mask)))
+
+    The blocks are EncoderLayers run under a causal mask; there are
+    ``config.n_decoder_layers`` of them. ``tie_embeddings`` makes out_proj use
+    the embedding matrix (logits = h @ E^T + b), listed once as ``embed.weight``.
+    """
+
+    def __init__(self, config: TransformerConfig, rng: np.random.Generator | None = None,
+                 dtype=np.float32):
+        super().__init__()
+        rng = default_rng(rng)
+        c = self.config = config
+        self.embed = Embedding(c.vocab_size, c.d_model, rng=rng, dtype=dtype)
+        self.pos = make_positional(c, rng, dtype)
+        self.layers = [EncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first,
+                                    c.activation, rng, dtype) for _ in range(c.n_decoder_layers)]
+        if c.norm_first:
+            self.norm = LayerNorm(c.d_model, dtype=dtype)
+        self.out_proj = Linear(c.d_model, c.vocab_size, rng=rng, dtype=dtype)
+        if c.tie_embeddings:
+            tie_output_to_embedding(self.out_proj, self.embed)
+
+    @holds_threads
+    def forward(self, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        check_model_ids("ids", ids, self.config)
+        keys = key_mask("mask", mask, ids, self.config.pad_id)                # (B, 1, 1, T)
+        self_mask = causal_mask(ids.shape[1]) & keys                          # (B, 1, T, T)
+        x = embed_forward(self.embed, self.pos, ids)                          # (B, T, D)
+        for layer in self.layers:
+            x = layer(x, self_mask)
+        if hasattr(self, "norm"):
+            x = self.norm(x)
+        logits = self.out_proj(x)                                             # (B, T, V)
+        self.cache = ModelCache(logits.shape)
+        return logits
+
+    @holds_threads
+    def backward(self, dlogits: np.ndarray) -> None:
+        check_upstream("dlogits", dlogits, self._saved().logits_shape)
+        # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
+        with overlap_param_grads():
+            dx = self.out_proj.backward(dlogits)
+            if hasattr(self, "norm"):
+                dx = self.norm.backward(dx)
+            for layer in reversed(self.layers):
+                dx = layer.backward(dx)
+            embed_backward(self.embed, self.pos, dx)
+        return None
+
+    def init_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
+        """An empty KVCache for ``batch_size`` sequences of up to ``capacity`` positions (default max_len)."""
+        return inference.lm_cache(self, batch_size, capacity)
+
+    @holds_threads
+    def decode_step(self, ids: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Inference only: logits (B, Tn, V) of Tn new tokens, the earlier ones read from ``cache``
+        (which this updates); equal to the last Tn rows of ``forward`` on the whole sequence."""
+        self.cache = InvalidatedByInference("decode_step")
+        return inference.lm_step(self, ids, cache)
+
+    def attention_maps(self) -> dict[str, np.ndarray]:
+        return attention_maps(self)
