@@ -105,6 +105,13 @@ def test_training_curves(tmp_path):
     assert counts(fig) == (4, 0)
     assert fig.axes[0].get_yscale() == "log"
     check_png(tmp_path / "curves.png")
+    # with the worst length of each evaluation and the two-part stop rule
+    for e in history["eval"]:
+        e.update(worst=e["exact_match"] - 0.1, worst_length=16)
+    history["eval"][-1].update(exact_match=0.996, worst=0.99)
+    fig = plot.plot_training_curves({**history, "target": 0.995, "target_worst": 0.99})
+    labels = [line.get_label() for line in fig.axes[2].get_lines()]
+    assert "exact match at the worst length" in labels and "solved at step 200" in labels
 
 
 def test_positional_encoding(tmp_path):

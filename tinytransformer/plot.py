@@ -288,8 +288,10 @@ def plot_training_curves(history: dict, save=None) -> Figure:
     """Loss, learning rate, held-out accuracy and gradient norm against the training step.
 
     ``history``: ``{"step": [...], "loss": [...], "lr": [...], "grad_norm": [...],
-    "eval": [{"step", "exact_match", "token_accuracy"}, ...]}`` and optionally
-    ``"target"`` (the exact match the run aims for). Missing series leave their
+    "eval": [{"step", "exact_match", "token_accuracy"}, ...]}`` (each evaluation may also
+    give "worst", the exact match of its worst length, and "worst_length") and optionally
+    ``"target"`` and ``"target_worst"`` (the stop rule: exact match at least ``target``
+    overall and at least ``target_worst`` at every length). Missing series leave their
     panel empty with a note.
     """
     if not history.get("step"):
@@ -299,7 +301,7 @@ def plot_training_curves(history: dict, save=None) -> Figure:
     lr = _series(history, "lr", len(steps))
     grad_norm = _series(history, "grad_norm", len(steps))
     evals = history.get("eval") or []
-    target = history.get("target")
+    target, target_worst = history.get("target"), history.get("target_worst")
 
     fig = _new_figure(11.0, 7.0)
     (ax_loss, ax_lr), (ax_eval, ax_grad) = fig.subplots(2, 2, sharex=True)
@@ -330,12 +332,17 @@ def plot_training_curves(history: dict, save=None) -> Figure:
                      label="token accuracy")
         ax_eval.plot(eval_steps, [e["exact_match"] for e in evals], "s-", color="C3", ms=4,
                      label="exact match (whole sequence)")
+        if all("worst" in e for e in evals):
+            ax_eval.plot(eval_steps, [e["worst"] for e in evals], "^--", color="C3", ms=4, alpha=0.6,
+                         label="exact match at the worst length")
         if target is not None:
             ax_eval.axhline(target, color="0.3", ls="--", lw=1, label=f"target {target:g}")
-            reached = [s for s, e in zip(eval_steps, evals) if e["exact_match"] >= target]
+            reached = [s for s, e in zip(eval_steps, evals) if e["exact_match"] >= target
+                       and (target_worst is None or e.get("worst", 1.0) >= target_worst)]
             if reached:
                 ax_eval.axvline(reached[0], color="0.3", ls=":", lw=1,
-                                label=f"target first reached, step {reached[0]}")
+                                label=f"solved at step {reached[0]}" if target_worst is not None
+                                else f"target first reached, step {reached[0]}")
         ax_eval.legend(fontsize=8, loc="lower right")
     else:
         _no_data(ax_eval, "evaluation")
