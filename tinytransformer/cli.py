@@ -220,9 +220,10 @@ def cmd_eval(args) -> int:
         raise UsageError(f"eval: {err}") from None
     scores = evaluate(model, data)
     print(f"{info['path']} (step {info['step']}), {config.task}, {config.model}:")
-    print(f"exact match {scores['exact_match']:.4f}, token accuracy {scores['token_accuracy']:.4f} on "
-          f"{scores['n']} held-out sequences of lengths {min_len}..{max_len} "
-          f"(trained on {config.min_len}..{config.max_len})")
+    print(f"exact match {scores['exact_match']:.4f} (worst length {scores['worst_length']}: "
+          f"{scores['worst']:.3f}), token accuracy {scores['token_accuracy']:.4f} on "
+          f"{scores['n']} held-out sequences of lengths {min_len}..{max_len}, every length equally "
+          f"often (trained on {config.min_len}..{config.max_len})")
     if args.per_length:
         for length, exact in scores["by_length"].items():
             seen = "" if config.min_len <= length <= config.max_len else "  (longer than training)"

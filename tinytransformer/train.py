@@ -18,10 +18,10 @@ length, and by token accuracy. The run stops at the first evaluation that
 *solves* the task: exact match >= ``target`` overall and >= ``target_worst`` at
 every length (an average can hide a length the model has not learnt: the
 longest is the hardest). The best evaluation's parameters are saved as
-``best.npz``, so the number the run reports is the one it saved. ``last.npz`` holds everything needed to resume (parameters,
-optimizer moments, step, the data Generator's and the dropout Generator's
-states), and ``--resume`` from it reaches the very same parameters, bit for
-bit, as a run that was never interrupted. Evaluation draws no random numbers
+``best.npz``, so the number the run reports is the one it saved. ``last.npz``
+holds everything needed to resume (parameters, optimizer moments, step, the data
+Generator's and the dropout Generator's states), and ``--resume`` from it reaches
+the very same parameters, bit for bit, as a run that was never interrupted. Evaluation draws no random numbers
 (dropout is off in eval mode and the held-out set has its own seed), so it
 never shifts the training stream. How the run directory stays consistent
 under kills (the history inside last.npz, best.npz written after it, a lock
