@@ -1,9 +1,10 @@
-"""API traps a learner falls into (issue 14, items 8, 11, 12, 13): each test fails on the code before.
+"""API traps a learner falls into (issue 14, items 8, 10, 11, 12, 13): each test fails on the code before.
 
 (Item 9, the attention map exposed for plotting, is in test_attention.py; item 13's
 "caches invalidated by inference" messages in test_transformer.py and test_decode.py.)
 """
 
+import io
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from tinytransformer import (BOS, EOS, PAD, DecoderOnlyTransformer, FeedForward, Linear, Module,
                              MultiHeadAttention, Transformer, TransformerConfig, beam_search,
                              generate, greedy_decode)
+from tinytransformer.train import TrainConfig, build_schedule, default_model_config, train
 
 V = 13
 
@@ -34,6 +36,26 @@ def test_a_composite_built_without_rng_gets_distinct_weights_in_every_child():
     assert not np.array_equal(ff.linear1.params["weight"], ff.linear2.params["weight"])
     # and still reproducible: no global state
     np.testing.assert_array_equal(MultiHeadAttention(8, 2).w_k.params["weight"], mha.w_k.params["weight"])
+
+
+# ---- 10: the schedule's horizon belongs to the run ------------------------------------------
+
+def test_the_cosine_horizon_is_not_the_step_budget_and_the_last_update_learns():
+    short, long = TrainConfig(steps=10), TrainConfig(steps=2000)
+    lr_short, lr_long = build_schedule(short), build_schedule(long)
+    assert [lr_short(s) for s in range(1, 11)] == [lr_long(s) for s in range(1, 11)]
+    assert lr_long(2000) == long.min_lr > 0          # past decay_steps the lr rests at min_lr
+
+
+def test_resuming_with_another_schedule_horizon_is_refused(tmp_path):
+    config = TrainConfig(max_len=4, steps=4, eval_every=4, eval_size=8, batch_size=4, warmup=2,
+                         decay_steps=10, seed=0)
+    model_config = default_model_config(config, d_model=8, n_heads=2, d_ff=12, n_encoder_layers=1,
+                                        n_decoder_layers=1, max_len=8)
+    train(config, model_config, out_dir=tmp_path / "run", stream=io.StringIO())
+    longer = TrainConfig(**{**config.to_dict(), "steps": 6, "decay_steps": 20})
+    with pytest.raises(ValueError, match=r"decay_steps 20 \(the run has 10\)"):
+        train(longer, model_config, out_dir=tmp_path / "run", resume=True, stream=io.StringIO())
 
 
 # ---- 11: the config stores Python ints ----------------------------------------------------
