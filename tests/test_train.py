@@ -9,6 +9,7 @@ import signal
 import numpy as np
 import pytest
 
+import tinytransformer.decode
 from tinytransformer.checkpoint import load_checkpoint
 from tinytransformer.nn.loss import CrossEntropyLoss
 from tinytransformer.nn.transformer import Transformer, TransformerConfig
@@ -190,7 +191,7 @@ def test_evaluate_scores_exact_match_and_token_accuracy(monkeypatch):
                 out[i, 0] = 3 if out[i, 0] != 3 else 4
         return out
 
-    monkeypatch.setattr(train_module.decode, "greedy_decode", fake_decode)
+    monkeypatch.setattr(tinytransformer.decode, "greedy_decode", fake_decode)
     scores = evaluate(None, data)
     n_tokens = int((data.labels != PAD).sum())
     assert scores["exact_match"] == pytest.approx((60 - n_wrong) / 60)
