@@ -145,10 +145,8 @@ def torch_run(config) -> dict:
     vocab = train_module.task_vocab(config)
     np_model = train_module.MODEL_KINDS[config.model](train_module.default_model_config(config),
                                                        rng=model_rng)
-    model, _, loss_fn = torch_reference.build(vocab.size)
+    model, opt, loss_fn = torch_reference.build(vocab.size, lr=config.lr)   # fused Adam
     torch_reference.load_numpy_weights(model, np_model)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps,
-                           fused=True)
     schedule = train_module.build_schedule(config)
     eval_data = train_module.held_out(config)
     train_seconds = eval_seconds = 0.0

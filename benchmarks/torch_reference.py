@@ -16,7 +16,7 @@ the default ``TransformerConfig``:
 
 It is written the way a PyTorch user would write it in eager mode: nn.Linear,
 nn.LayerNorm, nn.Embedding, ``F.scaled_dot_product_attention`` (PyTorch's fused
-CPU attention kernel) and ``torch.optim.Adam`` with its defaults otherwise.
+CPU attention kernel) and ``torch.optim.Adam(fused=True)``, its fastest on the CPU.
 No nn.Transformer, no torch.compile. ``load_numpy_weights`` copies the weights
 of a NumPy model, so both can be checked to compute the same logits.
 """
@@ -211,7 +211,8 @@ def build(vocab_size: int, d_model: int = 64, n_heads: int = 4, d_ff: int = 256,
     """(model, optimizer, loss function) for a training step on PAD-padded batches."""
     torch.manual_seed(seed)
     model = TorchTransformer(vocab_size, d_model, n_heads, d_ff, n_layers, n_layers, max_len)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9)
+    # fused: one kernel for every parameter's update, PyTorch's fastest Adam on the CPU
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9, fused=True)
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
