@@ -225,8 +225,9 @@ def plot(results: dict, path: Path) -> None:
                 ax.set_ylabel("held-out exact match" if key == "exact_match"
                               else "exact match at the worst length")
         axes[0, col].legend(loc="lower right")
-    fig.suptitle(f"{results['task']} ({results['model']}), {len(results['seeds'])} seeds: "
-                 "each seed a thin line, the median bold; dashed: the stop rule")
+    fig.suptitle(f"{results['task']} ({results['model']}), {len(results['seeds'])} seeds:"
+                 + (" " if len(sides) > 1 else "\n")
+                 + "each seed a thin line, the median bold; dashed: the stop rule")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
