@@ -64,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--figure", type=Path, default=None, help="figure path (default: figures/...)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test: lengths 1..3, 40 steps (not a measurement; give --out)")
+    parser.add_argument("--table", action="store_true",
+                        help="run nothing: print one table of every saved result (the README's)")
     return parser.parse_args(argv)
 
 
@@ -252,6 +254,24 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def combined_table(paths: list[Path]) -> str:
+    """One Markdown row per saved result and side: the README's table of the reference runs."""
+    lines = ["| task (model) | side | seeds solved | relapses below 95% | steps: median / worst "
+             "| seconds: median / worst | fresh sequences: lowest exact match / lowest at a length |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    machines = set()
+    for path in paths:
+        results = json.loads(path.read_text())
+        machines.add(results["machine"])
+        for side, s in results["summary"].items():
+            lines.append(f"| {results['task']} ({results['model']}) | {side} | {s['solved']}/{s['runs']} "
+                         f"| {s['swings']} | {s['steps_median']:.0f} / {s['steps_worst']} "
+                         f"| {s['seconds_median']:.0f} / {s['seconds_worst']:.0f} "
+                         + (f"| {s['fresh_exact_match_min']:.4f} / {s['fresh_worst_length_min']:.3f} |"
+                            if "fresh_exact_match_min" in s else "| n/a |"))
+    return "\n".join(lines) + "\n\nMachine: " + "; ".join(sorted(machines)) + ".\n"
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -264,6 +284,9 @@ def cpu_name() -> str:
 
 def main(args: argparse.Namespace) -> dict:
     from threadpoolctl import threadpool_info
+    if args.table:
+        print(combined_table(sorted((HERE / "results").glob("reference_runs*.json"))), end="")
+        return {}
     quick = dict(max_len=3, steps=40, eval_every=20, eval_size=30) if args.quick else {}
     config = train_module.TrainConfig(task=args.task, model=args.model, **quick)
     with_torch = not args.no_torch
