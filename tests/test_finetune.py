@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tinytransformer import (CheckpointError, Transformer, TransformerConfig, cli, evaluate,
+from tinytransformer import (CheckpointError, DecoderOnlyTransformer, Transformer, TransformerConfig, cli, evaluate,
                              load_checkpoint, save_checkpoint)
 from tinytransformer.finetune import freeze
 from tinytransformer.nn.lora import LoRALinear, lora_settings
@@ -123,6 +123,18 @@ def test_freezing_tied_embeddings_freezes_the_output_projection_too():
     assert "weight" in model.out_proj.frozen
     names = [name for name, _, _ in model.trainable_parameters()]
     assert "tgt_embed.weight" not in names and "out_proj.bias" in names
+
+
+def test_a_decoder_only_model_freezes_its_blocks_or_embeddings_and_has_no_encoder():
+    config = TransformerConfig(vocab_size=13, d_model=8, n_heads=2, d_ff=12, positional="learned")
+    model = freeze(DecoderOnlyTransformer(config), ["decoder"])
+    assert [name for name, _, _ in model.trainable_parameters()] == \
+        ["embed.weight", "pos.weight", "out_proj.weight", "out_proj.bias"]
+    model = freeze(DecoderOnlyTransformer(config), ["embeddings"])
+    assert not any(name.startswith(("embed.", "pos.")) for name, _, _ in model.trainable_parameters())
+    with pytest.raises(ValueError, match=r"freeze: expected one of \['decoder', 'embeddings'\] for a "
+                                         r"DecoderOnlyTransformer, got 'encoder'"):
+        freeze(model, ["encoder"])
 
 
 def test_cli_fine_tunes_evaluates_plots_and_merges(base, tmp_path, capsys):

@@ -267,6 +267,9 @@ def init_model_config(config: TrainConfig, model_config: TransformerConfig | Non
                          f"{task.get('n_symbols')} symbols, lengths {task.get('min_len')}.."
                          f"{task.get('max_len')}) does not fit {config.task} with {config.n_symbols} "
                          f"symbols, lengths {config.min_len}..{config.max_len}: {err}") from None
+    if kind == "decoder-only" and "encoder" in config.freeze:
+        raise ValueError(f"freeze: the model in {file} is decoder-only, it has no encoder; "
+                         f"expected decoder or embeddings")
     if config.lora_rank is not None and config.lora_rank > base.d_model:
         raise ValueError(f"lora_rank: expected an integer from 1 to min(in_features, out_features) = "
                          f"d_model = {base.d_model} for the attention projections of the model in "
