@@ -85,3 +85,17 @@ def test_reference_runs_quick(tmp_path):
     assert results["summary"]["NumPy"]["runs"] == 2
     assert "| NumPy |" in out.with_suffix(".md").read_text()
     assert (tmp_path / "rr.png").stat().st_size > 0
+
+
+def test_the_fine_tuning_experiment_runs_in_quick_mode(tmp_path):
+    script = ROOT / "benchmarks" / "finetune_experiment.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--seeds", "0", "--pairs", "copy:reverse",
+                           "--methods", "scratch", "frozen encoder", "LoRA r=2",
+                           "--out", str(tmp_path / "finetune.json"), "--figure", str(tmp_path / "finetune.png")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "finetune.json").read_text())
+    assert [r["method"] for r in results["runs"]] == ["scratch", "frozen encoder", "LoRA r=2"]
+    assert results["runs"][2]["trainable"] == 3 * 2 * 2 * (16 + 16)      # 3 attentions, w_q and w_v
+    assert set(results["forward_backward_seconds"]) == {"all trainable", "encoder and source embedding frozen"}
+    assert (tmp_path / "finetune.png").stat().st_size > 0

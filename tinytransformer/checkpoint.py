@@ -24,6 +24,13 @@ Ctrl-C in the middle leaves the previous checkpoint untouched. A truncated or
 corrupted file fails to load with a ``CheckpointError`` (the zip format keeps a
 CRC-32 of every member, checked on reading).
 
+A model with LoRA adapters (``add_lora``) is saved with its adapter settings, so
+loading rebuilds the adapters. Saved with ``base=`` (the checkpoint its frozen
+weights came from), the file holds the adapters alone, the base's path and a
+fingerprint of the base weights (a SHA-256 of their names, dtypes, shapes and
+bytes): a few kilobytes. Loading it loads the base first, and refuses a base
+that is missing or is not the one the adapters were trained on.
+
 A run directory holds ``best.npz`` (the best evaluation so far: what the run
 reports) and ``last.npz`` (the latest state: what ``--resume`` continues from);
 ``rundir.py`` keeps them consistent. A checkpoint never holds a non-finite
@@ -32,6 +39,7 @@ parameter: saving one is refused, and so is loading one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -42,10 +50,11 @@ from typing import Callable
 
 import numpy as np
 
+from .nn.lora import ADAPTERS, add_lora, lora_settings, merge_lora
 from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "fingerprint"]
 
 FORMAT = "tinytransformer-checkpoint"
 VERSION = 1
@@ -201,11 +210,66 @@ def non_finite(params: dict[str, np.ndarray]) -> list[str]:
     return [name for name, value in params.items() if not np.isfinite(value).all()]
 
 
+# ---- adapters and their base --------------------------------------------------------------
+
+
+def is_adapter(name: str) -> bool:
+    """Whether a dotted parameter name is a LoRA adapter's (``...w_q.lora_a``)."""
+    return name.rpartition(".")[2] in ADAPTERS
+
+
+def fingerprint(params: dict[str, np.ndarray]) -> str:
+    """SHA-256 (hex) of the parameters' names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(params):
+        value = np.ascontiguousarray(params[name])
+        digest.update(f"{name}:{value.dtype.str}:{value.shape};".encode("utf-8"))
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _base_record(file: Path, model: Module, base) -> dict:
+    """What an adapter checkpoint at ``file`` says about its base: paths and fingerprint."""
+    frozen_off = [name for name, _, _ in model.trainable_parameters() if not is_adapter(name)]
+    if frozen_off:
+        raise ValueError(f"base: an adapter checkpoint saves the adapters only, but {frozen_off[:3]} "
+                         f"of the base weights are trainable and would be lost; save without base=")
+    base = checkpoint_file(base).resolve()
+    try:
+        relative = os.path.relpath(base, file.resolve().parent)
+    except ValueError:                          # another drive (Windows): no relative path
+        relative = None
+    own = {name: p for name, p, _ in model.named_parameters() if not is_adapter(name)}
+    return {"path": str(base), "relative": relative, "fingerprint": fingerprint(own)}
+
+
+def _base_state(record: dict, file: Path) -> dict[str, np.ndarray]:
+    """The base weights an adapter checkpoint needs, checked against its fingerprint."""
+    candidates = [Path(record["path"])]
+    if record.get("relative"):
+        candidates.append(file.resolve().parent / record["relative"])
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise CheckpointError(f"{file}: holds LoRA adapters for the base checkpoint "
+                              f"{record['path']}, which is missing; put the base run back there "
+                              f"(or next to this run, as {record.get('relative')})")
+    base, _ = load_checkpoint(found)
+    if lora_settings(base) is not None:         # a base fine-tuned with LoRA itself: merged
+        merge_lora(base)
+    state = base.state_dict()
+    if fingerprint(state) != record["fingerprint"]:
+        raise CheckpointError(f"{file}: holds LoRA adapters for base weights with fingerprint "
+                              f"{record['fingerprint'][:12]}..., but {found} holds different ones "
+                              f"({fingerprint(state)[:12]}...): the base run has changed (trained "
+                              f"further?) or is another run")
+    return state
+
+
 # ---- save and load ------------------------------------------------------------------------
 
 
 def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, task=None, extra=None,
-                    rng_states=None) -> Path:
+                    rng_states=None, base=None) -> Path:
     """Write ``model`` (and optionally its optimizer) to a checkpoint; return the file's path.
 
     ``path``: a ``.npz`` file, or a directory (created if needed), which gets ``last.npz``.
@@ -213,6 +277,9 @@ def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, task=Non
     dicts, numbers, strings; arrays are allowed and stored as arrays).
     ``rng_states``: ``bit_generator.state`` dicts of the caller's Generators, by name.
     The model's own Generators (dropout masks) are saved without being asked.
+    ``base``: for a model with LoRA adapters on frozen weights, the checkpoint (file or run
+    directory) those weights came from: only the adapters are saved, with the base's path
+    and fingerprint.
     """
     path = Path(path)
     if path.suffix != ".npz":
@@ -225,6 +292,13 @@ def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, task=Non
         raise ValueError(f"step: expected an integer >= 0, got {step!r}")
     arrays: dict[str, np.ndarray] = {}
     params = model.state_dict()
+    lora = lora_settings(model)
+    if base is not None:
+        if lora is None:
+            raise ValueError("base: only the adapters of a model with LoRA adapters are saved "
+                             "against a base checkpoint; this model has none")
+        lora["base"] = _base_record(path, model, base)
+        params = {name: value for name, value in params.items() if is_adapter(name)}
     diverged = non_finite(params)
     if diverged:
         raise ValueError(f"save_checkpoint: parameter(s) {diverged} hold inf or NaN (a diverged "
@@ -238,6 +312,7 @@ def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, task=Non
         "config": model.config.to_dict(),
         "dtype": np.dtype(model.dtype).name,
         "params": list(params),
+        "lora": lora,
         "step": int(step),
         "task": _split_arrays(task, "task", arrays),
         "extra": _split_arrays(extra, "extra", arrays),
@@ -301,6 +376,9 @@ def read_checkpoint(path, which: str | None = None) -> tuple[dict, dict[str, np.
 _META_FIELDS = {"config": (dict, "an object"), "dtype": (str, "a dtype name"),
                 "params": (list, "a list of names"), "step": (int, "an integer"),
                 "model_rng_states": (list, "a list of Generator states")}
+# a checkpoint of a model with adapters: {"rank", "alpha", "targets", "base": null or
+# {"path", "relative", "fingerprint"}}; null (or absent, in older files) without adapters
+_LORA_FIELDS = {"rank": int, "alpha": (int, float), "targets": list}
 
 
 def _check_meta(meta: dict, file: Path) -> None:
@@ -310,6 +388,7 @@ def _check_meta(meta: dict, file: Path) -> None:
         if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
             raise CheckpointError(f"{file}: malformed checkpoint, metadata {key!r} should be "
                                   f"{what}, got {meta[key]!r:.60}")
+    _check_lora_meta(meta.get("lora"), file)
     if meta["step"] < 0:
         raise CheckpointError(f"{file}: malformed checkpoint, step {meta['step']} is negative")
     if not all(isinstance(name, str) for name in meta["params"]):
@@ -322,6 +401,18 @@ def _check_meta(meta: dict, file: Path) -> None:
     if not floating:
         raise CheckpointError(f"{file}: malformed checkpoint, unknown dtype {meta['dtype']!r} "
                               f"(expected a floating type such as 'float32')")
+
+
+def _check_lora_meta(lora, file: Path) -> None:
+    if lora is None:
+        return
+    base = lora.get("base") if isinstance(lora, dict) else None
+    if not (isinstance(lora, dict) and all(isinstance(lora.get(key), kind)
+                                           for key, kind in _LORA_FIELDS.items())
+            and (base is None or isinstance(base, dict) and all(isinstance(base.get(key), str)
+                                                                for key in ("path", "fingerprint")))):
+        raise CheckpointError(f"{file}: malformed checkpoint, metadata 'lora' should hold rank, "
+                              f"alpha, targets and base, got {lora!r:.80}")
 
 
 def _config_differences(saved: dict, config: TransformerConfig) -> list[str]:
@@ -338,7 +429,12 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
     class and config must be the checkpoint's, else a ``CheckpointError`` names
     every field that differs. The model's dropout Generators get their saved states.
 
-    ``info``: "config" (TransformerConfig), "model_class", "step", "task", "extra",
+    A checkpoint of a model with LoRA adapters gives the model with its adapters (on
+    frozen base weights); one saved with ``base=`` loads that base first (it must be where
+    it was, or at the same place relative to this file, and hold the same weights).
+
+    ``info``: "config" (TransformerConfig), "model_class", "step", "lora" (the adapter
+    settings, or None), "task", "extra",
     "rng_states" (the caller's Generator states, by name), "optimizer" (the
     optimizer's ``state_dict()`` or None), "dtype", "path" (the file read).
     """
@@ -348,8 +444,14 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
         config = TransformerConfig.from_dict(meta["config"])
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{file}: the saved model config is invalid: {err}") from None
+    lora = meta.get("lora")
     if model is None:
         model = cls(config, rng=np.random.default_rng(0), dtype=np.dtype(meta["dtype"]))
+        if lora is not None:
+            try:
+                add_lora(model, lora["rank"], lora["alpha"], tuple(lora["targets"]))
+            except ValueError as err:
+                raise CheckpointError(f"{file}: its LoRA settings do not fit its model: {err}") from None
     else:
         if type(model) is not cls:
             raise CheckpointError(f"{file}: holds a {cls.__name__}, cannot load it into a "
@@ -359,6 +461,8 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
             raise CheckpointError(f"{file}: the checkpoint's config differs from the model's: "
                                   + "; ".join(differences))
     params = {name: arrays[f"params/{name}"] for name in meta["params"]}
+    if lora is not None and lora.get("base") is not None:
+        params = {**_base_state(lora["base"], file), **params}
     diverged = non_finite(params)
     if diverged:
         raise CheckpointError(f"{file}: parameter(s) {diverged} hold inf or NaN: the model it "
@@ -373,6 +477,7 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
         "model_class": meta["model_class"],
         "dtype": meta["dtype"],
         "step": meta["step"],
+        "lora": lora,
         **{key: _join_arrays(meta.get(key), arrays, file)
            for key in ("task", "extra", "rng_states", "optimizer")},
         "path": file,

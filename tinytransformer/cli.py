@@ -4,6 +4,7 @@
     eval       exact match of a trained run on held-out sequences (longer ones if asked)
     generate   the model's output for a sequence you type
     plot       attention maps of every head for one example, and the training curves
+    merge      fold a LoRA run's adapters into its weights: a plain checkpoint
     gradcheck  check every layer's backward against central differences
     bench      run benchmarks/run.py (the benchmark suite of the repository)
 
@@ -23,13 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import BEST, LAST, CheckpointError, load_checkpoint
+from .checkpoint import BEST, LAST, CheckpointError, load_checkpoint, save_checkpoint
 from . import decode
 from .nn.transformer import TransformerConfig
 from .tasks import BOS, EOS, TASKS, get_task, lm_prompt
 from .rundir import HISTORY_FILE, RunDirError, read_history, read_run_config
-from .train import (MODEL_KINDS, OPTIMIZERS, TrainConfig, check_resume, default_model_config,
-                    evaluate, held_out, longest_input, task_vocab, train)
+from .finetune import FREEZE_PARTS
+from .nn.lora import lora_settings, merge_lora
+from .train import (MODEL_KINDS, OPTIMIZERS, TrainConfig, check_resume, checkpoint_model_kind,
+                    default_model_config, evaluate, held_out, init_model_config, longest_input,
+                    task_vocab, train)
 
 PROG = "tinytransformer"
 
@@ -110,6 +114,16 @@ def _add_train(sub) -> None:
                    help="post-LN layers, as in the paper (default: pre-LN)")
     p.add_argument("--tie-embeddings", action="store_const", const=True, dest="model.tie_embeddings",
                    help="one matrix for source and target embeddings and the output projection")
+    p.add_argument("--init-from", type=Path, dest="train.init_from", metavar="RUN_DIR",
+                   help="fine-tune: start from this trained run's model (its config and best "
+                        "weights); the task and the recipe come from these options")
+    p.add_argument("--lora-rank", type=int, dest="train.lora_rank", metavar="R",
+                   help="with --init-from: train LoRA adapters of rank R on every attention's w_q "
+                        "and w_v, everything else frozen; checkpoints hold the adapters only")
+    p.add_argument("--lora-alpha", type=float, dest="train.lora_alpha", metavar="ALPHA",
+                   help="with --lora-rank: the adapters are scaled by ALPHA / R (default: ALPHA = R)")
+    p.add_argument("--freeze", action="append", choices=FREEZE_PARTS, dest="train.freeze",
+                   help="with --init-from: keep this part's trained weights (repeatable)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<task>-seed<seed>-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
@@ -131,12 +145,22 @@ def _train_configs(args) -> tuple[TrainConfig, TransformerConfig, Path]:
         model_config = TransformerConfig.from_dict({**saved["model"], **model_over})
         check_resume(args.out, config, model_config)
         return config, model_config, args.out
+    if "init_from" in train_over:
+        init_from = train_over["init_from"] = str(train_over["init_from"].resolve())
+        if model_over:
+            raise UsageError(f"train --init-from: the model is the trained run's, its options "
+                             f"cannot change it; drop {', '.join(sorted(model_over))}")
+        train_over.setdefault("model", checkpoint_model_kind(init_from))
     config = TrainConfig(**train_over)
-    model_config = default_model_config(config, **model_over)
+    model_config = (init_model_config(config) if config.init_from is not None
+                    else default_model_config(config, **model_over))
     out = args.out
     if out is None:
         kind = "-lm" if config.model == "decoder-only" else ""
-        out = Path("runs") / f"{config.task}{kind}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tuned = ("" if config.init_from is None else f"-lora{config.lora_rank}" if config.lora_rank
+                 else "-finetuned")
+        out = Path("runs") / (f"{config.task}{kind}{tuned}-seed{config.seed}-"
+                              f"{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / LAST).exists():
         raise UsageError(f"{out} already holds a run: add --resume to continue it, or choose "
                          f"another --out")
@@ -146,7 +170,7 @@ def _train_configs(args) -> tuple[TrainConfig, TransformerConfig, Path]:
 def cmd_train(args) -> int:
     try:
         config, model_config, out = _train_configs(args)
-    except (ValueError, TypeError, RunDirError) as err:
+    except (ValueError, TypeError, RunDirError, FileNotFoundError) as err:
         raise UsageError(f"train: {err}") from None
     try:
         result = train(config, model_config, out_dir=out, resume=args.resume)
@@ -326,6 +350,23 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    model, info, _ = _load_run(args.run_dir, args.which)
+    if lora_settings(model) is None:
+        raise UsageError(f"merge: {info['path']} holds no LoRA adapters; it is a plain checkpoint "
+                         f"already")
+    run = Path(args.run_dir)
+    out = args.out if args.out is not None else (run if run.is_dir() else run.parent) / "merged.npz"
+    if out.suffix != ".npz":
+        raise UsageError(f"merge: --out expected a .npz file name, got {out}")
+    path = save_checkpoint(out, merge_lora(model).requires_grad_(True), step=info["step"],
+                           task=info["task"], extra={"merged_from": str(info["path"])})
+    print(f"{path}: {info['path']} with its adapters merged into the weights "
+          f"({model.num_parameters():,} parameters); use it like any checkpoint, e.g. "
+          f"{PROG} eval {path}")
+    return 0
+
+
 def cmd_gradcheck(args) -> int:
     from .gradcheck import check_all, format_table
     results = check_all()
@@ -373,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = run_parser("plot", "attention maps for one example, and the training curves", cmd_plot)
     p.add_argument("--example", help='the source sequence to look at, e.g. "3 4 5 6 7"')
     p.add_argument("--out", type=Path, help="where to write the figures (default: RUN_DIR/figures)")
+
+    p = run_parser("merge", "write a LoRA run's model with its adapters merged into the weights, "
+                            "as a plain checkpoint", cmd_merge)
+    p.add_argument("--out", type=Path, help="the .npz file to write (default: RUN_DIR/merged.npz)")
 
     p = sub.add_parser("gradcheck", help="check every layer's backward against central differences",
                        description="Gradient-check every layer (float64 central differences) and "

@@ -118,8 +118,9 @@ def gradcheck(module: Module, *inputs, name: str | None = None, eps: float = 1e-
               input_names: tuple[str, ...] | None = None) -> GradcheckResult:
     """Compare ``module.backward`` with central differences of ``module.forward(*inputs)``.
 
-    Every floating input and every parameter (``named_parameters``, so a tied
-    weight once, with the sum of its contributions) is checked; integer and
+    Every floating input and every trainable parameter (``trainable_parameters``, so a
+    tied weight once, with the sum of its contributions; a frozen parameter's gradient
+    is zero by contract, not its derivative) is checked; integer and
     boolean inputs (ids, masks) are passed through. ``max_elements`` caps the
     elements checked per array (a seeded sample); None checks them all.
     The module and its float inputs must be float64: float32 central
@@ -158,7 +159,7 @@ def gradcheck(module: Module, *inputs, name: str | None = None, eps: float = 1e-
                          f"{len(float_inputs)} floating input(s)")
 
     targets = [(f"input {input_names[i]}", "input", inputs[i], g) for i, g in zip(float_inputs, returned)]
-    targets += [(f"param {pname}", "param", p, grad.copy()) for pname, p, grad in module.named_parameters()]
+    targets += [(f"param {pname}", "param", p, grad.copy()) for pname, p, grad in module.trainable_parameters()]
 
     result = GradcheckResult(name or type(module).__name__, tol=tol)
     for label, kind, array, analytic in targets:
@@ -212,7 +213,7 @@ def _padded_ids(rng, shape, vocab, pad_rows):
 def standard_cases() -> list[GradcheckCase]:
     """Every layer, on shapes that cannot coincide (T_src != T_tgt, d_model != d_ff, H > 1)."""
     from .nn import (GELU, CrossEntropyLoss, Dropout, Embedding, FeedForward, LayerNorm,
-                     LearnedPositionalEmbedding, Linear, MultiHeadAttention, ReLU,
+                     LearnedPositionalEmbedding, Linear, LoRALinear, MultiHeadAttention, ReLU,
                      ScaledDotProductAttention, SinusoidalPositionalEncoding, Softmax)
     from .nn.attention import causal_mask
     from .nn.transformer import (Decoder, DecoderLayer, DecoderOnlyTransformer, Encoder, EncoderLayer,
@@ -241,8 +242,15 @@ def standard_cases() -> list[GradcheckCase]:
         return TransformerConfig(vocab_size=11, d_model=D, n_heads=H, d_ff=F, n_encoder_layers=2,
                                  n_decoder_layers=2, max_len=9, **kw)
 
+    def lora(rng):
+        layer = LoRALinear(Linear(5, 7, rng=rng), rank=3, alpha=6.0, rng=rng).astype(f64)
+        for name in ("bias", "lora_b"):              # nonzero, or their terms would hide in zeros
+            layer.params[name][...] = rng.standard_normal(layer.params[name].shape)
+        return layer.requires_grad_(True), (x(rng, 2, 4, 5),)   # the base weights checked too
+
     return [
         GradcheckCase("Linear", Linear, lambda r: (Linear(5, 7, rng=r).astype(f64), (x(r, 2, 3, 5),))),
+        GradcheckCase("LoRALinear (rank 3, alpha 6)", LoRALinear, lora),
         GradcheckCase("Embedding", Embedding,
                       lambda r: (Embedding(6, 5, rng=r).astype(f64), (r.integers(0, 6, (3, 4)),))),
         GradcheckCase("SinusoidalPositionalEncoding", SinusoidalPositionalEncoding,

@@ -3,8 +3,8 @@
 Legend: p a parameter, g its gradient (as the model's backward left it), t the
 optimizer step (1 for the first update), lr the learning rate, wd weight decay.
 
-An optimizer takes the Module and updates every parameter of
-``model.named_parameters()`` IN PLACE: tied weights (one array in several
+An optimizer takes the Module and updates every trainable parameter
+(``model.trainable_parameters()``: frozen ones are left alone) IN PLACE: tied weights (one array in several
 modules, or views of it) stay tied, and are updated once. Its state (momentum,
 moments, the step count) lives here, never in the layers. Moment buffers have
 the parameter's dtype, and every scalar is a Python float, so float32 training
@@ -57,17 +57,19 @@ class Optimizer:
         self.model = model
         self.lr = lr
         self.step_count = 0                  # number of step() calls so far: t of the last update
-        modules = dict(model.named_modules())
         self.names: list[str] = []
         self._owners: list[tuple[Module, str]] = []      # (module, key) holding each parameter
         self._params: list[np.ndarray] = []
         self._grads: list[np.ndarray] = []
-        for name, param, grad in model.named_parameters():
-            prefix, _, key = name.rpartition(".")
-            self.names.append(name)
-            self._owners.append((modules[prefix], key))
-            self._params.append(param)
-            self._grads.append(grad)
+        for name, module, key in model.owned_parameters():
+            if key not in module.frozen:                 # a frozen parameter is never updated
+                self.names.append(name)
+                self._owners.append((module, key))
+                self._params.append(module.params[key])
+                self._grads.append(module.grads[key])
+        # what was frozen where, so a step after a change is refused (comparing these sets is
+        # cheap; finding the trainable parameters again each step would cost ~1% of a step)
+        self._frozen = [(prefix, module, set(module.frozen)) for prefix, module in model.named_modules()]
         self.buffers: dict[str, list[np.ndarray]] = {}   # kind -> one array per parameter
         self._ensure_buffers()
 
@@ -94,7 +96,7 @@ class Optimizer:
         self.model.zero_grad()
 
     def step(self) -> None:
-        """Apply one update to every parameter from its current gradient; t += 1."""
+        """Apply one update to every trainable parameter from its current gradient; t += 1."""
         self._check_params_unchanged()
         hp = self.hyperparams()               # Python floats: float32 arrays stay float32
         self._ensure_buffers()
@@ -118,6 +120,11 @@ class Optimizer:
                 raise RuntimeError(f"parameter '{name}' was replaced after the optimizer was built "
                                    f"(model.astype() makes new arrays); build the optimizer after "
                                    f"casting the model")
+        for prefix, module, frozen in self._frozen:
+            if module.frozen != frozen:
+                raise RuntimeError(f"the parameters frozen in '{prefix or 'the model'}' changed after "
+                                   f"the optimizer was built (requires_grad_, add_lora); build the "
+                                   f"optimizer after freezing")
 
     # -- saving --
 
@@ -361,9 +368,9 @@ def get_schedule(name: str, **kwargs) -> Callable[[int], float]:
 
 
 def grad_norm(model: Module) -> float:
-    """Global L2 norm of every gradient, sqrt(sum over params of |g|^2), tied params once."""
+    """Global L2 norm of the gradients, sqrt(sum over trainable params of |g|^2), tied params once."""
     total = 0.0
-    for name, _, grad in model.named_parameters():
+    for name, _, grad in model.trainable_parameters():
         flat = grad.ravel()
         with np.errstate(over="ignore", invalid="ignore"):    # overflow is handled just below
             sq = float(np.dot(flat, flat))
@@ -378,7 +385,7 @@ def grad_norm(model: Module) -> float:
 
 
 def clip_grad_norm(model: Module, max_norm: float) -> float:
-    """Scale all gradients in place so their global L2 norm is at most ``max_norm``.
+    """Scale the trainable parameters' gradients in place so their global L2 norm is at most ``max_norm``.
 
         n = grad_norm(model);  if n > max_norm:  g = g * (max_norm / n)  for every g
     Returns n, the norm BEFORE clipping (log it to see how often clipping bites).
@@ -390,6 +397,6 @@ def clip_grad_norm(model: Module, max_norm: float) -> float:
     norm = grad_norm(model)
     if norm > max_norm:
         scale = float(max_norm) / norm
-        for _, _, grad in model.named_parameters():
+        for _, _, grad in model.trainable_parameters():
             grad *= scale
     return norm

@@ -129,11 +129,12 @@ def read_history(run_dir) -> dict | None:
     return None
 
 
-def resume_last(run_dir, model, optimizer, generators: dict) -> dict | None:
+def resume_last(run_dir, model, optimizer, generators: dict, base=None) -> dict | None:
     """Load a run's last.npz into ``model``, ``optimizer`` and the named ``generators``
     (np.random.Generator by name, as saved in ``rng_states``) -> {"step", "seconds",
     "history"}; None when the run has no last.npz yet (it was stopped before its first
     checkpoint, so there is nothing to resume: it starts again from step 0).
+    ``base``: the trained run a LoRA run's adapters are saved against (``save_checkpoint``).
 
     Rewrites best.npz and history.json where a kill left them one save behind last.npz.
     Anything missing or malformed in last.npz is a CheckpointError.
@@ -160,7 +161,7 @@ def resume_last(run_dir, model, optimizer, generators: dict) -> dict | None:
             and _step_of(run_dir, "best") != info["step"]:
         # killed between last.npz and best.npz: last.npz holds the parameters of that evaluation
         save_checkpoint(run_dir / BEST, model, step=info["step"], task=info["task"],
-                        extra={"eval": best})
+                        extra={"eval": best}, base=base)
     save_json(run_dir / HISTORY_FILE, history)
     return {"step": info["step"], "seconds": seconds, "history": history}
 

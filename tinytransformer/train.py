@@ -44,8 +44,10 @@ from pathlib import Path
 import numpy as np
 
 from . import optim
-from .checkpoint import BEST, LAST, load_checkpoint, non_finite, save_checkpoint, save_json
+from .checkpoint import (BEST, LAST, load_checkpoint, non_finite, read_checkpoint, save_checkpoint,
+                         save_json)
 from .evaluate import eval_rank, evaluate, solved
+from .finetune import FREEZE_PARTS, start_from
 from .nn.loss import CrossEntropyLoss
 from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig, config_from_dict
@@ -105,6 +107,10 @@ class TrainConfig:
     target_worst: float = 0.99           # ...and >= target_worst at every length
     seed: int = 0
     log_every: int = 100                 # progress line period when the output is not a terminal
+    init_from: str | None = None         # fine-tuning: a trained run (directory or .npz) to start from
+    lora_rank: int | None = None         # ...with LoRA adapters of this rank on w_q and w_v
+    lora_alpha: float | None = None      # ...scaled by lora_alpha / lora_rank (None: alpha = rank)
+    freeze: tuple = ()                   # ...or with these parts frozen: encoder, decoder, embeddings
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -146,10 +152,30 @@ class TrainConfig:
                                  f"got {getattr(self, name)!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing: expected a value in [0, 1), got {self.label_smoothing!r}")
+        self._check_finetuning()
+
+    def _check_finetuning(self) -> None:
+        self.freeze = tuple(sorted(set(self.freeze)))
+        unknown = [part for part in self.freeze if part not in FREEZE_PARTS]
+        if unknown:
+            raise ValueError(f"freeze: expected parts among {list(FREEZE_PARTS)}, got {unknown}")
+        rank = self.lora_rank
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))
+                                 or rank < 1):
+            raise ValueError(f"lora_rank: expected an integer >= 1 (at most d_model), got {rank!r}")
+        if self.lora_alpha is not None and rank is None:
+            raise ValueError("lora_alpha: scales LoRA adapters, so it needs lora_rank (--lora-rank)")
+        if rank is not None and self.freeze:
+            raise ValueError(f"lora_rank and freeze: LoRA already freezes every trained weight (only "
+                             f"its adapters train), so freezing {', '.join(self.freeze)} as well means "
+                             f"nothing; give --lora-rank or --freeze, not both")
+        if (rank is not None or self.freeze) and self.init_from is None:
+            raise ValueError(f"{'lora_rank' if rank is not None else 'freeze'}: fine-tunes a trained "
+                             f"model, so it needs init_from (--init-from RUN_DIR)")
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["betas"] = list(self.betas)
+        data["betas"], data["freeze"] = list(self.betas), list(self.freeze)
         return data
 
     @classmethod
@@ -211,6 +237,62 @@ def check_model_config(config: TrainConfig, model_config: TransformerConfig) -> 
     if longest_input(config) > model_config.max_len:
         raise ValueError(f"max_len: sequences of {config.max_len} symbols need a model max_len of "
                          f"at least {longest_input(config)}, the model config has {model_config.max_len}")
+
+
+def checkpoint_model_kind(path) -> str:
+    """"encoder-decoder" or "decoder-only": the kind of model a run or checkpoint holds."""
+    meta = read_checkpoint(path)[0]
+    return next(kind for kind, cls in MODEL_KINDS.items() if cls.__name__ == meta["model_class"])
+
+
+def init_model_config(config: TrainConfig, model_config: TransformerConfig | None = None
+                      ) -> TransformerConfig:
+    """The model config of the trained run ``config.init_from``, checked against the new task
+    (and against ``model_config``, if one is given: the sizes of a trained model cannot change)."""
+    meta, _, file = read_checkpoint(config.init_from)
+    kind = checkpoint_model_kind(file)
+    if kind != config.model:
+        raise ValueError(f"init_from: {file} holds a model of kind {kind!r}, the run asks for "
+                         f"model {config.model!r} (--model)")
+    base = TransformerConfig.from_dict(meta["config"])
+    if model_config is not None and model_config != base:
+        differences = [f"{key} {value!r} (the trained model has {base.to_dict()[key]!r})"
+                       for key, value in model_config.to_dict().items() if base.to_dict()[key] != value]
+        raise ValueError(f"init_from: the model is the one in {file}; its config cannot change: "
+                         + "; ".join(differences))
+    task = meta.get("task") or {}
+    try:
+        check_model_config(config, base)
+    except ValueError as err:
+        raise ValueError(f"init_from: the model in {file} (trained on {task.get('name')} with "
+                         f"{task.get('n_symbols')} symbols, lengths {task.get('min_len')}.."
+                         f"{task.get('max_len')}) does not fit {config.task} with {config.n_symbols} "
+                         f"symbols, lengths {config.min_len}..{config.max_len}: {err}") from None
+    if kind == "decoder-only" and "encoder" in config.freeze:
+        raise ValueError(f"freeze: the model in {file} is decoder-only, it has no encoder; "
+                         f"expected decoder or embeddings")
+    if config.lora_rank is not None and config.lora_rank > base.d_model:
+        raise ValueError(f"lora_rank: expected an integer from 1 to min(in_features, out_features) = "
+                         f"d_model = {base.d_model} for the attention projections of the model in "
+                         f"{file}, got {config.lora_rank}")
+    return base
+
+
+def build_model(config: TrainConfig, model_config: TransformerConfig,
+                rng: np.random.Generator) -> Module:
+    """A new model drawn from ``rng``, or, with ``init_from``, the trained one to fine-tune."""
+    if config.init_from is None:
+        return MODEL_KINDS[config.model](model_config, rng=rng)
+    return start_from(config.init_from, rng, config.lora_rank, config.lora_alpha, config.freeze)
+
+
+def finetuning_note(config: TrainConfig) -> str:
+    """How a fine-tuning run trains, for the progress header ('' for a run from scratch)."""
+    if config.init_from is None:
+        return ""
+    how = (f"LoRA rank {config.lora_rank} on w_q and w_v" if config.lora_rank is not None else
+           f"{' and '.join(config.freeze)} frozen" if config.freeze else "every weight")
+    return f"; fine-tuning {config.init_from}, {how}"
 
 
 def build_optimizer(config: TrainConfig, model: Module) -> optim.Optimizer:
@@ -294,6 +376,8 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
     A second Ctrl-C aborts at once without saving (KeyboardInterrupt).
     """
     config = config or TrainConfig()
+    if config.init_from is not None:
+        model_config = init_model_config(config, model_config)
     model_config = model_config or default_model_config(config)
     check_model_config(config, model_config)
     stream = sys.stdout if stream is None else stream
@@ -309,8 +393,10 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
            resume: bool, stream, stop: StopRequest) -> TrainResult:
     vocab = task_vocab(config)
     model_rng, data_rng = seeded_generators(config.seed)
-    model = MODEL_KINDS[config.model](model_config, rng=model_rng)
+    model = build_model(config, model_config, model_rng)
     opt = build_optimizer(config, model)
+    # a LoRA run saves its adapters only, against the trained run's checkpoint
+    base = config.init_from if config.lora_rank is not None else None
     schedule = build_schedule(config)
     crit = CrossEntropyLoss(ignore_index=PAD, label_smoothing=config.label_smoothing)
     eval_data = held_out(config)
@@ -318,7 +404,7 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
 
     if resume:
         check_resume(out_dir, config, model_config)
-        state = resume_last(out_dir, model, opt, {"data": data_rng})
+        state = resume_last(out_dir, model, opt, {"data": data_rng}, base=base)
         if state is None:
             stream.write(f"{out_dir} holds no {LAST}: the run was stopped before its first "
                          f"checkpoint, so it starts again from step 0\n")
@@ -344,10 +430,10 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
                                           "model_class": type(model).__name__})
 
     progress = Progress(stream, config.steps, config.log_every, step, elapsed)
-    n_params = model.num_parameters()
-    progress.print(f"{'Resuming' if resume else 'Training'} the {config.model} model "
-                   f"({n_params:,} parameters) on {config.task}, {config.n_symbols} symbols, lengths "
-                   f"{config.min_len}..{config.max_len}, seed {config.seed}"
+    progress.print(f"{'Resuming' if resume else 'Training'} the {config.model} model (training "
+                   f"{model.num_parameters(trainable_only=True):,} of {model.num_parameters():,} "
+                   f"parameters{finetuning_note(config)}) on {config.task}, {config.n_symbols} "
+                   f"symbols, lengths {config.min_len}..{config.max_len}, seed {config.seed}"
                    + (f", from step {step}" if resume else "")
                    + (f"; run directory {out_dir}" if out_dir else ""))
 
@@ -366,11 +452,11 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
         history["seconds"] = round(progress.elapsed(), 3)
         save_checkpoint(out_dir / LAST, model, opt, step=step, task=task_info(config),
                         extra={"seconds": history["seconds"], "history": history},
-                        rng_states={"data": data_rng.bit_generator.state})
+                        rng_states={"data": data_rng.bit_generator.state}, base=base)
         saved_step = step
         if best_improved:
             save_checkpoint(out_dir / BEST, model, step=step, task=task_info(config),
-                            extra={"eval": history["best"]})
+                            extra={"eval": history["best"]}, base=base)
         save_json(out_dir / HISTORY_FILE, history)
 
     def resume_hint() -> str:

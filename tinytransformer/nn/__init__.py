@@ -6,13 +6,14 @@ from .dropout import Dropout
 from .embedding import Embedding, LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .feedforward import FeedForward
 from .linear import Linear
+from .lora import LoRALinear, add_lora, merge_lora
 from .loss import CrossEntropyLoss
 from .masks import causal_mask, causal_padding_mask, padding_mask
 from .module import Module
 from .normalization import LayerNorm
 
 __all__ = [
-    "Module", "Linear", "Embedding", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
+    "Module", "Linear", "LoRALinear", "add_lora", "merge_lora", "Embedding", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
     "ReLU", "GELU", "Softmax", "LayerNorm", "Dropout", "FeedForward", "CrossEntropyLoss",
     "ScaledDotProductAttention", "MultiHeadAttention",
     "causal_mask", "padding_mask", "causal_padding_mask",

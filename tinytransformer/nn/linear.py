@@ -16,6 +16,12 @@ class LinearCache(NamedTuple):
     x: np.ndarray           # (..., I) the input
 
 
+def xavier_uniform(rng: np.random.Generator, fan_in: int, fan_out: int, dtype) -> np.ndarray:
+    """W (fan_in, fan_out) ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio)."""
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(dtype)
+
+
 class Linear(Module):
     """y = x @ W + b, with W (in_features, out_features) and b (out_features,).
 
@@ -29,12 +35,22 @@ class Linear(Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  rng: np.random.Generator | None = None, dtype=np.float32):
         super().__init__()
-        rng = default_rng(rng)
         self.in_features, self.out_features = in_features, out_features
-        limit = np.sqrt(6.0 / (in_features + out_features))
-        self.add_param("weight", rng.uniform(-limit, limit, (in_features, out_features)).astype(dtype))
+        self.add_param("weight", xavier_uniform(default_rng(rng), in_features, out_features, dtype))
         if bias:
             self.add_param("bias", np.zeros(out_features, dtype=dtype))
+
+    @classmethod
+    def from_arrays(cls, weight: np.ndarray, bias: np.ndarray | None = None) -> "Linear":
+        """A Linear whose parameters are these very arrays (no copy, nothing drawn):
+        weight (in_features, out_features), bias (out_features,) or None for no bias."""
+        layer = cls.__new__(cls)
+        Module.__init__(layer)
+        layer.in_features, layer.out_features = weight.shape
+        layer.add_param("weight", weight)
+        if bias is not None:
+            layer.add_param("bias", bias)
+        return layer
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={'bias' in self.params}"

@@ -126,7 +126,10 @@ class Transformer(Module):
         with overlap_param_grads():
             dy, dmemory = self.decoder.backward(self.out_proj.backward(dlogits))
             embed_backward(self.tgt_embed, self.pos, dy)
-            embed_backward(self.src_embed, self.pos, self.encoder.backward(dmemory))
+            # dmemory only leads to the encoder's and the source embedding's parameters:
+            # when all of them are frozen, nothing below needs a gradient
+            if any(m.has_trainable_parameters() for m in (self.encoder, self.src_embed, self.pos)):
+                embed_backward(self.src_embed, self.pos, self.encoder.backward(dmemory))
         return None
 
     def init_cache(self, memory: np.ndarray, src_keys: np.ndarray,

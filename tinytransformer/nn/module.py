@@ -181,26 +181,56 @@ class Module:
         for name, child in self.named_children():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
-    def named_parameters(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-        """``(dotted_name, param, grad)`` for the whole tree.
+    def owned_parameters(self) -> Iterator[tuple[str, "Module", str]]:
+        """``(dotted_name, owner, key)``: each parameter of the tree is ``owner.params[key]``.
 
         An array shared by several modules (tied weights, also when one module
         holds a view of it such as its transpose) is yielded once, under the
-        first name met in attribute order, with its single gradient buffer.
+        first name met in attribute order; that owner's ``frozen`` says whether it trains.
         """
         seen: set[int] = set()
         for prefix, module in self.named_modules():
-            for name, param in module.params.items():
+            for key, param in module.params.items():
                 if id(_storage(param)) in seen:
                     continue
                 seen.add(id(_storage(param)))
-                yield (f"{prefix}.{name}" if prefix else name), param, module.grads[name]
+                yield (f"{prefix}.{key}" if prefix else key), module, key
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """``(dotted_name, param, grad)`` for the whole tree, tied parameters once."""
+        for name, module, key in self.owned_parameters():
+            yield name, module.params[key], module.grads[key]
+
+    def trainable_parameters(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """``(dotted_name, param, grad)`` of the parameters that are not frozen, in the same order."""
+        for name, module, key in self.owned_parameters():
+            if key not in module.frozen:
+                yield name, module.params[key], module.grads[key]
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Freeze (False) or unfreeze (True) every parameter of this module and below; return self.
+
+        A frozen parameter keeps a zero gradient: ``add_grad`` skips it without computing
+        anything, a model's backward skips a branch that is frozen all through, and
+        optimizers and gradient clipping leave it alone. A tied matrix is frozen where
+        it is listed (``named_parameters``): freeze every module that holds it.
+        """
+        if not isinstance(requires_grad, bool):
+            raise TypeError(f"requires_grad: expected True or False, got {requires_grad!r}")
+        for _, module in self.named_modules():
+            module.frozen = set() if requires_grad else set(module.params)
+        return self
+
+    def has_trainable_parameters(self) -> bool:
+        return next(self.trainable_parameters(), None) is not None
 
     def parameters(self) -> list[np.ndarray]:
         return [p for _, p, _ in self.named_parameters()]
 
-    def num_parameters(self) -> int:
-        return sum(p.size for p in self.parameters())
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """How many numbers the parameters hold (of the trainable ones only, if asked)."""
+        named = self.trainable_parameters() if trainable_only else self.named_parameters()
+        return sum(p.size for _, p, _ in named)
 
     def zero_grad(self) -> None:
         """Set every gradient buffer to zero, in place (tied views stay tied)."""

@@ -1,0 +1,76 @@
+"""Fine-tuning: a new run that starts from a trained one, fully, with frozen parts, or with LoRA.
+
+    train --init-from RUN_DIR ...                   every weight trains on the new task
+    train --init-from RUN_DIR --freeze encoder      the encoder keeps its trained weights
+    train --init-from RUN_DIR --lora-rank 4         adapters on every attention's w_q and w_v;
+                                                    every trained weight stays as it was
+
+The new run takes the trained run's model (its config and best weights) and the
+task and recipe of its own TrainConfig (``train.py`` checks that the model fits
+the task). A frozen weight keeps a zero gradient and is never updated
+(``Module.requires_grad_``); a LoRA run's checkpoints hold only the adapters and
+point at the trained run's checkpoint (``checkpoint.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .checkpoint import load_checkpoint, model_generators
+from .nn.lora import add_lora, lora_settings, merge_lora
+from .nn.module import Module
+from .nn.transformer import DecoderOnlyTransformer
+
+__all__ = ["FREEZE_PARTS", "freeze", "start_from"]
+
+FREEZE_PARTS = ("encoder", "decoder", "embeddings")
+
+
+def _part(model: Module, part: str) -> list[Module]:
+    """The modules a ``--freeze`` part names. The output projection belongs to no part."""
+    if isinstance(model, DecoderOnlyTransformer):
+        parts = {"decoder": [*model.layers] + ([model.norm] if hasattr(model, "norm") else []),
+                 "embeddings": [model.embed, model.pos]}
+    else:
+        parts = {"encoder": [model.encoder], "decoder": [model.decoder],
+                 "embeddings": [model.src_embed, model.tgt_embed, model.pos]}
+    if part not in parts:
+        raise ValueError(f"freeze: expected one of {sorted(parts)} for a {type(model).__name__}, "
+                         f"got {part!r}")
+    return parts[part]
+
+
+def freeze(model: Module, parts) -> Module:
+    """Freeze the named parts ("encoder", "decoder", "embeddings") of ``model``; return it.
+
+    With tied embeddings the output projection's weight is the embedding matrix, so
+    freezing the embeddings freezes it there too.
+    """
+    for part in parts:
+        for module in _part(model, part):
+            module.requires_grad_(False)
+        if part == "embeddings" and model.config.tie_embeddings:
+            model.out_proj.frozen.add("weight")
+    return model
+
+
+def start_from(init_from, rng: np.random.Generator, lora_rank: int | None = None,
+               lora_alpha: float | None = None, frozen_parts=()) -> Module:
+    """The model of a trained run (its best checkpoint), ready to train on: with LoRA
+    adapters on w_q and w_v (drawn from ``rng``) and the rest frozen, or with ``frozen_parts``
+    frozen, or (neither) all of it trainable. A run that was itself fine-tuned with LoRA
+    starts from its merged weights.
+
+    The dropout masks continue from ``rng``, as in a model built from scratch, which draws
+    its weights and then its masks from one Generator: the new run's seed decides them.
+    """
+    model, _ = load_checkpoint(init_from)
+    if lora_settings(model) is not None:
+        merge_lora(model)
+    model.requires_grad_(True)
+    if lora_rank is not None:
+        add_lora(model, lora_rank, lora_alpha, rng=rng)
+    freeze(model, frozen_parts)
+    for generator in model_generators(model):
+        generator.bit_generator.state = rng.bit_generator.state
+    return model
