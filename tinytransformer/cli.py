@@ -31,9 +31,9 @@ from .tasks import BOS, EOS, TASKS, get_task, lm_prompt
 from .rundir import HISTORY_FILE, RunDirError, read_history, read_run_config
 from .finetune import FREEZE_PARTS
 from .nn.lora import lora_settings, merge_lora
-from .train import (MODEL_KINDS, OPTIMIZERS, TrainConfig, check_resume, checkpoint_model_kind,
-                    default_model_config, evaluate, held_out, init_model_config, longest_input,
-                    task_vocab, train)
+from .train import (check_resume, checkpoint_model_kind, default_model_config, evaluate, held_out,
+                    init_model_config, longest_input, task_vocab, train)
+from .train_config import MODEL_KINDS, OPTIMIZERS, TrainConfig
 
 PROG = "tinytransformer"
 

@@ -30,8 +30,8 @@ import json
 import os
 from pathlib import Path
 
-from .checkpoint import (BEST, LAST, CheckpointError, load_checkpoint, read_checkpoint,
-                         remove_stale_temporaries, save_checkpoint, save_json)
+from .atomic import remove_stale_temporaries, save_json
+from .checkpoint import BEST, LAST, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 
 if os.name == "posix":
     import fcntl

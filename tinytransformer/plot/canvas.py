@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..checkpoint import atomic_write
+from ..atomic import atomic_write
 
 ATTENTION_CMAP = "viridis"   # 0 dark, 1 bright, readable in grey print and by colour-blind readers
 SAVE_DPI = 150

@@ -1,0 +1,136 @@
+"""TrainConfig: everything about a training run except the model's sizes, checked on creation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import optim
+from .finetune import FREEZE_PARTS
+from .nn.transformer import DecoderOnlyTransformer, Transformer, config_from_dict
+from .tasks import TASKS
+
+__all__ = ["TrainConfig", "MODEL_KINDS", "OPTIMIZERS"]
+
+MODEL_KINDS = {"encoder-decoder": Transformer, "decoder-only": DecoderOnlyTransformer}
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a run except the model's sizes (those are a TransformerConfig).
+
+    The defaults are the reference run: reverse, 10 symbols, lengths 1..16, and
+    the recipe that solves it on every seed measured (README, "The recipe"):
+    batch 64; Adam (0.9, 0.98, eps 1e-9); the learning rate rises linearly to 2e-3 over
+    100 steps, then falls along half a cosine to 1e-4 at step 800 and stays there;
+    gradients clipped to a global norm of 1.0; label smoothing 0.1; an evaluation every
+    100 steps. The first recipe (the same peak, then 1/sqrt(step) decay, no clipping,
+    no smoothing) kept the learning rate high while the model was almost right, so
+    exact match swung by 5-50 points from one evaluation to the next.
+    ``steps`` is a budget: the run stops earlier when an evaluation solves the task.
+    ``decay_steps`` is the schedule's own horizon, not the budget, so a resumed run
+    with a larger budget keeps the learning rate it had (it stays at ``min_lr``
+    after the horizon).
+    """
+    task: str = "reverse"
+    n_symbols: int = 10
+    min_len: int = 1
+    max_len: int = 16
+    model: str = "encoder-decoder"       # or "decoder-only" (the same task in LM format)
+    batch_size: int = 64
+    steps: int = 3000                    # the budget: at most this many optimizer steps
+    optimizer: str = "adam"              # "adam", "adamw" or "sgd" (with momentum)
+    lr: float = 2e-3                     # the peak learning rate
+    schedule: str = "cosine"             # "cosine", "inverse_sqrt" or "constant"
+    warmup: int = 100                    # linear warmup to lr over this many steps
+    decay_steps: int = 800               # cosine: lr reaches min_lr at this step...
+    min_lr: float = 1e-4                 # ...and stays there
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    momentum: float = 0.9                # SGD only
+    clip: float | None = 1.0             # max global gradient norm; None = no clipping
+    label_smoothing: float = 0.1
+    eval_every: int = 100
+    eval_size: int = 3200                # held-out sequences, every length equally often
+    target: float = 0.995                # solved: held-out exact match >= target overall...
+    target_worst: float = 0.99           # ...and >= target_worst at every length
+    seed: int = 0
+    log_every: int = 100                 # progress line period when the output is not a terminal
+    init_from: str | None = None         # fine-tuning: a trained run (directory or .npz) to start from
+    lora_rank: int | None = None         # ...with LoRA adapters of this rank on w_q and w_v
+    lora_alpha: float | None = None      # ...scaled by lora_alpha / lora_rank (None: alpha = rank)
+    freeze: tuple = ()                   # ...or with these parts frozen: encoder, decoder, embeddings
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        if self.task not in TASKS:
+            raise ValueError(f"task: expected one of {sorted(TASKS)}, got {self.task!r}")
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f"model: expected one of {sorted(MODEL_KINDS)}, got {self.model!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in optim.SCHEDULES:
+            raise ValueError(f"schedule: expected one of {list(optim.SCHEDULES)}, got {self.schedule!r}")
+        for name in ("n_symbols", "min_len", "max_len", "batch_size", "steps", "decay_steps",
+                     "eval_every", "eval_size", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if self.min_len > self.max_len:
+            raise ValueError(f"min_len ({self.min_len}) must not exceed max_len ({self.max_len})")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) \
+                or self.warmup < (1 if self.schedule == "inverse_sqrt" else 0):
+            raise ValueError(f"warmup: expected an integer >= 1 for inverse_sqrt (>= 0 otherwise), "
+                             f"got {self.warmup!r}")
+        if self.schedule == "cosine" and self.warmup >= self.decay_steps:
+            raise ValueError(f"warmup ({self.warmup}) must be below decay_steps "
+                             f"({self.decay_steps}) for cosine")
+        for name in ("lr", "min_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value)
+                    and value >= 0 and (value > 0 or name == "min_lr")):
+                raise ValueError(f"{name}: expected a finite number {'>= 0' if name == 'min_lr' else '> 0'}"
+                                 f", got {value!r}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed the peak lr ({self.lr})")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip: expected a number > 0 or None (no clipping), got {self.clip!r}")
+        for name in ("target", "target_worst"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: expected an exact-match fraction in [0, 1], "
+                                 f"got {getattr(self, name)!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: expected a value in [0, 1), got {self.label_smoothing!r}")
+        self._check_finetuning()
+
+    def _check_finetuning(self) -> None:
+        self.freeze = tuple(sorted(set(self.freeze)))
+        unknown = [part for part in self.freeze if part not in FREEZE_PARTS]
+        if unknown:
+            raise ValueError(f"freeze: expected parts among {list(FREEZE_PARTS)}, got {unknown}")
+        rank = self.lora_rank
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))
+                                 or rank < 1):
+            raise ValueError(f"lora_rank: expected an integer >= 1 (at most d_model), got {rank!r}")
+        if self.lora_alpha is not None and rank is None:
+            raise ValueError("lora_alpha: scales LoRA adapters, so it needs lora_rank (--lora-rank)")
+        if rank is not None and self.freeze:
+            raise ValueError(f"lora_rank and freeze: LoRA already freezes every trained weight (only "
+                             f"its adapters train), so freezing {', '.join(self.freeze)} as well means "
+                             f"nothing; give --lora-rank or --freeze, not both")
+        if (rank is not None or self.freeze) and self.init_from is None:
+            raise ValueError(f"{'lora_rank' if rank is not None else 'freeze'}: fine-tunes a trained "
+                             f"model, so it needs init_from (--init-from RUN_DIR)")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["betas"], data["freeze"] = list(self.betas), list(self.freeze)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return config_from_dict(cls, data)
