@@ -183,3 +183,37 @@ def test_rel_error_is_floored_where_both_gradients_vanish():
     assert errors[0] == pytest.approx(5e-10, rel=1e-3)
     assert errors[1] == pytest.approx(1e-9)                     # 1e-12 / floor 1e-3
     assert errors[2] == 0.0
+
+
+def test_the_upstream_gradient_is_not_the_input_drawn_from_the_same_seed():
+    # inputs from default_rng(0) and gradcheck(seed=0): the upstream must still differ, or a
+    # backward that multiplies by x instead of dy passes (it did, for the standard cases)
+    class Square(Module):
+        def __init__(self, x_for_dy: bool):
+            super().__init__()
+            self.x_for_dy = x_for_dy
+
+        def forward(self, x):
+            self.cache = x
+            return x * x
+
+        def backward(self, dy):
+            x = self.cache
+            return 2 * x * (x if self.x_for_dy else dy)
+
+    x = np.random.default_rng(0).standard_normal((3, 5))
+    assert gradcheck(Square(x_for_dy=False), x, seed=0).passed
+    assert not gradcheck(Square(x_for_dy=True), x, seed=0).passed
+
+
+def test_an_output_that_is_a_view_of_its_input_is_still_checked():
+    class Identity(Module):
+        def forward(self, x):
+            self.cache = True
+            return x                                   # a view of the very input gradcheck nudges
+
+        def backward(self, dy):
+            return dy
+
+    x = np.random.default_rng(1).standard_normal((2, 3))
+    assert gradcheck(Identity(), x).passed

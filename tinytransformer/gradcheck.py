@@ -40,6 +40,7 @@ from .nn.module import Module
 from .threads import holds_threads
 
 FLOOR = 1e-3
+UPSTREAM_STREAM = 0x75707374   # the upstream gradient's stream: (seed, this), never plain seed
 
 
 def rel_error(analytic: np.ndarray, numeric: np.ndarray, floor: float = FLOOR) -> np.ndarray:
@@ -135,14 +136,17 @@ def gradcheck(module: Module, *inputs, name: str | None = None, eps: float = 1e-
         if inputs[i].dtype != np.float64:
             raise TypeError(f"gradcheck: input {i} is {inputs[i].dtype.name}; expected float64")
     input_names = input_names or tuple(f"{i}" for i in range(len(inputs)))
-    rng = np.random.default_rng(seed)
+    # a stream of its own: np.random.default_rng(seed) is where a caller's inputs usually come
+    # from, and an upstream equal to the input would let a backward that uses x for dy pass
+    rng = np.random.default_rng((seed, UPSTREAM_STREAM))
     generators = _generators(module)
     states = [g.bit_generator.state for g in generators]
 
     def run() -> np.ndarray:
         for g, state in zip(generators, states):
             g.bit_generator.state = state
-        return np.asarray(module(*inputs), dtype=np.float64)
+        # a copy: an output that is a view of an input would follow the input's nudges
+        return np.array(module(*inputs), dtype=np.float64, copy=True)
 
     upstream = rng.standard_normal(run().shape)
 
