@@ -257,3 +257,16 @@ def test_a_checkpoint_from_before_these_fields_loads_as_before(name, cls):
     for (n1, p1, _), (n2, p2, _) in zip(fresh.named_parameters(), model.named_parameters()):
         assert n1 == n2 and np.array_equal(p1, p2), n1
     load_checkpoint(DATA / f"pre_modern_{name}.npz", model=fresh)
+
+
+def test_a_run_from_before_these_fields_resumes_with_their_defaults(tmp_path):
+    """A run directory's config.json written before `norm` and `rope_base` existed."""
+    import json
+    from tinytransformer.train import TrainConfig, check_resume, default_model_config
+    config = TrainConfig()
+    model = default_model_config(config).to_dict()
+    del model["norm"], model["rope_base"]
+    (tmp_path / "config.json").write_text(json.dumps({"train": config.to_dict(), "model": model}))
+    check_resume(tmp_path, config, default_model_config(config))                  # no difference
+    with pytest.raises(ValueError, match="norm 'rmsnorm' \\(the run has 'layernorm'\\)"):
+        check_resume(tmp_path, config, default_model_config(config, norm="rmsnorm"))
