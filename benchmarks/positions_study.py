@@ -71,7 +71,7 @@ def run_one(model_kind: str, task: str, positional: str, seed: int, args) -> dic
     data = held_out(config, 1, args.eval_max, args.per_length * args.eval_max)
     scores = evaluate(result.model, data)
     return {"model": model_kind, "task": task, "positional": positional, "seed": seed,
-            "solved": result.stopped == "target", "steps": result.steps,
+            "solved": result.stopped == "target", "steps": result.steps, "budget": config.steps,
             "best_step": result.best["step"] if result.best else None,
             "seconds": round(time.perf_counter() - start, 1), "trained_max_len": config.max_len,
             "by_length": {int(k): float(v) for k, v in scores["by_length"].items()}}
