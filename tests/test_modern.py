@@ -177,6 +177,18 @@ def test_an_encoder_without_positions_cannot_tell_order(positional, blind):
     assert np.allclose(permuted, memory[:, order], atol=1e-12) == blind
 
 
+@pytest.mark.parametrize("positional, blind", [("alibi", True), ("rope", False), ("sinusoidal", False)])
+def test_an_alibi_encoder_cannot_tell_left_from_right(positional, blind):
+    """The encoder's bias -m |i - j| is symmetric: reversing the source only reverses the encoder's
+    output, and cross-attention has no positions, so the decoder cannot tell a source from its
+    reverse (an encoder-decoder with ALiBi cannot learn to reverse or copy)."""
+    model = Transformer(tiny(positional=positional), np.random.default_rng(0), dtype=np.float64)
+    src = np.array([[3, 4, 5, 6, 7]])
+    memory, _ = model.encode(src)
+    mirrored, _ = model.encode(src[:, ::-1])
+    assert np.allclose(mirrored, memory[:, ::-1], atol=1e-12) == blind
+
+
 def test_a_causal_decoder_without_positions_still_tells_order():
     """No positions, yet the same token gets different outputs at different places: position t
     sees t + 1 tokens, so the share of its attention the first token (BOS) can get is 1 / (t + 1).
