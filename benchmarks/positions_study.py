@@ -118,6 +118,8 @@ def draw(runs: list[dict], path: Path) -> None:
         ax.axvline(rs[0]["trained_max_len"] + 0.5, color="gray", ls=":", lw=1)
         ax.set(title=f"{model}, {task}", xlabel="source length")
     axes[0, 0].set_ylabel("exact match")
+    fig.suptitle(f"trained on lengths 1..{runs[0]['trained_max_len']} (dotted line); seeds "
+                 f"{sorted({r['seed'] for r in runs})}, mean bold", fontsize=9)
     axes[0, -1].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +132,8 @@ def main(argv=None) -> list[dict]:
     if args.quick:
         args.eval_max, args.per_length = 6, 4
     runs = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
+    for r in runs:                                # JSON keys are strings
+        r["by_length"] = {int(k): v for k, v in r["by_length"].items()}
     done = {(r["model"], r["task"], r["positional"], r["seed"]) for r in runs}
     for model_kind in args.models:
         for task in args.tasks:
@@ -145,8 +149,13 @@ def main(argv=None) -> list[dict]:
                     args.out.parent.mkdir(parents=True, exist_ok=True)
                     args.out.write_text(json.dumps({"numpy": np.__version__, "runs": runs}, indent=1))
     table = summary_table(runs, runs[0]["trained_max_len"] if runs else 16)
-    print(table)
-    args.out.with_suffix(".md").write_text(table + "\n")
+    seeds = sorted({r["seed"] for r in runs})
+    budgets = sorted({r.get("budget") for r in runs}, key=str)
+    header = (f"Runs so far: seeds {seeds}, step budgets {budgets}, {args.per_length} sequences per "
+              f"evaluation length, NumPy {np.__version__}. Exact match: mean over the seeds; steps: "
+              f"median over the seeds that solved the task.\n\n")
+    print(header + table)
+    args.out.with_suffix(".md").write_text(header + table + "\n")
     if args.figure is not None and runs:
         draw(runs, args.figure)
     return runs
