@@ -1,4 +1,5 @@
-"""The whole model against an independent definition: torch.nn.Transformer, when PyTorch is installed.
+"""The whole model against an independent definition: torch.nn.Transformer, when PyTorch is installed;
+the modern parts (RMSNorm, SiLU, SwiGLU, RoPE, ALiBi) against PyTorch or definitions written in it.
 
 Gradient checks prove that each backward matches its forward; they cannot tell whether the
 forward is the standard Transformer. Here the same weights go into torch.nn.Transformer
@@ -133,3 +134,95 @@ def test_a_model_without_layers_is_embedding_times_sqrt_d_plus_positions_then_th
     x = model.tgt_embed.params["weight"][tgt] * math.sqrt(D) + pe
     expected = x @ model.out_proj.params["weight"] + model.out_proj.params["bias"]
     np.testing.assert_allclose(model(tgt, tgt), expected, rtol=1e-12, atol=1e-12)
+
+
+# ---- the modern parts against PyTorch's own (RMSNorm, SiLU) or the reference definitions
+# written in PyTorch (the Hugging Face LLaMA's rotate-half RoPE, the ALiBi paper's slopes) ----
+
+def torch_grads(torch, fn, *arrays, upstream):
+    """fn's output on torch copies of ``arrays`` and the gradients of sum(out * upstream)."""
+    leaves = [torch.tensor(a, requires_grad=True) for a in arrays]
+    out = fn(*leaves)
+    (out * torch.tensor(upstream)).sum().backward()
+    return out.detach().numpy(), [leaf.grad.numpy() for leaf in leaves]
+
+
+def test_rmsnorm_and_silu_equal_torch():
+    torch = pytest.importorskip("torch")
+    from tinytransformer.nn import RMSNorm, SiLU
+    rng = np.random.default_rng(0)
+    x, dy = 2.0 + rng.standard_normal((3, 5, D)), rng.standard_normal((3, 5, D))
+    norm = RMSNorm(D, dtype=np.float64)
+    norm.params["weight"][...] = rng.standard_normal(D)
+    ref = torch.nn.RMSNorm(D, eps=1e-5).double()
+    ref.weight.data = torch.tensor(norm.params["weight"])
+    out, (dx,) = torch_grads(torch, lambda t: ref(t), x, upstream=dy)
+    np.testing.assert_allclose(norm(x), out, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(norm.backward(dy), dx, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(norm.grads["weight"], ref.weight.grad.numpy(), rtol=0, atol=1e-12)
+    silu = SiLU()
+    out, (dx,) = torch_grads(torch, torch.nn.functional.silu, 4 * x, upstream=dy)
+    np.testing.assert_allclose(silu(4 * x), out, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(silu.backward(dy), dx, rtol=0, atol=1e-13)
+
+
+def test_swiglu_feedforward_equals_torch():
+    torch = pytest.importorskip("torch")
+    from tinytransformer.nn import FeedForward
+    rng = np.random.default_rng(1)
+    ff = FeedForward(D, F, "swiglu", rng=rng, dtype=np.float64)
+    for _, p, _ in ff.named_parameters():
+        p[...] = rng.standard_normal(p.shape)
+    x, dy = rng.standard_normal((3, 5, D)), rng.standard_normal((3, 5, D))
+    W = {name: torch.tensor(p, requires_grad=True) for name, p, _ in ff.named_parameters()}
+
+    def swiglu(t):     # w2(silu(w1 x) * w3 x), torch's functional pieces
+        linear = lambda k, z: z @ W[f"linear{k}.weight"] + W[f"linear{k}.bias"]   # noqa: E731
+        return linear(2, torch.nn.functional.silu(linear(1, t)) * linear(3, t))
+    out, (dx,) = torch_grads(torch, swiglu, x, upstream=dy)
+    np.testing.assert_allclose(ff(x), out, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ff.backward(dy), dx, rtol=0, atol=1e-11)
+    for name, _, grad in ff.named_parameters():
+        np.testing.assert_allclose(grad, W[name].grad.numpy(), rtol=0, atol=1e-11, err_msg=name)
+
+
+def test_rope_equals_the_hugging_face_llama_rotate_half():
+    torch = pytest.importorskip("torch")
+    from tinytransformer.nn import RotaryEmbedding
+    dk, T, offset, base = 8, 6, 3, 500.0
+    rng = np.random.default_rng(2)
+    x, dy = rng.standard_normal((2, 3, T, dk)), rng.standard_normal((2, 3, T, dk))
+
+    def llama_rope(t):      # transformers' LlamaRotaryEmbedding + apply_rotary_pos_emb, in float64
+        inv_freq = 1.0 / (base ** (torch.arange(0, dk, 2, dtype=torch.float64) / dk))
+        freqs = torch.outer(torch.arange(offset, offset + T, dtype=torch.float64), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        rotate_half = torch.cat((-t[..., dk // 2:], t[..., :dk // 2]), dim=-1)
+        return t * emb.cos() + rotate_half * emb.sin()
+    out, (dx,) = torch_grads(torch, llama_rope, x, upstream=dy)
+    rope = RotaryEmbedding(dk, max_len=16, base=base, dtype=np.float64)
+    np.testing.assert_allclose(rope(x, offset), out, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(rope.backward(dy), dx, rtol=0, atol=1e-13)
+
+
+def test_alibi_attention_equals_torch_sdpa_with_the_papers_bias():
+    torch = pytest.importorskip("torch")
+    from tinytransformer.nn import ALiBiBias, ScaledDotProductAttention
+    H, Tq, Tk, dk = 4, 3, 5, 6            # a decoding step: 3 new queries after 2 cached keys
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((2, H, n, dk)) for n in (Tq, Tk, Tk))
+    dy = rng.standard_normal((2, H, Tq, dk))
+    mask = np.tri(Tq, Tk, Tk - Tq, dtype=bool)                     # causal, queries last
+
+    def papers_slopes(n):   # get_slopes_power_of_2 of the ALiBi reference code
+        start = 2 ** (-2 ** -(math.log2(n) - 3))
+        return [start * start ** i for i in range(n)]
+    i, j = torch.arange(Tk - Tq, Tk)[:, None], torch.arange(Tk)
+    bias = -torch.tensor(papers_slopes(H), dtype=torch.float64)[:, None, None] * (i - j)
+    bias = bias.masked_fill(~torch.tensor(mask), -math.inf)
+    sdpa = lambda a, b, c: torch.nn.functional.scaled_dot_product_attention(a, b, c, attn_mask=bias)  # noqa: E731
+    out, grads = torch_grads(torch, sdpa, q, k, v, upstream=dy)
+    ours = ScaledDotProductAttention(alibi=ALiBiBias(H))
+    np.testing.assert_allclose(ours(q, k, v, mask), out, rtol=0, atol=1e-13)
+    for name, mine, theirs in zip("qkv", ours.backward(dy), grads):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-12, err_msg=name)

@@ -9,7 +9,7 @@ import pytest
 import tinytransformer.decode as decode_module
 from tinytransformer.decode import Decoded, beam_search, generate, greedy_decode, sequence_log_prob
 from tinytransformer.nn.loss import CrossEntropyLoss
-from tinytransformer.nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig
+from tinytransformer.nn.transformer import PRESETS, DecoderOnlyTransformer, Transformer, TransformerConfig
 from tinytransformer.optim import Adam
 from tinytransformer.tasks import BOS, EOS, PAD, eval_set, make_batch
 
@@ -20,6 +20,15 @@ CONFIGS = {
     "pre-LN learned tied gelu": dict(positional="learned", tie_embeddings=True, activation="gelu"),
     "post-LN sinusoidal, dropout": dict(norm_first=False, dropout=0.3),   # eval mode: no dropout
 }
+# positions inside attention: RoPE rotates the cached keys at their absolute positions, ALiBi
+# biases by absolute offsets; "none" has nothing to get wrong but must not break either
+POSITIONAL_CONFIGS = {
+    "pre-LN modern (rope, rmsnorm, swiglu)": dict(PRESETS["modern"]),
+    "post-LN alibi, rmsnorm": dict(norm_first=False, positional="alibi", norm="rmsnorm"),
+    "pre-LN none, swiglu": dict(positional="none", activation="swiglu"),
+    "post-LN rope, dropout": dict(norm_first=False, positional="rope", dropout=0.3),
+}
+CONFIGS.update(POSITIONAL_CONFIGS)
 
 
 def small_model(cls, seed, dtype=np.float64, **overrides):
@@ -123,8 +132,9 @@ def test_generate_cache_equals_recompute(name, seed, dtype, tol):
         np.testing.assert_allclose(cached.logits[row, :n], alone.logits[0], rtol=0, atol=tol)
 
 
-def test_sampling_cache_equals_recompute_and_is_seeded():
-    model = small_model(DecoderOnlyTransformer, 6)
+@pytest.mark.parametrize("name", ["pre-LN sinusoidal", *POSITIONAL_CONFIGS])
+def test_sampling_cache_equals_recompute_and_is_seeded(name):
+    model = small_model(DecoderOnlyTransformer, 6, **CONFIGS[name])
     prompt = sources(6)
     draw = lambda cache, seed: generate(model, prompt, 10, use_cache=cache, temperature=0.8, top_k=5,
                                         rng=np.random.default_rng(seed))
@@ -136,11 +146,12 @@ def test_sampling_cache_equals_recompute_and_is_seeded():
                                            rng=np.random.default_rng(0)), greedy)
 
 
+@pytest.mark.parametrize("positional", ["learned", "rope", "alibi"])
 @pytest.mark.parametrize("cls", [Transformer, DecoderOnlyTransformer])
-def test_decode_step_in_chunks_equals_forward(cls):
+def test_decode_step_in_chunks_equals_forward(cls, positional):
     """Feeding a sequence in chunks (3, then 1, 1, then 4) through the cache gives forward's logits;
     a wrong positional offset or a wrong mask inside a chunk would show here."""
-    model = small_model(cls, 7, positional="learned").eval()
+    model = small_model(cls, 7, positional=positional).eval()
     ids = np.random.default_rng(7).integers(1, V, size=(3, 9))
     ids[1, 6:] = PAD
     if cls is Transformer:
@@ -202,6 +213,18 @@ def test_beam_against_greedy_and_cache_changes_nothing():
         np.testing.assert_array_equal(tokens, tokens_recomputed)
         np.testing.assert_allclose(log_probs, log_probs_recomputed, atol=1e-10)
     assert at_least_greedy >= 0.9 * rows and better >= 0.1 * rows, (at_least_greedy, better, rows)
+
+
+@pytest.mark.parametrize("name", POSITIONAL_CONFIGS)
+def test_beam_search_cache_equals_recompute_with_every_positional_choice(name):
+    model = small_model(Transformer, 2, **CONFIGS[name])
+    src = sources(2)
+    finish_unevenly(model, lambda: greedy_decode(model, src, 16))
+    tokens, log_probs = beam_search(model, src, 16, beam_size=3)
+    tokens_recomputed, log_probs_recomputed = beam_search(model, src, 16, beam_size=3, use_cache=False)
+    np.testing.assert_array_equal(tokens, tokens_recomputed)
+    np.testing.assert_allclose(log_probs, log_probs_recomputed, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(log_probs, sequence_log_prob(model, src, tokens), rtol=0, atol=1e-10)
 
 
 A, B_, C, D, E = 3, 4, 5, 6, 7      # symbols of the hand-made models

@@ -6,7 +6,7 @@ Each broken layer below makes one classic mistake; the checker must fail it, and
 import numpy as np
 import pytest
 
-from tinytransformer.gradcheck import gradcheck, rel_error
+from tinytransformer.gradcheck import directional_gradcheck, gradcheck, rel_error
 from tinytransformer.nn import (Embedding, LayerNorm, Linear, Module, MultiHeadAttention, Softmax,
                                 causal_mask)
 
@@ -217,3 +217,12 @@ def test_an_output_that_is_a_view_of_its_input_is_still_checked():
 
     x = np.random.default_rng(1).standard_normal((2, 3))
     assert gradcheck(Identity(), x).passed
+
+
+def test_the_directional_check_catches_a_wrong_gradient_anywhere(rng):
+    x = rng.standard_normal((B, T, D))
+    assert directional_gradcheck(Linear(D, F, rng=rng, dtype=f64), x) < 1e-8
+    assert directional_gradcheck(LinearForgetsBias(D, F, rng=rng, dtype=f64), x) > 1e-3
+    assert directional_gradcheck(LayerNormDropsVarianceTerm(D, dtype=f64), x) > 1e-3
+    with pytest.raises(TypeError, match="must be float64"):
+        directional_gradcheck(Linear(D, F, rng=rng), x)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tinytransformer.nn import (GELU, CrossEntropyLoss, Dropout, Embedding, FeedForward, LayerNorm,
-                                LearnedPositionalEmbedding, Linear, MultiHeadAttention, ReLU,
-                                SinusoidalPositionalEncoding, Softmax)
+                                LearnedPositionalEmbedding, Linear, MultiHeadAttention, ReLU, RMSNorm,
+                                SiLU, SinusoidalPositionalEncoding, Softmax)
 
 B, T, D, F, V = 2, 3, 4, 6, 7
 f64 = np.float64
@@ -319,6 +319,11 @@ def _float32_cases():
         "GELU_tanh": (lambda r: GELU("tanh"), x),
         "Softmax": (lambda r: Softmax(), x),
         "LayerNorm": (lambda r: LayerNorm(D), x),
+        "RMSNorm": (lambda r: RMSNorm(D), x),
+        "SiLU": (lambda r: SiLU(), x),
+        "FeedForward_swiglu_dropout": (lambda r: FeedForward(D, F, "swiglu", 0.2, rng=r), x),
+        "MultiHeadAttention_rope": (lambda r: MultiHeadAttention(D, 2, rng=r, positional="rope", max_len=8), x),
+        "MultiHeadAttention_alibi": (lambda r: MultiHeadAttention(D, 2, rng=r, positional="alibi"), x),
         "Dropout": (lambda r: Dropout(0.3, rng=r), x),
         "FeedForward_gelu_dropout": (lambda r: FeedForward(D, F, "gelu", 0.2, rng=r), x),
         "FeedForward_gelu_tanh": (lambda r: FeedForward(D, F, "gelu_tanh", rng=r), x),
@@ -415,12 +420,13 @@ def test_unknown_gelu_approximation_is_a_value_error():
 
 
 def test_unknown_feedforward_activation_is_a_value_error():
-    with pytest.raises(ValueError, match="activation: expected 'relu', 'gelu' or 'gelu_tanh'"):
+    with pytest.raises(ValueError, match="activation: expected one of 'relu', 'gelu', 'gelu_tanh', "
+                                         "'swiglu', got 'swish'"):
         FeedForward(D, F, activation="swish")
 
 
-@pytest.mark.parametrize("layer", [ReLU(), GELU(), GELU("tanh"), Softmax(), Dropout(0.2)],
-                         ids=["ReLU", "GELU", "GELU(tanh)", "Softmax", "Dropout"])
+@pytest.mark.parametrize("layer", [ReLU(), GELU(), GELU("tanh"), SiLU(), Softmax(), Dropout(0.2)],
+                         ids=["ReLU", "GELU", "GELU(tanh)", "SiLU", "Softmax", "Dropout"])
 def test_elementwise_layers_refuse_integer_input(layer):
     # an integer input would be silently truncated (GELU) or divided into inf (Dropout)
     with pytest.raises(TypeError, match="input x: expected a floating-point array, got dtype int64"):

@@ -14,8 +14,8 @@ from .decode import KVCache, beam_search, generate, greedy_decode, sequence_log_
 from .gradcheck import check_all, gradcheck
 from .nn import *  # noqa: F401,F403  (the layers are the public API)
 from .nn import __all__ as _nn_all
-from .nn.transformer import (Decoder, DecoderLayer, DecoderOnlyTransformer, Encoder, EncoderLayer,
-                             Transformer, TransformerConfig)
+from .nn.transformer import (PRESETS, Decoder, DecoderLayer, DecoderOnlyTransformer, Encoder,
+                             EncoderLayer, Transformer, TransformerConfig)
 from .optim import SGD, Adam, AdamW, clip_grad_norm, warmup_inverse_sqrt
 from .tasks import BOS, EOS, PAD, Vocab, eval_set, make_batch
 from .threads import threads
@@ -24,7 +24,7 @@ from .train import TrainConfig, TrainResult, evaluate, train
 __version__ = "0.1.0"
 __all__ = list(_nn_all) + [
     "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "Transformer", "DecoderOnlyTransformer",
-    "TransformerConfig", "gradcheck", "check_all", "SGD", "Adam", "AdamW", "clip_grad_norm",
+    "TransformerConfig", "PRESETS", "gradcheck", "check_all", "SGD", "Adam", "AdamW", "clip_grad_norm",
     "warmup_inverse_sqrt", "PAD", "BOS", "EOS", "Vocab", "make_batch", "eval_set",
     "greedy_decode", "beam_search", "generate", "sequence_log_prob", "KVCache",
     "save_checkpoint", "load_checkpoint", "CheckpointError",

@@ -350,8 +350,9 @@ def _check_lora_meta(lora, file: Path) -> None:
                               f"alpha, targets and base, got {lora!r:.80}")
 
 
-def _config_differences(saved: dict, config: TransformerConfig) -> list[str]:
-    own = config.to_dict()
+def _config_differences(saved: TransformerConfig, config: TransformerConfig) -> list[str]:
+    """Fields that differ; a checkpoint saved before a field existed holds that field's default."""
+    saved, own = saved.to_dict(), config.to_dict()
     return [f"{key} {saved.get(key)!r} in the checkpoint, {own.get(key)!r} in the model"
             for key in sorted(set(saved) | set(own)) if saved.get(key) != own.get(key)]
 
@@ -391,7 +392,7 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
         if type(model) is not cls:
             raise CheckpointError(f"{file}: holds a {cls.__name__}, cannot load it into a "
                                   f"{type(model).__name__}")
-        differences = _config_differences(meta["config"], model.config)
+        differences = _config_differences(config, model.config)
         if differences:
             raise CheckpointError(f"{file}: the checkpoint's config differs from the model's: "
                                   + "; ".join(differences))

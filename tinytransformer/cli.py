@@ -26,7 +26,7 @@ import numpy as np
 
 from .checkpoint import BEST, LAST, CheckpointError, load_checkpoint, save_checkpoint
 from . import decode
-from .nn.transformer import TransformerConfig
+from .nn.transformer import PRESETS, TransformerConfig
 from .tasks import BOS, EOS, TASKS, get_task, lm_prompt
 from .rundir import HISTORY_FILE, RunDirError, read_history, read_run_config
 from .finetune import FREEZE_PARTS
@@ -65,8 +65,12 @@ TRAIN_OPTIONS = [
      "decoder layers; the blocks of a decoder-only model (then 4 by default)"),
     ("--dropout", "model", "dropout", float, "dropout probability"),
     ("--model-max-len", "model", "max_len", int, "longest sequence the model accepts"),
-    ("--activation", "model", "activation", str, "feed-forward activation: relu, gelu (exact) or gelu_tanh"),
-    ("--positional", "model", "positional", str, "positions: sinusoidal or learned"),
+    ("--activation", "model", "activation", str,
+     "feed-forward: relu, gelu (exact), gelu_tanh, or swiglu (gated, a third projection)"),
+    ("--positional", "model", "positional", str,
+     "positions: sinusoidal or learned (added), rope or alibi (in self-attention), or none"),
+    ("--norm", "model", "norm", str, "every norm of the model: layernorm or rmsnorm"),
+    ("--rope-base", "model", "rope_base", float, "RoPE: the base of its wavelengths"),
     ("--batch-size", "train", "batch_size", int, "sequences per step"),
     ("--steps", "train", "steps", int, "step budget (the run stops earlier at the target)"),
     ("--optimizer", "train", "optimizer", str, f"optimizer: {', '.join(OPTIMIZERS)}"),
@@ -110,6 +114,10 @@ def _add_train(sub) -> None:
                        help=f"{text} (default: {_default(config, name)})")
     p.add_argument("--betas", type=float, nargs=2, dest="train.betas", metavar=("BETA1", "BETA2"),
                    help="Adam betas (default: 0.9 0.98)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a named set of model choices, which the options above override: modern = "
+                        "--positional rope --norm rmsnorm --activation swiglu, pre-LN (the parts of "
+                        "a LLaMA-style decoder); reference = the defaults (the paper's)")
     p.add_argument("--post-ln", action="store_const", const=False, dest="model.norm_first",
                    help="post-LN layers, as in the paper (default: pre-LN)")
     p.add_argument("--tie-embeddings", action="store_const", const=True, dest="model.tie_embeddings",
@@ -136,7 +144,8 @@ def _overrides(args, config: str) -> dict:
 
 
 def _train_configs(args) -> tuple[TrainConfig, TransformerConfig, Path]:
-    train_over, model_over = _overrides(args, "train"), _overrides(args, "model")
+    train_over = _overrides(args, "train")
+    model_over = {**PRESETS.get(args.preset, {}), **_overrides(args, "model")}
     if args.resume:
         if args.out is None:
             raise UsageError("train --resume: give the run directory with --out DIR")

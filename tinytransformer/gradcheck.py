@@ -26,6 +26,11 @@ pattern changed) and skipped, and the report counts them.
 
 Dropout draws from a Generator; before every evaluation the state of each
 Generator in the module tree is restored, so every evaluation sees the same masks.
+
+A whole model has too many elements to check one by one; ``directional_gradcheck``
+checks all of them at once along random directions u (every parameter and float
+input moved together): the directional derivative (L(z + eps u) - L(z - eps u)) / (2 eps)
+must equal the analytic <dL/dz, u>. A wrong gradient anywhere changes that sum.
 """
 
 from __future__ import annotations
@@ -97,6 +102,20 @@ def _generators(module: Module) -> list[np.random.Generator]:
     return list(found.values())
 
 
+def _rerun(module: Module, inputs: tuple) -> Callable[[], np.ndarray]:
+    """A function that runs ``module(*inputs)`` in float64, every Generator of the tree restored
+    first to its state now, so that every evaluation draws the same dropout masks."""
+    generators = _generators(module)
+    states = [g.bit_generator.state for g in generators]
+
+    def run() -> np.ndarray:
+        for g, state in zip(generators, states):
+            g.bit_generator.state = state
+        # a copy: an output that is a view of an input would follow the input's nudges
+        return np.array(module(*inputs), dtype=np.float64, copy=True)
+    return run
+
+
 def _relu_sides(module: Module) -> list[np.ndarray]:
     """Which side of 0 every ReLU input was on in the last forward."""
     return [m.cache.positive.copy() for _, m in module.named_modules()
@@ -139,14 +158,7 @@ def gradcheck(module: Module, *inputs, name: str | None = None, eps: float = 1e-
     # a stream of its own: np.random.default_rng(seed) is where a caller's inputs usually come
     # from, and an upstream equal to the input would let a backward that uses x for dy pass
     rng = np.random.default_rng((seed, UPSTREAM_STREAM))
-    generators = _generators(module)
-    states = [g.bit_generator.state for g in generators]
-
-    def run() -> np.ndarray:
-        for g, state in zip(generators, states):
-            g.bit_generator.state = state
-        # a copy: an output that is a view of an input would follow the input's nudges
-        return np.array(module(*inputs), dtype=np.float64, copy=True)
+    run = _rerun(module, inputs)
 
     upstream = rng.standard_normal(run().shape)
 
@@ -195,6 +207,58 @@ def gradcheck(module: Module, *inputs, name: str | None = None, eps: float = 1e-
     return result
 
 
+@holds_threads
+def directional_gradcheck(module: Module, *inputs, n_directions: int = 3, eps: float = 1e-6,
+                          seed: int = 0) -> float:
+    """The worst relative error over ``n_directions`` random directions u through every parameter
+    and every float input at once: <analytic gradient, u> against the central difference of
+    L = sum(f * g) along u. Float64 only; a tied parameter moves once (named_parameters).
+    u moves thousands of elements at once, so the truncation error O(eps^2 |u|^3) is larger
+    than for one element: eps = 1e-6 rather than 1e-5 (on a tiny model ~1e-8 instead of ~1e-6).
+    Moving everything at once moves many ReLU inputs: a direction along which one crosses
+    its kink is drawn again (at most 10 * n_directions draws in all)."""
+    rng = np.random.default_rng((seed, UPSTREAM_STREAM))       # not the inputs' stream (gradcheck)
+    arrays = [x for x in inputs if isinstance(x, np.ndarray) and x.dtype.kind == "f"]
+    arrays += [p for _, p, _ in module.named_parameters()]
+    if any(a.dtype != np.float64 for a in arrays):
+        raise TypeError("directional_gradcheck: every parameter and float input must be float64")
+    originals = [a.copy() for a in arrays]
+    run = _rerun(module, inputs)
+
+    upstream = rng.standard_normal(run().shape)      # the forward cache is of this run
+    base_sides = _relu_sides(module)
+    module.zero_grad()
+    returned = module.backward(upstream)
+    returned = () if returned is None else (returned,) if isinstance(returned, np.ndarray) else returned
+    analytic_grads = list(returned) + [g.copy() for _, _, g in module.named_parameters()]
+    worst, checked = 0.0, 0
+    for _ in range(10 * n_directions):
+        if checked == n_directions:
+            break
+        directions = [rng.standard_normal(a.shape) for a in arrays]
+        analytic = sum(float((g * u).sum()) for g, u in zip(analytic_grads, directions))
+        for a, z, u in zip(arrays, originals, directions):
+            a[...] = z + eps * u
+        plus = run()
+        same_sides = _same_sides(_relu_sides(module), base_sides)
+        for a, z, u in zip(arrays, originals, directions):
+            a[...] = z - eps * u
+        minus = run()
+        same_sides &= _same_sides(_relu_sides(module), base_sides)
+        for a, z in zip(arrays, originals):
+            a[...] = z
+        if not same_sides:
+            continue
+        checked += 1
+        numeric = ((plus - minus) * upstream).sum() / (2 * eps)
+        worst = max(worst, float(rel_error(np.array(analytic), np.array(numeric))))
+    run()
+    if checked < n_directions:
+        raise RuntimeError(f"directional_gradcheck: only {checked} of {10 * n_directions} directions "
+                           f"kept every ReLU input on its side; use a smaller eps")
+    return worst
+
+
 # ---- the standard cases: one or more per layer, used by the tests and `tinytransformer gradcheck` ----
 
 @dataclass
@@ -216,11 +280,12 @@ def _padded_ids(rng, shape, vocab, pad_rows):
 
 def standard_cases() -> list[GradcheckCase]:
     """Every layer, on shapes that cannot coincide (T_src != T_tgt, d_model != d_ff, H > 1)."""
-    from .nn import (GELU, CrossEntropyLoss, Dropout, Embedding, FeedForward, LayerNorm,
-                     LearnedPositionalEmbedding, Linear, LoRALinear, MultiHeadAttention, ReLU,
-                     ScaledDotProductAttention, SinusoidalPositionalEncoding, Softmax)
+    from .nn import (GELU, ALiBiBias, CrossEntropyLoss, Dropout, Embedding, FeedForward, LayerNorm,
+                     LearnedPositionalEmbedding, Linear, LoRALinear, MultiHeadAttention, ReLU, RMSNorm,
+                     RotaryEmbedding, ScaledDotProductAttention, SiLU, SinusoidalPositionalEncoding,
+                     Softmax)
     from .nn.attention import causal_mask
-    from .nn.transformer import (Decoder, DecoderLayer, DecoderOnlyTransformer, Encoder, EncoderLayer,
+    from .nn.transformer import (PRESETS, Decoder, DecoderLayer, DecoderOnlyTransformer, Encoder, EncoderLayer,
                                  Transformer, TransformerConfig)
     f64 = np.float64
     D, H, F = 8, 2, 12          # d_model, heads, d_ff
@@ -241,6 +306,11 @@ def standard_cases() -> list[GradcheckCase]:
         targets = rng.integers(1, 7, (3, 5))
         targets[0, 3:] = 0                                    # ignored positions
         return CrossEntropyLoss(ignore_index=0, label_smoothing=0.1), (x(rng, 3, 5, 7), targets)
+
+    def rms_norm(rng):                          # a random gain, so a wrong dgamma cannot hide
+        norm = RMSNorm(6).astype(f64)
+        norm.params["weight"][...] = rng.standard_normal(6)
+        return norm, (x(rng, 2, 3, 6),)
 
     def tiny_config(**kw):
         return TransformerConfig(vocab_size=11, d_model=D, n_heads=H, d_ff=F, n_encoder_layers=2,
@@ -266,13 +336,27 @@ def standard_cases() -> list[GradcheckCase]:
         GradcheckCase("GELU (tanh)", GELU, lambda r: (GELU("tanh"), (x(r, 3, 4),))),
         GradcheckCase("Softmax", Softmax, lambda r: (Softmax(), (x(r, 3, 5),))),
         GradcheckCase("LayerNorm", LayerNorm, lambda r: (LayerNorm(6).astype(f64), (x(r, 2, 3, 6),))),
+        GradcheckCase("RMSNorm", RMSNorm, rms_norm),
+        GradcheckCase("SiLU", SiLU, lambda r: (SiLU(), (x(r, 3, 4),))),
+        GradcheckCase("RotaryEmbedding (offset 3)", RotaryEmbedding,
+                      lambda r: (RotaryEmbedding(6, 9).astype(f64), (x(r, 2, 3, 4, 6), 3))),
+        GradcheckCase("ALiBiBias (3 queries after 2 cached keys)", ALiBiBias,
+                      lambda r: (ALiBiBias(4), (x(r, 2, 4, 3, 5),))),
         GradcheckCase("Dropout (p=0.3)", Dropout, lambda r: (Dropout(0.3, r), (x(r, 3, 4),))),
         GradcheckCase("FeedForward (gelu, dropout)", FeedForward,
                       lambda r: (FeedForward(D, F, "gelu", 0.2, r).astype(f64), (x(r, 2, 3, D),))),
+        GradcheckCase("FeedForward (swiglu, dropout)", FeedForward,
+                      lambda r: (FeedForward(D, F, "swiglu", 0.2, r).astype(f64), (x(r, 2, 3, D),))),
         GradcheckCase("CrossEntropyLoss", CrossEntropyLoss, loss),
         GradcheckCase("ScaledDotProductAttention", ScaledDotProductAttention, sdpa),
         GradcheckCase("MultiHeadAttention (self, causal)", MultiHeadAttention,
                       lambda r: (MultiHeadAttention(D, H, rng=r).astype(f64), (x(r, 2, 4, D), None, causal_mask(4)))),
+        GradcheckCase("MultiHeadAttention (self, causal, rope)", MultiHeadAttention,
+                      lambda r: (MultiHeadAttention(D, H, rng=r, positional="rope", max_len=9).astype(f64),
+                                 (x(r, 2, 4, D), None, causal_mask(4)))),
+        GradcheckCase("MultiHeadAttention (self, padding, alibi)", MultiHeadAttention,
+                      lambda r: (MultiHeadAttention(D, H, rng=r, positional="alibi").astype(f64),
+                                 (x(r, 2, 5, D), None, key_padding(r, 2, 5, [5, 3])))),
         GradcheckCase("MultiHeadAttention (cross)", MultiHeadAttention,
                       lambda r: (MultiHeadAttention(D, H, rng=r).astype(f64),
                                  (x(r, 2, 4, D), x(r, 2, 6, D), key_padding(r, 2, 6, [6, 3])))),
@@ -288,6 +372,14 @@ def standard_cases() -> list[GradcheckCase]:
         GradcheckCase("DecoderLayer (post-LN)", DecoderLayer,
                       lambda r: (DecoderLayer(D, H, F, norm_first=False, rng=r).astype(f64),
                                  (x(r, 2, 4, D), x(r, 2, 6, D), causal_mask(4), key_padding(r, 2, 6, [6, 3])))),
+        GradcheckCase("EncoderLayer (pre-LN, rmsnorm, swiglu, rope)", EncoderLayer,
+                      lambda r: (EncoderLayer(D, H, F, activation="swiglu", rng=r, norm="rmsnorm",
+                                              positional="rope", max_len=9).astype(f64),
+                                 (x(r, 2, 5, D), key_padding(r, 2, 5, [5, 2])))),
+        GradcheckCase("DecoderLayer (post-LN, rmsnorm, alibi)", DecoderLayer,
+                      lambda r: (DecoderLayer(D, H, F, norm_first=False, rng=r, norm="rmsnorm",
+                                              positional="alibi").astype(f64),
+                                 (x(r, 2, 4, D), x(r, 2, 6, D), causal_mask(4), key_padding(r, 2, 6, [6, 3])))),
         GradcheckCase("Encoder", Encoder,
                       lambda r: (Encoder(2, D, H, F, rng=r).astype(f64), (x(r, 2, 5, D), key_padding(r, 2, 5, [5, 2]))),
                       max_elements=40),
@@ -302,6 +394,14 @@ def standard_cases() -> list[GradcheckCase]:
         GradcheckCase("DecoderOnlyTransformer", DecoderOnlyTransformer,
                       lambda r: (DecoderOnlyTransformer(tiny_config(), r).astype(f64),
                                  (_padded_ids(r, (3, 7), 11, [7, 4, 6]),)),
+                      max_elements=40),
+        GradcheckCase("Transformer (modern: rope, rmsnorm, swiglu)", Transformer,
+                      lambda r: (Transformer(tiny_config(**PRESETS["modern"]), r).astype(f64),
+                                 (_padded_ids(r, (3, 5), 11, [5, 3, 2]), _padded_ids(r, (3, 7), 11, [7, 4, 6]))),
+                      max_elements=12),
+        GradcheckCase("DecoderOnlyTransformer (alibi, post-LN)", DecoderOnlyTransformer,
+                      lambda r: (DecoderOnlyTransformer(tiny_config(positional="alibi", norm_first=False), r)
+                                 .astype(f64), (_padded_ids(r, (3, 7), 11, [7, 4, 6]),)),
                       max_elements=40),
     ]
 

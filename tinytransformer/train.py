@@ -230,11 +230,13 @@ def _new_history(config: TrainConfig) -> dict:
 def check_resume(out_dir, config: TrainConfig, model_config: TransformerConfig) -> None:
     """Raise unless the run in ``out_dir`` was started with these configs (only ``steps`` may differ)."""
     saved = read_run_config(out_dir)
+    # a run saved before a model field existed (norm, rope_base) has that field's default
+    had = {"train": saved["train"], "model": TransformerConfig.from_dict(saved["model"]).to_dict()}
     differences = []
     for kind, asked in (("train", config.to_dict()), ("model", model_config.to_dict())):
-        for key in sorted(set(saved[kind]) | set(asked)):
-            if key not in ("steps", "log_every") and saved[kind].get(key) != asked.get(key):
-                differences.append(f"{key} {asked.get(key)!r} (the run has {saved[kind].get(key)!r})")
+        for key in sorted(set(had[kind]) | set(asked)):
+            if key not in ("steps", "log_every") and had[kind].get(key) != asked.get(key):
+                differences.append(f"{key} {asked.get(key)!r} (the run has {had[kind].get(key)!r})")
     if differences:
         raise ValueError(f"cannot resume {out_dir} with a different configuration: "
                          + "; ".join(differences) + ". Only steps may change on resume")

@@ -1,6 +1,7 @@
 """The layers: one file per kind, every backward written by hand."""
 
-from .activation import GELU, ReLU, Softmax
+from .activation import GELU, ReLU, SiLU, Softmax
+from .alibi import ALiBiBias
 from .attention import MultiHeadAttention, ScaledDotProductAttention
 from .dropout import Dropout
 from .embedding import Embedding, LearnedPositionalEmbedding, SinusoidalPositionalEncoding
@@ -10,11 +11,13 @@ from .lora import LoRALinear, add_lora, merge_lora
 from .loss import CrossEntropyLoss
 from .masks import causal_mask, causal_padding_mask, padding_mask
 from .module import Module
-from .normalization import LayerNorm
+from .normalization import LayerNorm, RMSNorm
+from .rotary import RotaryEmbedding
 
 __all__ = [
-    "Module", "Linear", "LoRALinear", "add_lora", "merge_lora", "Embedding", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
-    "ReLU", "GELU", "Softmax", "LayerNorm", "Dropout", "FeedForward", "CrossEntropyLoss",
-    "ScaledDotProductAttention", "MultiHeadAttention",
+    "Module", "Linear", "LoRALinear", "add_lora", "merge_lora", "Embedding",
+    "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
+    "ReLU", "GELU", "SiLU", "Softmax", "LayerNorm", "RMSNorm", "Dropout", "FeedForward",
+    "CrossEntropyLoss", "ScaledDotProductAttention", "MultiHeadAttention", "RotaryEmbedding", "ALiBiBias",
     "causal_mask", "padding_mask", "causal_padding_mask",
 ]

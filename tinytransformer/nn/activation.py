@@ -9,7 +9,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import erf
+from scipy.special import erf, expit
 
 from .functional import softmax, softmax_backward
 from .module import Module, check_float_input
@@ -23,6 +23,11 @@ class GELUCache(NamedTuple):
     x: np.ndarray
     cdf: np.ndarray | None = None       # Phi(x), exact GELU
     tanh_u: np.ndarray | None = None    # tanh(u), tanh approximation
+
+
+class SiLUCache(NamedTuple):
+    x: np.ndarray
+    sigmoid: np.ndarray             # s = sigmoid(x)
 
 
 class SoftmaxCache(NamedTuple):
@@ -83,6 +88,26 @@ class GELU(Module):
             return dy * (cdf + x * pdf)
         du_dx = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
         return dy * (0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u ** 2) * du_dx)
+
+
+class SiLU(Module):
+    """The sigmoid-weighted linear unit (also "swish"), y = x * s, s = sigmoid(x) = 1 / (1 + exp(-x)).
+
+    The gate of the SwiGLU feed-forward (FeedForward(activation="swiglu")), as PyTorch's
+    ``torch.nn.SiLU``. ``expit`` is sigmoid without overflow for large |x|.
+    Backward, from ds/dx = s (1 - s):
+        dy/dx = s + x * s * (1 - s) = s * (1 + x * (1 - s))
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_float_input("SiLU input x", x)
+        sigmoid = expit(x)
+        self.cache = SiLUCache(x, sigmoid)
+        return x * sigmoid
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        x, s = self._saved()
+        return dy * (s * (1.0 + x * (1.0 - s)))
 
 
 class Softmax(Module):

@@ -5,6 +5,10 @@ size per head, dv value size per head, D d_model = H * dk.
 
 Masks are boolean and broadcast to the scores (B, H, Tq, Tk): True means "this
 query may attend to this key". Only keys are masked.
+
+Positions inside self-attention (``positional``): "rope" rotates q and k after the
+head split (rotary.py), "alibi" adds a distance penalty to the scaled scores
+(alibi.py); otherwise positions, if any, came in with x.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .alibi import ALiBiBias
 from .dropout import Dropout
 from .functional import masked_softmax, softmax_backward
 from .kv_cache import AttentionCache
 from .linear import Linear
 from .masks import causal_mask, causal_padding_mask, check_mask, padding_mask  # noqa: F401 (re-exported)
 from .module import InvalidatedByInference, Module, check_float_input, default_rng
+from .rotary import RotaryEmbedding
+
+ATTENTION_POSITIONALS = (None, "rope", "alibi")
 
 
 class SDPACache(NamedTuple):
@@ -35,9 +43,10 @@ class MHACache(NamedTuple):
 
 
 class ScaledDotProductAttention(Module):
-    """out = dropout(A) @ v,  A = softmax(q @ k^T / sqrt(dk)), masked keys set to -inf.
+    """out = dropout(A) @ v,  A = softmax(q @ k^T / sqrt(dk) [+ alibi bias]), masked keys set to -inf.
 
     A query row whose keys are all masked gets A = 0 (so out = 0), not NaN.
+    With ``alibi`` (an ALiBiBias), its constant bias is added to the scaled scores.
     ``self.attn`` gives the weights A (B, H, Tq, Tk) of the last forward for plotting,
     as a copy: editing it changes no gradient.
 
@@ -47,9 +56,11 @@ class ScaledDotProductAttention(Module):
         dq = dS @ k / sqrt(dk)      dk = dS^T @ q / sqrt(dk)
     """
 
-    def __init__(self, dropout: float = 0.0, rng: np.random.Generator | None = None):
+    def __init__(self, dropout: float = 0.0, rng: np.random.Generator | None = None,
+                 alibi: ALiBiBias | None = None):
         super().__init__()
         self.dropout = Dropout(dropout, rng=rng)
+        self.alibi = alibi
         self._attn = None
 
     @property
@@ -66,6 +77,8 @@ class ScaledDotProductAttention(Module):
                              f"got {q.shape}, {k.shape}, {v.shape}")
         scale = 1.0 / math.sqrt(q.shape[-1])     # a Python float: float32 stays float32
         scores = (q @ k.swapaxes(-1, -2)) * scale                     # (B, H, Tq, Tk)
+        if self.alibi is not None:
+            scores = self.alibi(scores)                               # + (-m_h |i - j|)
         if mask is not None:
             check_mask(mask, scores.shape)
         attn = masked_softmax(scores, mask)                           # (B, H, Tq, Tk)
@@ -82,6 +95,8 @@ class ScaledDotProductAttention(Module):
         dattn = self.dropout.backward(dout @ v.swapaxes(-1, -2))      # (B, H, Tq, Tk)
         # forward was attn = softmax(scores); masked entries have A = 0, so get no gradient
         dscores = softmax_backward(attn, dattn)                       # (B, H, Tq, Tk)
+        if self.alibi is not None:
+            dscores = self.alibi.backward(dscores)                    # the bias is a constant
         # forward was scores = q @ k^T * scale
         dq = (dscores @ k) * scale                                    # (B, H, Tq, dk)
         dk = (dscores.swapaxes(-1, -2) @ q) * scale                   # (B, H, Tk, dk)
@@ -96,25 +111,37 @@ class MultiHeadAttention(Module):
     uses columns h*dk:(h+1)*dk of x @ W_q. The split is a reshape to (B, T, H, dk)
     and a transpose to (B, H, T, dk); every head runs in one batched matmul.
 
+    ``positional`` (self-attention only): "rope" rotates every head's q and k by their
+    positions (``rotary``, a RotaryEmbedding of the head size and ``max_len``), "alibi"
+    biases the scores by distance (``attention.alibi``); None adds no position here.
+
     Backward: the split/merge are reshapes and transposes, undone in reverse.
     In self-attention x feeds the query, key and value projections, so dx is
     the sum of all three; in cross-attention x gets the query part and the
-    context the key and value parts.
+    context the key and value parts. With RoPE, dq and dk are rotated back first.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0,
-                 rng: np.random.Generator | None = None, dtype=np.float32):
+                 rng: np.random.Generator | None = None, dtype=np.float32,
+                 positional: str | None = None, max_len: int | None = None, rope_base: float = 10000.0):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"MultiHeadAttention: d_model ({d_model}) must be divisible by "
                              f"n_heads ({n_heads})")
+        if positional not in ATTENTION_POSITIONALS:
+            raise ValueError(f"MultiHeadAttention positional: expected None, 'rope' or 'alibi', "
+                             f"got {positional!r}")
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
+        self.positional = positional
         rng = default_rng(rng)            # one Generator for all four: distinct weights
         self.w_q = Linear(d_model, d_model, rng=rng, dtype=dtype)
         self.w_k = Linear(d_model, d_model, rng=rng, dtype=dtype)
         self.w_v = Linear(d_model, d_model, rng=rng, dtype=dtype)
         self.w_o = Linear(d_model, d_model, rng=rng, dtype=dtype)
-        self.attention = ScaledDotProductAttention(dropout, rng=rng)
+        self.rotary = (RotaryEmbedding(self.d_head, max_len, rope_base, dtype=dtype)
+                       if positional == "rope" else None)
+        self.attention = ScaledDotProductAttention(
+            dropout, rng=rng, alibi=ALiBiBias(n_heads) if positional == "alibi" else None)
 
     @property
     def attn(self) -> np.ndarray | None:
@@ -122,7 +149,8 @@ class MultiHeadAttention(Module):
         return self.attention.attn
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}"
+        return f"d_model={self.d_model}, n_heads={self.n_heads}" + (
+            f", positional={self.positional!r}" if self.positional else "")
 
     def split_heads(self, x: np.ndarray) -> np.ndarray:
         """(B, T, D) -> (B, H, T, dk)"""
@@ -139,6 +167,9 @@ class MultiHeadAttention(Module):
         check_float_input("x", x, self.w_q.params["weight"].dtype, last_dim=self.d_model, min_ndim=3)
         source = x if context is None else context
         if context is not None:
+            if self.positional is not None:
+                raise ValueError(f"MultiHeadAttention(positional={self.positional!r}) is for "
+                                 f"self-attention: got a context (cross-attention has no positions)")
             check_float_input("context", context, x.dtype, last_dim=self.d_model, min_ndim=3,
                               dtype_of="x's dtype")
             if context.shape[0] != x.shape[0]:
@@ -147,6 +178,8 @@ class MultiHeadAttention(Module):
         q = self.split_heads(self.w_q(x))                         # (B, H, Tq, dk)
         k = self.split_heads(self.w_k(source))                    # (B, H, Tk, dk)
         v = self.split_heads(self.w_v(source))                    # (B, H, Tk, dk)
+        if self.rotary is not None:                               # positions 0 .. T-1
+            q, k = self.rotary(q), self.rotary(k)                 # (B, H, T, dk) each
         heads = self.attention(q, k, v, mask)                     # (B, H, Tq, dk)
         self.cache = MHACache(self_attention=context is None)
         return self.w_o(self.merge_heads(heads))                  # (B, Tq, D)
@@ -167,9 +200,12 @@ class MultiHeadAttention(Module):
         The output equals the last Tn rows of ``forward`` on the whole sequence.
         ``.attn`` is (B, H, Tn, Tk); nothing is kept for backward.
         """
-        if append:
-            kv.append(*self.project_kv(x))
         q = self.split_heads(self.w_q(x))                         # (B, H, Tn, dk)
+        if append:
+            k_new, v_new = self.project_kv(x)                     # (B, H, Tn, dk)
+            if self.rotary is not None:   # the new positions follow the cached ones; cached keys stay rotated
+                q, k_new = self.rotary(q, kv.length), self.rotary(k_new, kv.length)
+            kv.append(k_new, v_new)
         heads = self.attention(q, kv.k, kv.v, mask)               # (B, H, Tn, dk)
         self.cache = InvalidatedByInference("step")   # backward raises instead of using stale arrays
         return self.w_o(self.merge_heads(heads))                  # (B, Tn, D)
@@ -178,6 +214,9 @@ class MultiHeadAttention(Module):
         self_attention = self._saved().self_attention
         dheads = self.split_heads(self.w_o.backward(dout))        # (B, H, Tq, dk)
         dq, dk, dv = self.attention.backward(dheads)
+        if self.rotary is not None:
+            # forward was q, k = rotate(q), rotate(k)
+            dq, dk = self.rotary.backward(dq), self.rotary.backward(dk)
         dx = self.w_q.backward(self.merge_heads(dq))              # (B, Tq, D)
         dsource = self.w_k.backward(self.merge_heads(dk)) + self.w_v.backward(self.merge_heads(dv))
         if self_attention:

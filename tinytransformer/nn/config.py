@@ -9,8 +9,16 @@ import numpy as np
 
 from .embedding import check_ids
 from .feedforward import make_activation
+from .normalization import NORMS
 
-POSITIONALS = ("sinusoidal", "learned")
+POSITIONALS = ("sinusoidal", "learned", "rope", "alibi", "none")
+
+# one name for a set of choices: `TransformerConfig(vocab_size=13, **PRESETS["modern"])`,
+# `tinytransformer train --preset modern`; "reference" is the paper's model, the defaults
+PRESETS = {
+    "reference": dict(positional="sinusoidal", norm="layernorm", activation="relu", norm_first=True),
+    "modern": dict(positional="rope", norm="rmsnorm", activation="swiglu", norm_first=True),
+}
 
 
 def config_from_dict(cls, data: dict):
@@ -29,6 +37,15 @@ class TransformerConfig:
     ``pad_id`` is the token id of padding: the models derive their key masks from it
     (a key is masked where its id is ``pad_id``) and decoding never emits it.
     Integer fields are stored as Python ints, whatever integer type was passed in.
+
+    ``positional``: "sinusoidal" or "learned" add a vector to the scaled token embeddings;
+    "rope" rotates q and k in every self-attention (an even head size d_model / n_heads;
+    ``rope_base`` sets the wavelengths); "alibi" biases every self-attention's scores by
+    distance (n_heads a power of two); "none" gives no positions at all.
+    ``norm``: "layernorm" or "rmsnorm", for every norm of the model.
+    ``activation``: "relu", "gelu" (exact), "gelu_tanh", or "swiglu" (a gated feed-forward
+    with a third projection). A config saved before ``norm`` and ``rope_base`` existed loads
+    with their defaults: the same model as then.
     """
     vocab_size: int
     d_model: int = 64
@@ -41,6 +58,8 @@ class TransformerConfig:
     norm_first: bool = True
     activation: str = "relu"
     positional: str = "sinusoidal"
+    norm: str = "layernorm"
+    rope_base: float = 10000.0
     tie_embeddings: bool = False
     pad_id: int = 0
 
@@ -64,8 +83,28 @@ class TransformerConfig:
         self.dropout = float(self.dropout)
         make_activation(self.activation)          # raises for an unknown name
         if self.positional not in POSITIONALS:
-            raise ValueError(f"TransformerConfig.positional: expected 'sinusoidal' or 'learned', "
-                             f"got {self.positional!r}")
+            raise ValueError(f"TransformerConfig.positional: expected one of "
+                             f"{', '.join(map(repr, POSITIONALS))}, got {self.positional!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"TransformerConfig.norm: expected 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float, np.number)) \
+                or not self.rope_base > 1:
+            raise ValueError(f"TransformerConfig.rope_base: expected a number > 1, got {self.rope_base!r}")
+        self.rope_base = float(self.rope_base)
+        d_head = self.d_model // self.n_heads
+        if self.positional == "rope" and d_head % 2:
+            raise ValueError(f"TransformerConfig: positional='rope' needs an even head size "
+                             f"d_model / n_heads (rotate-half pairs its two halves), got "
+                             f"{d_head} (d_model {self.d_model}, n_heads {self.n_heads})")
+        if self.positional == "alibi" and self.n_heads & (self.n_heads - 1):
+            raise ValueError(f"TransformerConfig.n_heads: positional='alibi' needs a power of two "
+                             f"(1, 2, 4, 8, ...: the slopes 2 ** (-8 (h+1) / n_heads) are defined "
+                             f"for those), got {self.n_heads}")
+
+    @property
+    def attention_positional(self) -> str | None:
+        """What the self-attentions do about positions: "rope", "alibi", or None (added to x, or none)."""
+        return self.positional if self.positional in ("rope", "alibi") else None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -80,7 +80,9 @@ def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
     return table
 
 
-def _check_positions(name: str, x, offset: int, max_len: int, d_model: int, dtype) -> None:
+def check_positions(name: str, x, offset: int, max_len: int, d_model: int, dtype) -> None:
+    """Raise a clear error unless x (..., T, d_model) has ``dtype`` and positions offset .. offset + T - 1
+    fit a table of ``max_len`` rows."""
     check_float_input(name, x, dtype, last_dim=d_model, min_ndim=2)
     T = x.shape[-2]
     if offset < 0 or offset + T > max_len:
@@ -105,7 +107,7 @@ class SinusoidalPositionalEncoding(Module):
 
     def forward(self, x: np.ndarray, offset: int = 0) -> np.ndarray:   # x: (B, T, D)
         pe = self.buffers["pe"]
-        _check_positions("positional encoding input x", x, offset, self.max_len, self.d_model, pe.dtype)
+        check_positions("positional encoding input x", x, offset, self.max_len, self.d_model, pe.dtype)
         self.cache = PositionsCache(offset)
         return x + pe[offset: offset + x.shape[-2]]
 
@@ -138,7 +140,7 @@ class LearnedPositionalEmbedding(Module):
 
     def forward(self, x: np.ndarray, offset: int = 0) -> np.ndarray:   # x: (B, T, D)
         weight = self.params["weight"]
-        _check_positions("positional embedding input x", x, offset, self.max_len, self.d_model, weight.dtype)
+        check_positions("positional embedding input x", x, offset, self.max_len, self.d_model, weight.dtype)
         self.cache = PositionsCache(offset)
         return x + weight[offset: offset + x.shape[-2]]
 
@@ -150,13 +152,17 @@ class LearnedPositionalEmbedding(Module):
         return dy
 
 
-def embed_forward(embed: Embedding, pos: Module, ids: np.ndarray, offset: int = 0) -> np.ndarray:
-    """A model's input: x = pos(embed(ids) * sqrt(D)), scaled token embeddings plus positions. (B, T, D)"""
+def embed_forward(embed: Embedding, pos: Module | None, ids: np.ndarray, offset: int = 0) -> np.ndarray:
+    """A model's input: x = pos(embed(ids) * sqrt(D)), scaled token embeddings plus positions. (B, T, D)
+
+    ``pos`` None: nothing is added (positions "rope", "alibi" live inside attention; "none" has none).
+    """
     scaled = embed(ids) * embed.params["weight"].dtype.type(np.sqrt(embed.d_model))
-    return pos(scaled, offset)
+    return scaled if pos is None else pos(scaled, offset)
 
 
-def embed_backward(embed: Embedding, pos: Module, dx: np.ndarray) -> None:
+def embed_backward(embed: Embedding, pos: Module | None, dx: np.ndarray) -> None:
     """The gradient of ``embed_forward`` into the embedding (and a learned position table)."""
     # forward was x = pos(e * sqrt(D)), e = embed(ids)
-    embed.backward(pos.backward(dx) * dx.dtype.type(np.sqrt(embed.d_model)))
+    dscaled = dx if pos is None else pos.backward(dx)
+    embed.backward(dscaled * dx.dtype.type(np.sqrt(embed.d_model)))

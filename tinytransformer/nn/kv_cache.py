@@ -6,6 +6,9 @@ Training never uses it. When a model generates one token at a time, the keys
 and values of the earlier positions do not change, so each step computes
 them only for the new position and appends them here; cross-attention keys
 and values of the encoder memory are computed once, before the first step.
+With RoPE the cached keys are the rotated ones, each at its own absolute position
+(which never changes), so a step rotates only the new keys (at offset ``length``);
+ALiBi's bias is recomputed from the positions at every step, nothing of it is cached.
 """
 
 from __future__ import annotations

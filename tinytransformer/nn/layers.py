@@ -1,14 +1,17 @@
-"""The encoder and decoder layers: sublayers in residual branches, each with its LayerNorm.
+"""The encoder and decoder layers: sublayers in residual branches, each with its norm.
 
 Legend: B batch, S source length, T target length, D d_model.
 
 Every sublayer (attention or feed-forward) sits in a residual branch with a
-LayerNorm, in one of two arrangements:
+norm (LayerNorm, or RMSNorm with ``norm="rmsnorm"``), in one of two arrangements:
     pre-LN  (norm_first=True):   out = x + dropout(f(norm(x)))      a final norm ends the stack
     post-LN (norm_first=False):  out = norm(x + dropout(f(x)))      the paper's arrangement
 Backward of the residual: the identity branch passes the gradient through
 unchanged and the sublayer branch adds its own, so dx = dout + (branch) for
 pre-LN, and dx = dsum + (branch) with dsum = norm.backward(dout) for post-LN.
+
+``positional`` "rope" or "alibi" puts positions inside every self-attention
+(attention.py); cross-attention never gets any. ``max_len`` sizes RoPE's tables.
 
 Decoding one token at a time runs these layers through ``inference.py``.
 """
@@ -23,10 +26,10 @@ from .attention import MultiHeadAttention
 from .dropout import Dropout
 from .feedforward import FeedForward
 from .module import ChildCaches, Module, default_rng
-from .normalization import LayerNorm
+from .normalization import make_norm
 
 
-def residual_forward(x: np.ndarray, norm: LayerNorm, sublayer: Callable, dropout: Dropout,
+def residual_forward(x: np.ndarray, norm: Module, sublayer: Callable, dropout: Dropout,
                      norm_first: bool) -> np.ndarray:
     """pre-LN: x + dropout(sublayer(norm(x)));   post-LN: norm(x + dropout(sublayer(x)))."""
     if norm_first:
@@ -34,7 +37,7 @@ def residual_forward(x: np.ndarray, norm: LayerNorm, sublayer: Callable, dropout
     return norm(x + dropout(sublayer(x)))
 
 
-def residual_backward(dout: np.ndarray, norm: LayerNorm, sublayer_backward: Callable,
+def residual_backward(dout: np.ndarray, norm: Module, sublayer_backward: Callable,
                       dropout: Dropout, norm_first: bool):
     """The gradient of ``residual_forward`` with respect to x, and the sublayer's other input
     gradient if it has one (the memory, for cross-attention): returns (dx, dother or None)."""
@@ -51,21 +54,23 @@ def residual_backward(dout: np.ndarray, norm: LayerNorm, sublayer_backward: Call
 
 
 class EncoderLayer(Module):
-    """Self-attention then feed-forward, each in a residual branch with its LayerNorm.
+    """Self-attention then feed-forward, each in a residual branch with its norm.
 
     norm1 goes with self-attention, norm2 with the feed-forward network.
     """
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
                  norm_first: bool = True, activation: str = "relu",
-                 rng: np.random.Generator | None = None, dtype=np.float32):
+                 rng: np.random.Generator | None = None, dtype=np.float32, norm: str = "layernorm",
+                 positional: str | None = None, max_len: int | None = None, rope_base: float = 10000.0):
         super().__init__()
         rng = default_rng(rng)
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, rng=rng, dtype=dtype)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, rng=rng, dtype=dtype,
+                                            positional=positional, max_len=max_len, rope_base=rope_base)
         self.ff = FeedForward(d_model, d_ff, activation, dropout, rng=rng, dtype=dtype)
-        self.norm1 = LayerNorm(d_model, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, dtype=dtype)
+        self.norm1 = make_norm(norm, d_model, dtype)
+        self.norm2 = make_norm(norm, d_model, dtype)
         self.dropout1 = Dropout(dropout, rng=rng)     # on the self-attention output
         self.dropout2 = Dropout(dropout, rng=rng)     # on the feed-forward output
 
@@ -94,16 +99,18 @@ class DecoderLayer(Module):
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
                  norm_first: bool = True, activation: str = "relu",
-                 rng: np.random.Generator | None = None, dtype=np.float32):
+                 rng: np.random.Generator | None = None, dtype=np.float32, norm: str = "layernorm",
+                 positional: str | None = None, max_len: int | None = None, rope_base: float = 10000.0):
         super().__init__()
         rng = default_rng(rng)
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, rng=rng, dtype=dtype)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, rng=rng, dtype=dtype,
+                                            positional=positional, max_len=max_len, rope_base=rope_base)
         self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, rng=rng, dtype=dtype)
         self.ff = FeedForward(d_model, d_ff, activation, dropout, rng=rng, dtype=dtype)
-        self.norm1 = LayerNorm(d_model, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, dtype=dtype)
-        self.norm3 = LayerNorm(d_model, dtype=dtype)
+        self.norm1 = make_norm(norm, d_model, dtype)
+        self.norm2 = make_norm(norm, d_model, dtype)
+        self.norm3 = make_norm(norm, d_model, dtype)
         self.dropout1 = Dropout(dropout, rng=rng)
         self.dropout2 = Dropout(dropout, rng=rng)
         self.dropout3 = Dropout(dropout, rng=rng)

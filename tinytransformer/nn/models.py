@@ -24,7 +24,7 @@ from .layers import EncoderLayer
 from .linear import Linear
 from .masks import causal_mask, key_mask
 from .module import InvalidatedByInference, Module, check_upstream, default_rng
-from .normalization import LayerNorm
+from .normalization import make_norm
 from .overlap import overlap_param_grads
 from .stacks import Decoder, Encoder
 
@@ -33,10 +33,20 @@ class ModelCache(NamedTuple):
     logits_shape: tuple     # (B, T, V): what backward's dlogits must be
 
 
-def make_positional(config: TransformerConfig, rng, dtype) -> Module:
+def make_positional(config: TransformerConfig, rng, dtype) -> Module | None:
+    """The module that adds positions to the embeddings, or None when nothing is added
+    ("rope" and "alibi" act inside self-attention; "none" has no positions)."""
     if config.positional == "learned":
         return LearnedPositionalEmbedding(config.max_len, config.d_model, rng=rng, dtype=dtype)
-    return SinusoidalPositionalEncoding(config.d_model, config.max_len, dtype=dtype)
+    if config.positional == "sinusoidal":
+        return SinusoidalPositionalEncoding(config.d_model, config.max_len, dtype=dtype)
+    return None
+
+
+def layer_options(config: TransformerConfig) -> dict:
+    """The keyword arguments every layer of a model gets beyond its sizes."""
+    return dict(norm=config.norm, positional=config.attention_positional, max_len=config.max_len,
+                rope_base=config.rope_base)
 
 
 def tie_output_to_embedding(out_proj: Linear, embed: Embedding) -> None:
@@ -64,6 +74,8 @@ class Transformer(Module):
         logits = out_proj(decoder(pos(tgt_embed(tgt) * sqrt(D)), memory,
                                   causal & tgt padding mask, src padding mask))
 
+    ``pos`` (shared by source and target) is None when the positions are not added to the
+    embeddings (``config.positional`` "rope", "alibi", "none").
     ``src_mask``/``tgt_mask`` are (B, S)/(B, T) booleans, True = real token;
     by default ``ids != config.pad_id``. With ``tie_embeddings`` one (V, D)
     matrix is the source embedding, the target embedding and the output
@@ -81,8 +93,8 @@ class Transformer(Module):
         self.tgt_embed = Embedding(c.vocab_size, c.d_model, rng=rng, dtype=dtype)
         self.src_embed = Embedding(c.vocab_size, c.d_model, rng=rng, dtype=dtype)
         self.pos = make_positional(c, rng, dtype)
-        self.encoder = Encoder(c.n_encoder_layers, *layer_args)
-        self.decoder = Decoder(c.n_decoder_layers, *layer_args)
+        self.encoder = Encoder(c.n_encoder_layers, *layer_args, **layer_options(c))
+        self.decoder = Decoder(c.n_decoder_layers, *layer_args, **layer_options(c))
         self.out_proj = Linear(c.d_model, c.vocab_size, rng=rng, dtype=dtype)
         if c.tie_embeddings:      # Module.astype and load_state_dict keep these ties
             self.src_embed.params["weight"] = self.tgt_embed.params["weight"]
@@ -167,9 +179,10 @@ class DecoderOnlyTransformer(Module):
         self.embed = Embedding(c.vocab_size, c.d_model, rng=rng, dtype=dtype)
         self.pos = make_positional(c, rng, dtype)
         self.layers = [EncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first,
-                                    c.activation, rng, dtype) for _ in range(c.n_decoder_layers)]
+                                    c.activation, rng, dtype, **layer_options(c))
+                       for _ in range(c.n_decoder_layers)]
         if c.norm_first:
-            self.norm = LayerNorm(c.d_model, dtype=dtype)
+            self.norm = make_norm(c.norm, c.d_model, dtype)
         self.out_proj = Linear(c.d_model, c.vocab_size, rng=rng, dtype=dtype)
         if c.tie_embeddings:
             tie_output_to_embedding(self.out_proj, self.embed)

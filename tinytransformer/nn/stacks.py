@@ -1,4 +1,4 @@
-"""The encoder and decoder stacks: N layers, and a final LayerNorm when pre-LN.
+"""The encoder and decoder stacks: N layers, and a final norm when pre-LN.
 
 Legend: B batch, S source length, T target length, D d_model.
 """
@@ -11,7 +11,7 @@ import numpy as np
 
 from .layers import DecoderLayer, EncoderLayer
 from .module import ChildCaches, Module, default_rng
-from .normalization import LayerNorm
+from .normalization import make_norm
 
 
 class DecoderCache(NamedTuple):
@@ -19,17 +19,21 @@ class DecoderCache(NamedTuple):
 
 
 class Encoder(Module):
-    """A stack of EncoderLayers; pre-LN stacks end with a LayerNorm (``norm``)."""
+    """A stack of EncoderLayers; pre-LN stacks end with a norm (``norm``).
+
+    Arguments as EncoderLayer's (``positional``, ``max_len``, ``rope_base`` by keyword).
+    """
 
     def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
                  norm_first: bool = True, activation: str = "relu",
-                 rng: np.random.Generator | None = None, dtype=np.float32):
+                 rng: np.random.Generator | None = None, dtype=np.float32, norm: str = "layernorm",
+                 **attention_positions):
         super().__init__()
         rng = default_rng(rng)
-        self.layers = [EncoderLayer(d_model, n_heads, d_ff, dropout, norm_first, activation, rng, dtype)
-                       for _ in range(n_layers)]
+        self.layers = [EncoderLayer(d_model, n_heads, d_ff, dropout, norm_first, activation, rng, dtype,
+                                    norm, **attention_positions) for _ in range(n_layers)]
         if norm_first:
-            self.norm = LayerNorm(d_model, dtype=dtype)
+            self.norm = make_norm(norm, d_model, dtype)
 
     def forward(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         for layer in self.layers:
@@ -47,20 +51,21 @@ class Encoder(Module):
 
 
 class Decoder(Module):
-    """A stack of DecoderLayers; pre-LN stacks end with a LayerNorm (``norm``).
+    """A stack of DecoderLayers; pre-LN stacks end with a norm (``norm``); arguments as DecoderLayer's.
 
     Every layer attends to the same memory, so dmemory is the sum over layers.
     """
 
     def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
                  norm_first: bool = True, activation: str = "relu",
-                 rng: np.random.Generator | None = None, dtype=np.float32):
+                 rng: np.random.Generator | None = None, dtype=np.float32, norm: str = "layernorm",
+                 **attention_positions):
         super().__init__()
         rng = default_rng(rng)
-        self.layers = [DecoderLayer(d_model, n_heads, d_ff, dropout, norm_first, activation, rng, dtype)
-                       for _ in range(n_layers)]
+        self.layers = [DecoderLayer(d_model, n_heads, d_ff, dropout, norm_first, activation, rng, dtype,
+                                    norm, **attention_positions) for _ in range(n_layers)]
         if norm_first:
-            self.norm = LayerNorm(d_model, dtype=dtype)
+            self.norm = make_norm(norm, d_model, dtype)
 
     def forward(self, y: np.ndarray, memory: np.ndarray, self_mask: np.ndarray | None = None,
                 memory_mask: np.ndarray | None = None) -> np.ndarray:
