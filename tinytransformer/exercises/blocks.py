@@ -48,6 +48,8 @@ dS (B, H, Tq, Tk) is dL/dS. Return (dq, dk), shaped like q and k.""",
     solution=attention_scores_backward,
     build=lambda rng: _qkv(rng, with_v=False),
     grads=("dq", "dk"),
+    mistakes=(Mistake("dq", lambda q, k, dS: dS @ k,
+                      "the forward's 1/sqrt(d) is missing: dq = dS @ k / sqrt(d)"),),
     factor_hint="the scores are divided by sqrt(d), so their gradients are too",
 )
 
