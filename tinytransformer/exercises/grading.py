@@ -56,15 +56,24 @@ class Exercise:
         return self.solution.__name__
 
     @property
+    def arg_names(self) -> tuple[str, ...]:
+        """The forward's inputs, then the upstream gradient: ("x", "W", "b", "dy")."""
+        return tuple(inspect.signature(self.solution).parameters)
+
+    def floats(self, inputs: tuple) -> list[tuple[str, np.ndarray]]:
+        """(name, array) of the floating inputs: the ones with a gradient, in order."""
+        return [(n, a) for n, a in zip(self.arg_names, inputs)
+                if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
+
+    @property
     def signature(self) -> str:
         """e.g. "linear_backward(x, W, b, dy) -> (dx, dW, db)"."""
-        args = ", ".join(inspect.signature(self.solution).parameters)
         out = self.grads[0] if len(self.grads) == 1 else f"({', '.join(self.grads)})"
-        return f"{self.function_name}({args}) -> {out}"
+        return f"{self.function_name}({', '.join(self.arg_names)}) -> {out}"
 
     def stub(self) -> str:
         """The source of the function to fill in: it runs, and returns None for every gradient."""
-        args = ", ".join(inspect.signature(self.solution).parameters)
+        args = ", ".join(self.arg_names)
         body = "\n    ".join(self.statement.strip().splitlines())
         return (f"def {self.function_name}({args}):\n"
                 f'    """{body}\n    """\n'
@@ -118,9 +127,8 @@ def _copy(a):
 
 
 def _shapes(exercise: Exercise, inputs, dout) -> str:
-    names = list(inspect.signature(exercise.solution).parameters)
     return ", ".join(f"{n} {np.shape(a)}" if isinstance(a, np.ndarray) else f"{n} = {a!r}"
-                     for n, a in zip(names, [*inputs, dout]))
+                     for n, a in zip(exercise.arg_names, [*inputs, dout]))
 
 
 def call(exercise: Exercise, fn: Callable, inputs: tuple, dout):
@@ -142,13 +150,11 @@ def validate(exercise: Exercise, returned, inputs) -> tuple:
     got = returned if isinstance(returned, (tuple, list)) else (returned,)
     if len(got) != len(grads):
         raise NotYet(f"{fname} returned {len(got)} value(s); expected {expected}")
-    float_inputs = [a for a in inputs if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
-    names = list(inspect.signature(exercise.solution).parameters)
-    input_of = [n for n, a in zip(names, inputs) if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
     out = []
-    for grad, g, x, xname in zip(grads, got, float_inputs, input_of):
+    for grad, g, (xname, x) in zip(grads, got, exercise.floats(inputs)):
         if g is None:
-            raise NotYet(f"{fname}: {grad} is None: compute it (an array of shape {x.shape}, like {xname})")
+            raise NotYet(f"{fname}: {grad} is None: compute it (an array of shape {x.shape}, "
+                         f"like {xname})")
         try:
             g = np.asarray(g, dtype=np.float64)
         except (TypeError, ValueError):
@@ -175,11 +181,13 @@ def diagnose(exercise: Exercise, grad: str, got: np.ndarray, want: np.ndarray,
             return mistake.hint
     if not got.any():
         return "it is all zeros: did you compute it, or add into an array that you then did not return?"
+    # the best factor c in got ~ c * want (least squares); want is never all zero here
     factor = float((got * want).sum() / (want * want).sum())
     if close(got, factor * want):
         if np.isclose(factor, -1.0):
             return "the sign is flipped"
-        return f"off by a constant factor (x {factor:.4g}){': ' + exercise.factor_hint if exercise.factor_hint else ''}"
+        where = f": {exercise.factor_hint}" if exercise.factor_hint else ""
+        return f"off by a constant factor (x {factor:.4g}){where}"
     if got.ndim >= 2 and close(got, want.swapaxes(-1, -2)):
         return "looks transposed: swap the order of the product, or transpose the other factor"
     wrong = rel_error(got, want) >= TOL
@@ -201,26 +209,29 @@ def grade(exercise: Exercise, fn: Callable, seed: int = 0) -> CheckResult:
     # that it is never a copy of an input (the same seed and shape would give dy == x)
     check_seed = int(rng.integers(2 ** 31))
     module = Graded(exercise, fn)
-    names = tuple(inspect.signature(exercise.solution).parameters)[:len(inputs)]
     try:
-        result = gradcheck(module, *inputs, name=exercise.name, seed=check_seed, input_names=names)
+        result = gradcheck(module, *inputs, name=exercise.name, seed=check_seed,
+                           input_names=exercise.arg_names)
     except NotYet as e:
         return CheckResult(exercise.name, False, f"not yet: {e}")
+    grads = ", ".join(exercise.grads)
     if result.passed:
         return CheckResult(exercise.name, True,
-                           f"{fname}: passed. {', '.join(exercise.grads)} match central differences "
+                           f"{fname}: passed. {grads} agree with central differences "
                            f"(worst relative error {result.worst_error:.1e}, tolerance {TOL:.0e}).",
                            result)
     want = exercise.solution(*map(_copy, inputs), _copy(module.dout))
     want = want if isinstance(want, tuple) else (want,)
-    wrong = [i for i, c in enumerate(result.checks) if c.error >= TOL]
-    lines = [f"{fname}: not yet. {len(wrong)} of {len(exercise.grads)} gradient(s) wrong."]
+    wrong = [grad for grad, c in zip(exercise.grads, result.checks) if c.error >= TOL]
+    lines = [f"{fname}: not yet ({', '.join(wrong)} wrong; the gradient check compares {grads} "
+             f"with central differences, tolerance {TOL:.0e})."]
     for i, (grad, c) in enumerate(zip(exercise.grads, result.checks)):
-        if i not in wrong:
+        if grad not in wrong:
             lines.append(f"  {grad}: right (worst relative error {c.error:.1e})")
             continue
         where = ", ".join(str(j) for j in c.where)
         lines.append(f"  {grad}: WRONG, worst relative error {c.error:.1e} at {grad}[{where}] "
                      f"({c.checked} elements checked)")
-        lines.append(f"    hint: {diagnose(exercise, grad, module.returned[i], want[i], inputs, module.dout)}")
+        hint = diagnose(exercise, grad, module.returned[i], want[i], inputs, module.dout)
+        lines.append(f"    hint: {hint}")
     return CheckResult(exercise.name, False, "\n".join(lines), result)

@@ -117,7 +117,8 @@ ds (B, V) is dL/ds. Return dx, shaped like x.
     mistakes=(Mistake("dx", lambda x, ds: softmax(x) * ds,
                       "a term is missing: every s_i depends on every x_j; subtract sum_i(ds_i * s_i)"),
               Mistake("dx", lambda x, ds: softmax(x) * (1 - softmax(x)) * ds,
-                      "that is only the diagonal of the Jacobian: the off-diagonal -s_i s_j terms are missing"),
+                      "that is only the diagonal of the Jacobian: "
+                      "the off-diagonal terms -s_i s_j are missing"),
               Mistake("dx", lambda x, ds: softmax(x) * (ds - (ds * softmax(x)).sum(axis=0, keepdims=True)),
                       "the sum runs over the softmax's own axis, the last one (axis=-1)"),),
 )
@@ -158,13 +159,14 @@ variance over the last axis,   x (B, T, D), gamma (D,), beta (D,).
 dy (B, T, D) is dL/dy. Return (dx, dgamma, dbeta), shaped like x, gamma and beta.""",
     forward=_layernorm,
     solution=layernorm_backward,
-    build=lambda rng: (rng.standard_normal((2, 3, 6)), 1.0 + 0.5 * rng.standard_normal(6), rng.standard_normal(6)),
+    build=lambda rng: (rng.standard_normal((2, 3, 6)), 1.0 + 0.5 * rng.standard_normal(6),
+                       rng.standard_normal(6)),          # gamma not all ones: forgetting it shows
     grads=("dx", "dgamma", "dbeta"),
     mistakes=(Mistake("dx", _layernorm_without_variance_term,
                       "a term is missing: the variance depends on x too (- xhat * mean(g * xhat))"),
               Mistake("dx", lambda x, gamma, beta, dy: _normalize(x)[1] * dy * gamma,
                       "terms are missing: the mean and the variance both depend on x"),
-              Mistake("dx", lambda x, gamma, beta, dy: layernorm_backward(x, np.ones_like(gamma), beta, dy)[0],
+              Mistake("dx", lambda x, gamma, beta, dy: layernorm_backward(x, 1.0, beta, dy)[0],
                       "gamma is missing: the gradient reaching xhat is g = dy * gamma"),),
 )
 
@@ -195,7 +197,8 @@ dloss (a 0-d array) is dL_total/dL (1 when L is the end). Return dlogits, shaped
     solution=cross_entropy_backward,
     build=lambda rng: (rng.standard_normal((2, 3, 7)), rng.integers(0, 7, (2, 3))),
     grads=("dlogits",),
-    mistakes=(Mistake("dlogits", lambda logits, targets, dloss: cross_entropy_backward(logits, targets, dloss) * targets.size,
+    mistakes=(Mistake("dlogits", lambda logits, targets, dloss:
+                      cross_entropy_backward(logits, targets, dloss) * targets.size,
                       "off by a constant factor: the loss is a mean over N positions; check the 1/N"),
               Mistake("dlogits", lambda logits, targets, dloss: cross_entropy_backward(logits, targets, 1.0),
                       "the upstream gradient is missing: multiply by dloss"),
