@@ -1,6 +1,8 @@
 """The graded exercises: every reference passes, the classic mistakes fail with a report that
 names the wrong gradient and says why, and an unfinished or crashing function gets "not yet"."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -155,6 +157,18 @@ def test_a_function_that_raises_gets_a_report_with_the_shapes_it_was_called_with
 def test_wrong_kinds_of_answer_get_not_yet(returned, says):
     result = check("linear", lambda x, W, b, dy: returned)
     assert result.report.startswith("not yet: linear_backward") and result.report.endswith(says)
+
+
+def test_returning_the_upstream_gradient_unchanged_is_told_so():
+    assert "hint: that is the upstream gradient unchanged" in check("gelu", lambda x, dy: dy).report
+
+
+def test_the_readme_example_runs_and_shows_a_not_yet_report(capsys):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = readme.split("```python\nfrom tinytransformer.exercises import")[1].split("```")[0]
+    exec("from tinytransformer.exercises import" + example, {})
+    printed = capsys.readouterr().out
+    assert "def softmax_backward(x, ds):" in printed and "softmax_backward: not yet (dx wrong" in printed
 
 
 def test_something_that_is_not_a_function_gets_a_report():

@@ -181,6 +181,9 @@ def diagnose(exercise: Exercise, grad: str, got: np.ndarray, want: np.ndarray,
             return mistake.hint
     if not got.any():
         return "it is all zeros: did you compute it, or add into an array that you then did not return?"
+    if close(got, np.asarray(dout)):
+        return ("that is the upstream gradient unchanged: multiply it by the derivative of the forward "
+                "(chain rule)")
     # the best factor c in got ~ c * want (least squares); want is never all zero here
     factor = float((got * want).sum() / (want * want).sum())
     if close(got, factor * want):
@@ -216,8 +219,9 @@ def grade(exercise: Exercise, fn: Callable, seed: int = 0) -> CheckResult:
         return CheckResult(exercise.name, False, f"not yet: {e}")
     grads = ", ".join(exercise.grads)
     if result.passed:
+        agree = "agrees" if len(exercise.grads) == 1 else "agree"
         return CheckResult(exercise.name, True,
-                           f"{fname}: passed. {grads} agree with central differences "
+                           f"{fname}: passed. {grads} {agree} with central differences "
                            f"(worst relative error {result.worst_error:.1e}, tolerance {TOL:.0e}).",
                            result)
     want = exercise.solution(*map(_copy, inputs), _copy(module.dout))
