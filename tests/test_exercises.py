@@ -53,6 +53,8 @@ def test_the_exercises_the_issue_asks_for_exist_and_are_reachable_from_the_packa
             "embedding", "split_heads", "merge_heads", "residual"} <= set(EXERCISES)
     assert tinytransformer.exercises.check is check and tinytransformer.exercises.EXERCISES is EXERCISES
     assert EXERCISES["linear"].signature == "linear_backward(x, W, b, dy) -> (dx, dW, db)"
+    assert str(EXERCISES["linear"]).startswith("linear: write linear_backward(x, W, b, dy) -> (dx, dW, db)\n"
+                                               "y = x @ W + b,   x (B, T, I), W (I, O), b (O,)")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -25,7 +25,7 @@ import numpy as np
 from ..gradcheck import GradcheckResult, gradcheck, rel_error
 from ..nn.module import Module
 
-TOL = 1e-6      # the package's gradient-check tolerance
+TOL = 1e-6      # worst relative error allowed, the package's gradient-check tolerance
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,10 @@ class Exercise:
         """e.g. "linear_backward(x, W, b, dy) -> (dx, dW, db)"."""
         out = self.grads[0] if len(self.grads) == 1 else f"({', '.join(self.grads)})"
         return f"{self.function_name}({', '.join(self.arg_names)}) -> {out}"
+
+    def __str__(self) -> str:
+        """What to write: the signature, then the statement (``print(EXERCISES["linear"])``)."""
+        return f"{self.name}: write {self.signature}\n{self.statement.strip()}"
 
     def stub(self) -> str:
         """The source of the function to fill in: it runs, and returns None for every gradient."""
@@ -213,7 +217,7 @@ def grade(exercise: Exercise, fn: Callable, seed: int = 0) -> CheckResult:
     check_seed = int(rng.integers(2 ** 31))
     module = Graded(exercise, fn)
     try:
-        result = gradcheck(module, *inputs, name=exercise.name, seed=check_seed,
+        result = gradcheck(module, *inputs, name=exercise.name, tol=TOL, seed=check_seed,
                            input_names=exercise.arg_names)
     except NotYet as e:
         return CheckResult(exercise.name, False, f"not yet: {e}")
