@@ -2,13 +2,16 @@
 
 The layers and models live in ``tinytransformer.nn``; training, decoding and
 checkpoints in the modules of the same names; plots in ``tinytransformer.plot``
-(imported on demand, so importing the package does not load matplotlib).
+(imported on demand, so importing the package does not load matplotlib); graded
+backward-pass exercises in ``tinytransformer.exercises`` (``EXERCISES``, ``check``,
+``reference``, ``stub``).
 
 Importing the package changes no process-wide setting. Where it computes, it
 holds NumPy's BLAS to one thread for the duration of the call (``threads``, in
 ``tinytransformer/threads.py``), whatever the import order.
 """
 
+from . import exercises
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .decode import KVCache, beam_search, generate, greedy_decode, sequence_log_prob
 from .gradcheck import check_all, gradcheck
@@ -28,5 +31,5 @@ __all__ = list(_nn_all) + [
     "warmup_inverse_sqrt", "PAD", "BOS", "EOS", "Vocab", "make_batch", "eval_set",
     "greedy_decode", "beam_search", "generate", "sequence_log_prob", "KVCache",
     "save_checkpoint", "load_checkpoint", "CheckpointError",
-    "TrainConfig", "TrainResult", "train", "evaluate", "threads",
+    "TrainConfig", "TrainResult", "train", "evaluate", "threads", "exercises",
 ]

@@ -1,0 +1,50 @@
+"""Graded exercises: write a backward pass, and the package checks it.
+
+Each exercise gives a forward (its ``statement``: the math and the shapes) and asks for
+the function that returns the gradient of every floating input, given the inputs and
+the upstream gradient (``signature``, e.g. ``linear_backward(x, W, b, dy) -> (dx, dW, db)``):
+
+    from tinytransformer.exercises import EXERCISES, check, reference, stub
+    print(stub("linear"))                  # the function to fill in, with its statement
+    check("linear", linear_backward)       # passed, or which gradient is wrong, where, and a hint
+    reference("linear")                    # the solution, when you want to compare
+
+``check`` runs the package's gradient check (float64 central differences against a
+random upstream gradient, on shapes that cannot coincide, seeded) on the exercise's
+forward and your backward. An unfinished function (the stub returns None) or one that
+raises gets a "not yet" report rather than a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .blocks import BLOCK_EXERCISES
+from .grading import CheckResult, Exercise, Mistake, grade
+from .layers import LAYER_EXERCISES
+
+EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in LAYER_EXERCISES + BLOCK_EXERCISES}
+
+
+def _exercise(name: str) -> Exercise:
+    if name not in EXERCISES:
+        raise KeyError(f"no exercise {name!r}; the exercises are {', '.join(EXERCISES)}")
+    return EXERCISES[name]
+
+
+def check(name: str, fn: Callable, seed: int = 0) -> CheckResult:
+    """Grade ``fn`` on exercise ``name``: ``result.passed`` and ``result.report`` (also what it prints)."""
+    return grade(_exercise(name), fn, seed)
+
+
+def reference(name: str) -> Callable:
+    """The reference solution of exercise ``name``: a function with the exercise's signature."""
+    return _exercise(name).solution
+
+
+def stub(name: str) -> str:
+    """The source of the function to write for exercise ``name``: it runs and gets "not yet"."""
+    return _exercise(name).stub()
+
+
+__all__ = ["EXERCISES", "check", "reference", "stub", "CheckResult", "Exercise", "Mistake"]
