@@ -34,6 +34,7 @@ sys.path[:0] = [str(HERE.parent)]
 from tinytransformer import optim  # noqa: E402
 from tinytransformer.nn.loss import CrossEntropyLoss  # noqa: E402
 from tinytransformer.tasks import PAD, make_batch  # noqa: E402
+from tinytransformer.train_config import TrainConfig  # noqa: E402
 
 train_module = importlib.import_module("tinytransformer.train")
 
@@ -104,7 +105,8 @@ def sweep_run(name: str, seed: int, steps: int, every: int) -> dict:
             "seconds": time.perf_counter() - start}
 
 
-def first_solved(evals, overall=0.995, worst=0.99):
+def first_solved(evals, overall=TrainConfig.target, worst=TrainConfig.target_worst):
+    """The first evaluated step that passes the stop rule of ``train`` (its defaults)."""
     for step, by_length in evals:
         if np.mean(by_length) >= overall and min(by_length) >= worst:
             return step
