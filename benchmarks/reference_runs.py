@@ -51,6 +51,7 @@ train_module = importlib.import_module("tinytransformer.train")
 FRESH_PER_LENGTH = 500          # sequences per length in the final, fresh judgement
 FRESH_SEED = 4242               # not EVAL_SEED: sequences the stop rule never saw
 SWING = 0.95
+FIRST_LOSSES = 5                # losses of the first steps, kept to show both sides train the same
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -114,6 +115,7 @@ def numpy_run(config) -> dict:
     return {"seed": config.seed, "solved": result.stopped == "target", "steps": result.steps,
             "seconds": result.seconds, "eval_seconds": eval_seconds[0],
             "train_seconds": result.seconds - eval_seconds[0], "evals": evals, "swing": swing(evals),
+            "first_losses": result.history["loss"][:FIRST_LOSSES],
             "fresh": fresh_judgement(result.model, config)}
 
 
@@ -147,19 +149,24 @@ def torch_run(config) -> dict:
     vocab = train_module.task_vocab(config)
     np_model = train_module.MODEL_KINDS[config.model](train_module.default_model_config(config),
                                                        rng=model_rng)
-    model, opt, loss_fn = torch_reference.build(vocab.size, lr=config.lr)   # fused Adam
+    # the recipe's optimizer (fused Adam) and loss (label smoothing); schedule and clipping below
+    model, opt, loss_fn = torch_reference.build(vocab.size, lr=config.lr, betas=config.betas,
+                                                eps=config.eps, label_smoothing=config.label_smoothing)
     torch_reference.load_numpy_weights(model, np_model)
     schedule = train_module.build_schedule(config)
     eval_data = train_module.held_out(config)
     train_seconds = eval_seconds = 0.0
-    evals, step = [], 0
+    evals, step, first_losses = [], 0, []
     solved = False
     while not solved and step < config.steps:
         start = time.perf_counter()
         batch = train_module.draw_batch(config, vocab, data_rng)
         src, tgt_in, labels = (torch.from_numpy(a) for a in (batch.src, batch.tgt_in, batch.labels))
         opt.zero_grad()
-        loss_fn(model(src, tgt_in), labels).backward()
+        loss = loss_fn(model(src, tgt_in), labels)
+        loss.backward()
+        if step < FIRST_LOSSES:
+            first_losses.append(loss.item())
         if config.clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         step += 1
@@ -175,7 +182,8 @@ def torch_run(config) -> dict:
             solved = train_module.solved(scores, config)
     return {"seed": config.seed, "solved": solved, "steps": step,
             "seconds": train_seconds + eval_seconds, "eval_seconds": eval_seconds,
-            "train_seconds": train_seconds, "evals": evals, "swing": swing(evals)}
+            "train_seconds": train_seconds, "evals": evals, "swing": swing(evals),
+            "first_losses": first_losses}
 
 
 def summary(runs: list[dict]) -> dict:

@@ -207,16 +207,17 @@ def greedy_decode(model: TorchTransformer, src: torch.Tensor, max_len: int, use_
 
 
 def build(vocab_size: int, d_model: int = 64, n_heads: int = 4, d_ff: int = 256,
-          n_layers: int = 2, max_len: int = 64, seed: int = 0, lr: float = 1e-3):
+          n_layers: int = 2, max_len: int = 64, seed: int = 0, lr: float = 1e-3,
+          betas: tuple = (0.9, 0.98), eps: float = 1e-9, label_smoothing: float = 0.0):
     """(model, optimizer, loss function) for a training step on PAD-padded batches."""
     torch.manual_seed(seed)
     model = TorchTransformer(vocab_size, d_model, n_heads, d_ff, n_layers, n_layers, max_len)
     # fused: one kernel for every parameter's update, PyTorch's fastest Adam on the CPU
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9, fused=True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, eps=eps, fused=True)
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=PAD)
+                               ignore_index=PAD, label_smoothing=label_smoothing)
 
     return model, opt, loss_fn
 

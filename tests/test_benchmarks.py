@@ -87,6 +87,22 @@ def test_reference_runs_quick(tmp_path):
     assert (tmp_path / "rr.png").stat().st_size > 0
 
 
+@pytest.mark.skipif(not HAS_TORCH, reason="the PyTorch peer needs torch (pip install torch==2.13.0)")
+def test_the_pytorch_peer_trains_with_the_same_recipe(tmp_path):
+    """Same initial weights, batches, loss (label smoothing included) and schedule: the first
+    losses agree to float32 rounding (the peer once left label smoothing out, and took ~100
+    more steps to solve for it)."""
+    out = tmp_path / "rr.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reference_runs.py"), "--quick",
+                           "--seeds", "0", "--out", str(out), "--figure", str(tmp_path / "rr.png")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    numpy_losses, torch_losses = runs["NumPy"][0]["first_losses"], runs["PyTorch"][0]["first_losses"]
+    assert len(numpy_losses) == len(torch_losses) == 5
+    assert numpy_losses == pytest.approx(torch_losses, rel=1e-4)
+
+
 def test_the_fine_tuning_experiment_runs_in_quick_mode(tmp_path):
     script = ROOT / "benchmarks" / "finetune_experiment.py"
     proc = subprocess.run([sys.executable, str(script), "--quick", "--seeds", "0", "--pairs", "copy:reverse",
