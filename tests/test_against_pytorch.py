@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from tinytransformer.gradcheck import _padded_ids
+from tinytransformer.gradcheck import padded_ids
 from tinytransformer.nn import CrossEntropyLoss
 from tinytransformer.nn.transformer import Transformer, TransformerConfig
 
@@ -29,9 +29,9 @@ def model_and_batch(norm_first, tie, activation):
     for name, p, _ in model.named_parameters():      # non-trivial LayerNorms and biases
         if name.endswith("bias") or "norm" in name:
             p[...] = 0.3 * rng.standard_normal(p.shape)
-    src = _padded_ids(rng, (3, 6), V, [6, 4, 2])
-    tgt = _padded_ids(rng, (3, 5), V, [5, 2, 4])
-    labels = _padded_ids(rng, (3, 5), V, [5, 2, 4])
+    src = padded_ids(rng, (3, 6), V, [6, 4, 2])
+    tgt = padded_ids(rng, (3, 5), V, [5, 2, 4])
+    labels = padded_ids(rng, (3, 5), V, [5, 2, 4])
     return model, src, tgt, labels
 
 

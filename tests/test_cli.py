@@ -123,7 +123,7 @@ def test_python_dash_m_help():
 
 def test_bench_passes_its_options_through_to_the_benchmark_script(monkeypatch):
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda command: calls.append(command) or 0)
+    monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
     assert cli.main(["bench", "--quick", "--threads", "1"]) == 0
     assert calls[0][-3:] == ["--quick", "--threads", "1"] and calls[0][-4].endswith("run.py")
 

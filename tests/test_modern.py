@@ -15,8 +15,8 @@ import pytest
 from tinytransformer import (PRESETS, ALiBiBias, DecoderOnlyTransformer, FeedForward, MultiHeadAttention,
                              RMSNorm, RotaryEmbedding, SiLU, Transformer, TransformerConfig,
                              load_checkpoint)
-from tinytransformer.cli import _train_configs, build_parser
-from tinytransformer.gradcheck import _padded_ids, directional_gradcheck
+from tinytransformer.cli import build_parser, train_configs
+from tinytransformer.gradcheck import padded_ids, directional_gradcheck
 from tinytransformer.nn import LayerNorm
 
 B, T, D, F, V = 2, 5, 8, 12, 11
@@ -117,7 +117,7 @@ def tiny(**kw):
 
 def batch(seed=0):
     r = np.random.default_rng(seed)
-    return _padded_ids(r, (3, 5), V, [5, 3, 2]), _padded_ids(r, (3, 7), V, [7, 4, 6])
+    return padded_ids(r, (3, 5), V, [5, 3, 2]), padded_ids(r, (3, 7), V, [7, 4, 6])
 
 
 VARIANTS = {
@@ -241,7 +241,7 @@ def test_other_bad_choices_are_clear_errors(rng):
 def test_the_modern_preset_in_one_flag_and_what_overrides_it(tmp_path):
     def model_config(*flags):
         args = build_parser().parse_args(["train", "--out", str(tmp_path / "run"), *flags])
-        return _train_configs(args)[1]
+        return train_configs(args)[1]
     modern = model_config("--preset", "modern")
     assert (modern.positional, modern.norm, modern.activation, modern.norm_first) == \
         ("rope", "rmsnorm", "swiglu", True)

@@ -1,0 +1,21 @@
+"""The command line: ``tinytransformer <command>`` or ``python -m tinytransformer <command>``.
+
+    train      train a model on a toy task (defaults: the contract's reference run)
+    eval       exact match of a trained run on held-out sequences (longer ones if asked)
+    generate   the model's output for a sequence you type
+    plot       attention maps of every head for one example, and the training curves
+    merge      fold a LoRA run's adapters into its weights: a plain checkpoint
+    gradcheck  check every layer's backward against central differences
+    bench      run benchmarks/run.py (the benchmark suite of the repository)
+
+A mistake in the arguments (a damaged checkpoint, an unusable run directory
+included) is reported as one line on stderr with exit code 2; a failure while
+running (divergence, a disk that fills up) as one line with exit code 1.
+"""
+
+from .common import PROG, UsageError
+from .main import build_parser, main
+from .runs import write_plots
+from .train import train_configs
+
+__all__ = ["main", "build_parser", "write_plots", "train_configs", "PROG", "UsageError"]
