@@ -9,17 +9,25 @@ The kernel runs as a learner's does: its environment has no BLAS thread variable
 if the caller had one set), and each notebook imports NumPy before tinytransformer. The
 package holds BLAS to the threads it wants where it computes (tinytransformer/threads.py),
 so the notebooks run as fast as the tests of the package do.
+
+Notebooks 01-03 end with graded exercises (tinytransformer.exercises): the tests below read the
+committed notebooks and hold that each still ends with them, that every committed function is the
+package's unsolved stub (its check, and the output saved under it, say "not yet"), and that the
+reference solution of the same exercise passes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from tinytransformer.exercises import EXERCISES, check, reference, stub
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -68,3 +76,76 @@ def test_notebook_is_committed_executed(path):
     if "plot" in sources:
         images = [o for o in outputs if "image/png" in o.get("data", {})]
         assert images, f"{path.name}: draws figures but none is embedded as a PNG output"
+
+
+# ---- the exercises at the end of notebooks 01-03 ------------------------------------------------
+
+NOTEBOOK_EXERCISES = {             # in the order the notebook sets them
+    "01_layers_and_gradients.ipynb": ("linear", "gelu", "softmax", "layernorm", "cross_entropy"),
+    "02_attention.ipynb": ("attention_scores", "attention", "split_heads", "merge_heads"),
+    "03_transformer.ipynb": ("embedding", "residual"),
+}
+CHECK_CALL = re.compile(r'\bcheck\(\s*"(\w+)"\s*,\s*(\w+)\s*\)')
+
+
+def exercises_section(nb, name: str) -> list:
+    """The cells from the notebook's one "## Exercises" heading to its end."""
+    starts = [i for i, cell in enumerate(nb.cells)
+              if cell.cell_type == "markdown" and cell.source.startswith("## Exercises")]
+    assert len(starts) == 1, f"{name}: expected one markdown cell starting '## Exercises', found {len(starts)}"
+    return nb.cells[starts[0]:]
+
+
+def text_output(cell) -> str:
+    return "".join(out.get("text", "") for out in cell.outputs if out.output_type == "stream")
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_EXERCISES)
+def test_notebook_ends_with_its_graded_exercises(name):
+    """The exercises are the last section; its last code cell is a check; it checks each exercise,
+    once, with the function of that exercise's name; no solution is shown."""
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    section = exercises_section(nb, name)
+    later_sections = [c.source.splitlines()[0] for c in section[1:] if c.cell_type == "markdown"
+                      and any(line.startswith("## ") for line in c.source.splitlines())]
+    assert not later_sections, f"{name}: a section after the exercises: {later_sections}"
+    cells = code_cells(nb)
+    assert CHECK_CALL.search(cells[-1].source), \
+        f"{name}: the last code cell does not call check: {cells[-1].source!r}"
+    calls = [m.groups() for cell in section if cell.cell_type == "code"
+             for m in CHECK_CALL.finditer(cell.source)]
+    assert [exercise for exercise, _ in calls] == list(NOTEBOOK_EXERCISES[name]), \
+        f"{name}: checks {calls}, expected one per exercise of {NOTEBOOK_EXERCISES[name]}"
+    for exercise, fn in calls:
+        assert fn == EXERCISES[exercise].function_name, f"{name}: check({exercise!r}, {fn})"
+    shown = [cell.source for cell in section if cell.cell_type == "code" and "reference(" in cell.source]
+    assert not shown, f"{name}: the committed notebook shows a solution: {shown}"
+
+
+NOTEBOOK_EXERCISE_PAIRS = [(nb, ex) for nb, exercises in NOTEBOOK_EXERCISES.items() for ex in exercises]
+
+
+@pytest.mark.parametrize("name,exercise", NOTEBOOK_EXERCISE_PAIRS,
+                         ids=[f"{nb[:2]}-{ex}" for nb, ex in NOTEBOOK_EXERCISE_PAIRS])
+def test_committed_exercise_is_unsolved_and_its_reference_passes(name, exercise):
+    """The cell to fill in is the package's stub, as it is; run, it gets "not yet", and so does the
+    output saved under its check cell; the reference solution of the same exercise passes."""
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    section = [cell for cell in exercises_section(nb, name) if cell.cell_type == "code"]
+    fname = EXERCISES[exercise].function_name
+    defined = [cell for cell in section if cell.source.lstrip().startswith(f"def {fname}(")]
+    assert len(defined) == 1, f"{name}: {len(defined)} cells define {fname}, expected 1"
+    assert defined[0].source.strip() == stub(exercise).strip(), \
+        f"{name}: the cell defining {fname} is not the unsolved stub of {exercise!r}:\n{defined[0].source}"
+    namespace = {}
+    exec(defined[0].source, namespace)
+    result = check(exercise, namespace[fname])
+    assert not result.passed and result.report.startswith("not yet:"), result.report
+    checking = [cell for cell in section
+                if any(m.group(1) == exercise for m in CHECK_CALL.finditer(cell.source))]
+    assert len(checking) == 1
+    saved = text_output(checking[0]).strip()
+    assert saved == result.report, \
+        f"{name}: the output saved under check({exercise!r}, ...) is\n{saved}\nexpected\n{result.report}"
+    solved = check(exercise, reference(exercise))
+    assert solved.passed, f"\n{solved}"
