@@ -361,7 +361,7 @@ def train_reverse(steps=600, batch=32, lr=5e-3, max_len=5, n_symbols=6, seed=2):
         b = make_batch("reverse", n_symbols, batch, 1, max_len, rng)
         model.zero_grad()
         logits = model(b.src, b.tgt_in)
-        loss = crit(logits, b.labels)
+        crit(logits, b.labels)
         model.backward(crit.backward())
         opt.step()
     return model, eval_set("reverse", n_symbols, n=200, min_len=1, max_len=max_len, seed=99)
