@@ -293,7 +293,9 @@ def cpu_name() -> str:
 def main(args: argparse.Namespace) -> dict:
     from threadpoolctl import threadpool_info
     if args.table:
-        print(combined_table(sorted((HERE / "results").glob("reference_runs*.json"))), end="")
+        paths = sorted((HERE / "results").glob("reference_runs*.json"),
+                       key=lambda path: (path.stem != "reference_runs", path.stem))   # reverse first
+        print(combined_table(paths), end="")
         return {}
     quick = dict(max_len=3, steps=40, eval_every=20, eval_size=30) if args.quick else {}
     config = train_module.TrainConfig(task=args.task, model=args.model, **quick)
