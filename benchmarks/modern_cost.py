@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT))          # the package of this checkout
 from tinytransformer import PRESETS, Adam, CrossEntropyLoss, Transformer, TransformerConfig  # noqa: E402
 from tinytransformer.tasks import PAD, Vocab, make_batch  # noqa: E402
 
+from machine import cpu_name  # noqa: E402  (benchmarks/, the script's own folder)
+
 VOCAB = Vocab(10)
 VARIANTS = {
     "reference (sinusoidal, layernorm, relu)": {},
@@ -44,17 +46,6 @@ VARIANTS = {
     # SwiGLU has three D x d_ff matrices to the plain network's two: LLaMA shrinks d_ff to 2/3
     "preset modern, d_ff 170 (the reference's parameter count)": dict(PRESETS["modern"], d_ff=170),
 }
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.platform()
 
 
 class Run:

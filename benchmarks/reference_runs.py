@@ -44,6 +44,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]          # the package of this checkout, and torch_reference
 
 from tinytransformer.tasks import PAD, eval_set, lm_eval_set  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 # the module, not the function that tinytransformer re-exports under the same name
 train_module = importlib.import_module("tinytransformer.train")
@@ -279,15 +280,6 @@ def combined_table(paths: list[Path]) -> str:
                             if "fresh_exact_match_min" in s else "| n/a |"))
     return "\n".join(lines) + "\n\nMachine: " + "; ".join(sorted(machines)) + ".\n"
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -86,6 +86,7 @@ from tinytransformer.nn.loss import CrossEntropyLoss  # noqa: E402
 from tinytransformer.nn.module import Module  # noqa: E402
 from tinytransformer.nn.transformer import Transformer, TransformerConfig  # noqa: E402
 from tinytransformer.tasks import PAD, Vocab, make_batch  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 try:
     import torch
@@ -479,16 +480,8 @@ def decode_benchmark(with_torch, lengths, batch, repeats) -> dict:
 
 
 def machine_info(threads: int, with_torch: bool) -> dict:
-    model_name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import scipy
-    info = {"cpu": model_name, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+    info = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "scipy": scipy.__version__, "threads": threads,
             # what BLAS starts with; tinytransformer.threads holds it to one thread while it computes
             "blas_threads_outside": [lib["num_threads"] for lib in threadpool_info()
