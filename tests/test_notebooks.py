@@ -13,7 +13,9 @@ so the notebooks run as fast as the tests of the package do.
 Notebooks 01-03 end with graded exercises (tinytransformer.exercises): the tests below read the
 committed notebooks and hold that each still ends with them, that every committed function is the
 package's unsolved stub (its check, and the output saved under it, say "not yet"), and that the
-reference solution of the same exercise passes.
+reference solution of the same exercise passes. Notebooks 04-06 end with exercises of their own
+(checked against the package's training, decoding and sampling code): each is committed unsolved,
+every check's saved output says "not yet".
 """
 
 from __future__ import annotations
@@ -149,3 +151,37 @@ def test_committed_exercise_is_unsolved_and_its_reference_passes(name, exercise)
         f"{name}: the output saved under check({exercise!r}, ...) is\n{saved}\nexpected\n{result.report}"
     solved = check(exercise, reference(exercise))
     assert solved.passed, f"\n{solved}"
+
+
+# ---- the exercises at the end of notebooks 04-06 ------------------------------------------------
+
+NOTEBOOK_OWN_EXERCISES = {         # how many checks each notebook's exercises end with
+    "04_train_reverse.ipynb": 2,
+    "05_decoding.ipynb": 2,
+    "06_decoder_only.ipynb": 2,
+}
+
+
+def all_output_text(cell) -> str:
+    return "".join(out.get("text", "") or out.get("data", {}).get("text/plain", "") for out in cell.outputs)
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_OWN_EXERCISES)
+def test_notebook_ends_with_its_own_exercises_unsolved(name):
+    """The exercises are the last section, and every check in it was saved saying "not yet"."""
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    starts = [i for i, cell in enumerate(nb.cells)
+              if cell.cell_type == "markdown" and "## Exercises" in cell.source.splitlines()]
+    assert len(starts) == 1, f"{name}: expected one '## Exercises' heading, found {len(starts)}"
+    section = nb.cells[starts[0]:]
+    first = section[0].source.splitlines()
+    later_lines = first[first.index("## Exercises") + 1:] + [
+        line for cell in section[1:] if cell.cell_type == "markdown" for line in cell.source.splitlines()]
+    later_sections = [line for line in later_lines if line.startswith("## ")]
+    assert not later_sections, f"{name}: a section after the exercises: {later_sections}"
+    saved = [all_output_text(cell) for cell in section if cell.cell_type == "code"]
+    not_yet = [text for text in saved if "not yet" in text]
+    assert len(not_yet) == NOTEBOOK_OWN_EXERCISES[name], \
+        f"{name}: {len(not_yet)} check outputs say 'not yet', expected {NOTEBOOK_OWN_EXERCISES[name]}"
+    solved = [text for text in saved if re.search(r": correct\b", text)]
+    assert not solved, f"{name}: committed with a solved exercise: {solved}"
