@@ -7,13 +7,22 @@ ranks 1, 2, 4, 8, and training from scratch, over seeds.
 
 For each seed and each pair OLD:NEW, a base model is trained on OLD with the default recipe
 (``TrainConfig``) until it solves it; then each method trains on NEW, from that base (or from
-scratch), with the default recipe and the method's learning rate (``LEARNING_RATES``, a
-choice, not a tuned value; ``--lr METHOD=VALUE`` overrides it), until NEW is solved or the
-budget ends. Recorded per run: steps and seconds to solve (None if unsolved), trainable
-parameters, the best held-out exact match on NEW, and what the kept model still knows of
-OLD (its exact match on OLD's held-out set: forgetting). Also: the time of a forward and
-backward pass of the reference model with every weight trainable and with the encoder
-frozen (the frozen backward stops before the encoder).
+scratch), with the default recipe, the method's peak learning rate (``LEARNING_RATES``; a
+choice from a few seed-0 trials, not a sweep; ``--lr METHOD=VALUE`` overrides it) and a step
+budget (``--budget``), until NEW is solved or the budget ends. The frozen-encoder and LoRA
+runs, which train slowly, get a cosine stretched over the whole budget (``decay_steps`` =
+budget) instead of the reference's 800 steps.
+
+Recorded per run: steps and seconds to solve (None if unsolved), trainable parameters, the
+best held-out exact match on NEW, and what the kept model still knows of OLD: its exact match
+on OLD's held-out set, next to the *agreement floor*, the fraction of those sequences whose
+OLD and NEW targets are the same (copy and reverse agree only on palindromes: a model that
+solves NEW cannot score above that on OLD, so "forgetting" is forced by the tasks), and how
+far its weights moved, ||W - W0|| / ||W0|| over every base weight (a LoRA model merged first).
+
+``--costs`` measures instead, on a quiet machine, the median time of one training step
+(forward, backward, clipping, Adam) of the reference model per method: all trainable, the
+encoder and source embedding frozen (the backward stops before them), LoRA of each rank.
 
 Results: ``benchmarks/results/finetune.json`` and ``figures/finetune.png``.
 """
@@ -21,6 +30,7 @@ Results: ``benchmarks/results/finetune.json`` and ``figures/finetune.png``.
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import platform
@@ -34,8 +44,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))                  # the package of this checkout
 
-from tinytransformer import CrossEntropyLoss, Transformer, TransformerConfig  # noqa: E402
-from tinytransformer.tasks import make_batch  # noqa: E402
+from tinytransformer import (Adam, CrossEntropyLoss, Transformer, TransformerConfig,  # noqa: E402
+                             LoRALinear, add_lora, merge_lora, threads)
+from machine import cpu_name  # noqa: E402
+from tinytransformer.step import train_step  # noqa: E402
+from tinytransformer.tasks import get_task, make_batch  # noqa: E402
 from tinytransformer.train import TrainConfig, evaluate, held_out, task_vocab, train  # noqa: E402
 
 # method -> what it adds to the TrainConfig of the new run
@@ -46,8 +59,9 @@ METHODS = {
     **{f"LoRA r={r}": {"init_from": True, "lora_rank": r} for r in (1, 2, 4, 8)},
 }
 # a fine-tuned model starts close: a smaller rate than from scratch; adapters start at zero
-LEARNING_RATES = {"scratch": 2e-3, "full": 5e-4, "frozen encoder": 5e-4,
-                  **{f"LoRA r={r}": 2e-3 for r in (1, 2, 4, 8)}}
+LEARNING_RATES = {"scratch": 2e-3, "full": 5e-4, "frozen encoder": 2e-3,
+                  **{f"LoRA r={r}": 1e-2 for r in (1, 2, 4, 8)}}
+LONG_SCHEDULE = {"frozen encoder", *(f"LoRA r={r}" for r in (1, 2, 4, 8))}
 QUICK_MODEL = {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_encoder_layers": 1, "n_decoder_layers": 1}
 QUICK_TASK = {"max_len": 4, "steps": 20, "eval_every": 10, "eval_size": 40}
 
@@ -58,6 +72,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pairs", nargs="+", default=["copy:reverse", "reverse:sort"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--lr", nargs="*", default=[], metavar="METHOD=VALUE")
+    parser.add_argument("--budget", type=int, default=2000, help="step budget of every fine-tuning run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads (default: the package's; 1 to share the machine with another job)")
+    parser.add_argument("--costs", action="store_true",
+                        help="only measure each method's step time (quiet machine) into --out")
     parser.add_argument("--quick", action="store_true", help="tiny model and budget: a smoke test")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "finetune.json")
     parser.add_argument("--figure", type=Path, default=ROOT / "figures" / "finetune.png")
@@ -65,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(task: str, seed: int, quick: bool, out_dir=None, **fields):
-    config = TrainConfig(task=task, seed=seed, **(QUICK_TASK if quick else {}), **fields)
+    config = TrainConfig(task=task, seed=seed, **{**(QUICK_TASK if quick else {}), **fields})
     model_config = None
     if config.init_from is None:
         model_config = TransformerConfig(vocab_size=task_vocab(config).size,
@@ -73,27 +92,50 @@ def run(task: str, seed: int, quick: bool, out_dir=None, **fields):
     return config, train(config, model_config, out_dir=out_dir, stream=io.StringIO())
 
 
-def backward_times(repeats: int) -> dict:
-    """Median seconds of forward + backward, reference model, batch 64, all trainable / encoder frozen."""
+def agreement(old: str, new: str, data) -> float:
+    """Fraction of the held-out sources on which the OLD and NEW tasks give the same target."""
+    lengths = data.src_mask.sum(1)
+    same = [np.array_equal(get_task(old)(src[:n]), get_task(new)(src[:n]))
+            for src, n in zip(data.src, lengths)]
+    return float(np.mean(same))
+
+
+def drift(base, model) -> float:
+    """||W - W0|| / ||W0|| over every weight of the base (the model's adapters merged first)."""
+    has_adapters = any(isinstance(m, LoRALinear) for _, m in model.named_modules())
+    plain = merge_lora(copy.deepcopy(model)) if has_adapters else model
+    before = dict((name, p) for name, p, _ in base.named_parameters())
+    after = dict((name, p) for name, p, _ in plain.named_parameters())
+    moved = sum(float(np.sum((after[name] - w) ** 2)) for name, w in before.items())
+    size = sum(float(np.sum(w ** 2)) for w in before.values())
+    return (moved / size) ** 0.5
+
+
+def step_costs(repeats: int) -> dict:
+    """Median seconds of one training step of the reference model (batch 64, lengths 1..16), per method."""
     config = TrainConfig()
+    vocab = task_vocab(config)
     rng = np.random.default_rng(0)
-    batch = make_batch(config.task, task_vocab(config), 64, 1, 16, rng)
-    times = {}
-    for frozen in (False, True):
-        model = Transformer(TransformerConfig(vocab_size=task_vocab(config).size), rng=rng)
-        model.encoder.requires_grad_(not frozen)
-        model.src_embed.requires_grad_(not frozen)
-        crit = CrossEntropyLoss(ignore_index=0)
+    batch = make_batch(config.task, vocab, 64, 1, 16, rng)
+    costs = {}
+    for method in ("full", "frozen encoder", *(f"LoRA r={r}" for r in (1, 2, 4, 8))):
+        model = Transformer(TransformerConfig(vocab_size=vocab.size), rng=np.random.default_rng(0))
+        if method == "frozen encoder":
+            model.encoder.requires_grad_(False)
+            model.src_embed.requires_grad_(False)
+        elif method.startswith("LoRA"):
+            add_lora(model, int(method.split("=")[1]), rng=np.random.default_rng(1))
+        crit = CrossEntropyLoss(ignore_index=0, label_smoothing=config.label_smoothing)
+        optim = Adam(model, lr=1e-4)
         samples = []
         for _ in range(repeats):
-            model.zero_grad()
             t0 = time.perf_counter()
-            crit(model(batch.src, batch.tgt_in), batch.labels)
-            model.backward(crit.backward())
+            train_step(model, crit, optim, batch, clip=config.clip)
             samples.append(time.perf_counter() - t0)
-        times["encoder and source embedding frozen" if frozen else "all trainable"] = \
-            float(np.median(samples))
-    return times
+        costs[method] = {"seconds": float(np.median(samples)),
+                         "trainable": model.num_parameters(trainable_only=True),
+                         "parameters": model.num_parameters()}
+    return costs
 
 
 def experiment(args) -> dict:
@@ -103,67 +145,95 @@ def experiment(args) -> dict:
         if method not in METHODS:
             raise SystemExit(f"--lr: expected METHOD=VALUE with METHOD among {list(METHODS)}, got {item!r}")
         rates[method] = float(value)
+    budget = QUICK_TASK["steps"] if args.quick else args.budget
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for pair in args.pairs:
             old, new = pair.split(":")
+            old_config = TrainConfig(task=old, **(QUICK_TASK if args.quick else {}))
+            old_data = held_out(old_config)
+            floor = agreement(old, new, old_data)
             for seed in args.seeds:
                 base_dir = Path(tmp) / f"{old}-{seed}"
                 _, base = run(old, seed, args.quick, out_dir=base_dir)
                 for method in args.methods:
-                    fields = {**METHODS[method], "lr": rates[method]}
+                    fields = {**METHODS[method], "lr": rates[method], "steps": budget}
+                    if method in LONG_SCHEDULE and not args.quick:
+                        fields["decay_steps"] = budget
                     if fields.get("init_from"):
                         fields["init_from"] = str(base_dir)
                     config, result = run(new, seed, args.quick, **fields)
-                    old_config = TrainConfig(task=old, **(QUICK_TASK if args.quick else {}))
                     solved = result.stopped == "target"
                     runs.append({
                         "pair": pair, "seed": seed, "method": method, "lr": rates[method],
+                        "decay_steps": config.decay_steps, "budget": budget,
                         "base_steps": base.steps, "base_solved": base.stopped == "target",
                         "trainable": result.model.num_parameters(trainable_only=True),
                         "solved": solved, "steps": result.best["step"] if solved else None,
                         "seconds": result.history["best"]["seconds"] if solved else None,
                         "new_exact_match": result.best["exact_match"],
-                        "old_exact_match": evaluate(result.model, held_out(old_config))["exact_match"],
+                        "old_exact_match": evaluate(result.model, old_data)["exact_match"],
+                        "agreement_floor": floor,
+                        "weight_drift": None if method == "scratch" else drift(base.model, result.model),
                     })
                     print(json.dumps(runs[-1]), flush=True)
-    return {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "python": platform.python_version(), "numpy": np.__version__},
-            "quick": args.quick, "learning_rates": rates, "runs": runs,
-            "forward_backward_seconds": backward_times(3 if args.quick else 30)}
+    return {"machine": machine(), "quick": args.quick, "learning_rates": rates, "runs": runs}
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": cpu_name(),
+            "python": platform.python_version(), "numpy": np.__version__}
 
 
 def figure(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    pairs = sorted({r["pair"] for r in results["runs"]})
+    pairs = list(dict.fromkeys(r["pair"] for r in results["runs"]))
     methods = list(dict.fromkeys(r["method"] for r in results["runs"]))
-    fig, axes = plt.subplots(2, len(pairs), figsize=(5 * len(pairs), 6), squeeze=False)
+    rows = (("steps", "steps to solve (x: not solved\nin the budget, drawn at it)"),
+            ("old_exact_match", "old task exact match after\n(dotted: agreement floor)"))
+    fig, axes = plt.subplots(len(rows), len(pairs), figsize=(5 * len(pairs), 6.5), squeeze=False)
     for column, pair in enumerate(pairs):
-        for row, (key, label) in enumerate((("steps", "steps to solve (x: unsolved)"),
-                                            ("old_exact_match", "old task exact match after"))):
+        runs = [r for r in results["runs"] if r["pair"] == pair]
+        for row, (key, label) in enumerate(rows):
             ax = axes[row, column]
             for i, method in enumerate(methods):
-                for r in (r for r in results["runs"] if r["pair"] == pair and r["method"] == method):
-                    value = r[key]
-                    ax.plot(i, value if value is not None else 0, "o" if value is not None else "x",
-                            color=f"C{i}")
+                for j, r in enumerate(r for r in runs if r["method"] == method):
+                    x = i + 0.12 * (j - 1)                     # the seeds side by side
+                    if key == "steps" and r["steps"] is None:
+                        ax.plot(x, r["budget"], "x", color=f"C{i}")
+                    else:
+                        ax.plot(x, r[key], "o", color=f"C{i}")
+            if key == "steps":
+                ax.axhline(runs[0]["budget"], color="gray", lw=0.8, ls=":")
+                ax.set_ylim(0, runs[0]["budget"] * 1.08)
+            else:
+                ax.axhline(runs[0]["agreement_floor"], color="gray", lw=0.8, ls=":")
+                ax.set_ylim(-0.03, 1.03)
             ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
             ax.set_ylabel(label)
-            ax.set_title(pair.replace(":", " -> "))
+            ax.set_title(f"{pair.replace(':', ' -> ')} (seeds {sorted({r['seed'] for r in runs})})")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    results = experiment(args)
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    with threads(args.threads):
+        if args.costs:
+            results = {**previous, "step_costs": step_costs(3 if args.quick else 40),
+                       "step_costs_machine": machine()}
+        else:
+            results = {**experiment(args), **{k: v for k, v in previous.items() if k.startswith("step_costs")}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    figure(results, args.figure)
-    print(f"wrote {args.out} and {args.figure}")
+    if "runs" in results:
+        figure(results, args.figure)
+    print(f"wrote {args.out}" + ("" if args.costs else f" and {args.figure}"))
 
 
 if __name__ == "__main__":

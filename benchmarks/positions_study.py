@@ -34,8 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))          # the package of this checkout
 
-from tinytransformer.train import (TrainConfig, default_model_config, evaluate, held_out,  # noqa: E402
-                                   longest_input, train)
+from tinytransformer import threads  # noqa: E402
+from tinytransformer.tasks import eval_set, lm_eval_set  # noqa: E402
+from tinytransformer.train import (TrainConfig, default_model_config, evaluate,  # noqa: E402
+                                   longest_input, task_vocab, train)
 
 POSITIONALS = ("sinusoidal", "learned", "rope", "alibi", "none")
 FRESH_SEED = 4242                       # evaluation sequences the stop rule never saw
@@ -50,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=None, help="step budget (default: TrainConfig's)")
     parser.add_argument("--eval-max", type=int, default=32, help="longest evaluation length (default 32)")
     parser.add_argument("--per-length", type=int, default=200, help="evaluation sequences per length")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per run (default: the package's; 1 to run two studies side by side)")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run, written to --out only")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "positions_study.json")
     parser.add_argument("--figure", type=Path, default=None, help="also draw the per-length figure here")
@@ -67,9 +71,12 @@ def run_one(model_kind: str, task: str, positional: str, seed: int, args) -> dic
     model_config = default_model_config(config, positional=positional,
                                         max_len=max(64, longest_input(config, args.eval_max) + 1))
     start = time.perf_counter()
-    result = train(config, model_config, stream=io.StringIO())
-    data = held_out(config, 1, args.eval_max, args.per_length * args.eval_max)
-    scores = evaluate(result.model, data)
+    with threads(args.threads):
+        result = train(config, model_config, stream=io.StringIO())
+        make = lm_eval_set if model_kind == "decoder-only" else eval_set
+        data = make(task, task_vocab(config), args.per_length * args.eval_max, 1, args.eval_max,
+                    seed=FRESH_SEED)
+        scores = evaluate(result.model, data)
     return {"model": model_kind, "task": task, "positional": positional, "seed": seed,
             "solved": result.stopped == "target", "steps": result.steps, "budget": config.steps,
             "best_step": result.best["step"] if result.best else None,
