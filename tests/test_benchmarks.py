@@ -105,13 +105,45 @@ def test_the_pytorch_peer_trains_with_the_same_recipe(tmp_path):
 
 def test_the_fine_tuning_experiment_runs_in_quick_mode(tmp_path):
     script = ROOT / "benchmarks" / "finetune_experiment.py"
+    out = tmp_path / "finetune.json"
     proc = subprocess.run([sys.executable, str(script), "--quick", "--seeds", "0", "--pairs", "copy:reverse",
                            "--methods", "scratch", "frozen encoder", "LoRA r=2",
-                           "--out", str(tmp_path / "finetune.json"), "--figure", str(tmp_path / "finetune.png")],
+                           "--out", str(out), "--figure", str(tmp_path / "finetune.png")],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "finetune.json").read_text())
-    assert [r["method"] for r in results["runs"]] == ["scratch", "frozen encoder", "LoRA r=2"]
-    assert results["runs"][2]["trainable"] == 3 * 2 * 2 * (16 + 16)      # 3 attentions, w_q and w_v
-    assert set(results["forward_backward_seconds"]) == {"all trainable", "encoder and source embedding frozen"}
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["method"] for r in runs] == ["scratch", "frozen encoder", "LoRA r=2"]
+    assert runs[2]["trainable"] == 3 * 2 * 2 * (16 + 16)      # 3 attentions, w_q and w_v
+    # copy and reverse agree on palindromes only: at lengths 1..4 of 10 symbols, on
+    # 1/4 (1 + 1/10 + 1/10 + 1/100) of the sequences in expectation
+    assert 0.25 < runs[0]["agreement_floor"] < 0.35
+    assert runs[0]["weight_drift"] is None                   # scratch has no base
+    assert runs[1]["weight_drift"] > 0 and runs[2]["weight_drift"] > 0
     assert (tmp_path / "finetune.png").stat().st_size > 0
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--costs", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r["method"] for r in results["runs"]] == ["scratch", "frozen encoder", "LoRA r=2"]  # kept
+    costs = results["step_costs"]
+    assert set(costs) == {"full", "frozen encoder", "LoRA r=1", "LoRA r=2", "LoRA r=4", "LoRA r=8"}
+    assert costs["LoRA r=4"]["trainable"] == 6 * 2 * 4 * (64 + 64)     # the reference model
+    assert all(c["seconds"] > 0 for c in costs.values())
+
+
+def test_the_positions_study_runs_in_quick_mode_and_resumes(tmp_path):
+    script = ROOT / "benchmarks" / "positions_study.py"
+    out = tmp_path / "positions.json"
+    command = [sys.executable, str(script), "--quick", "--models", "decoder-only", "--tasks", "reverse",
+               "--positionals", "rope", "none", "--seeds", "0", "--out", str(out),
+               "--figure", str(tmp_path / "positions.png")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["positional"], r["seed"]) for r in runs] == [("rope", 0), ("none", 0)]
+    assert sorted(int(k) for k in runs[0]["by_length"]) == list(range(1, 7))   # quick: lengths 1..6
+    assert "| decoder-only | reverse | rope | " in out.with_suffix(".md").read_text()
+    assert (tmp_path / "positions.png").stat().st_size > 0
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and "seed 0:" not in proc.stdout    # nothing trained again
+    assert json.loads(out.read_text())["runs"] == runs
