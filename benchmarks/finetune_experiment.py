@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pairs", nargs="+", default=["copy:reverse", "reverse:sort"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--lr", nargs="*", default=[], metavar="METHOD=VALUE")
-    parser.add_argument("--budget", type=int, default=2000, help="step budget of every fine-tuning run")
+    parser.add_argument("--budget", type=int, default=1500, help="step budget of every fine-tuning run")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads (default: the package's; 1 to share the machine with another job)")
     parser.add_argument("--costs", action="store_true",
