@@ -3,6 +3,8 @@ ranks 1, 2, 4, 8, and training from scratch, over seeds.
 
     python benchmarks/finetune_experiment.py                      # copy -> reverse, reverse -> sort
     python benchmarks/finetune_experiment.py --seeds 0 --pairs copy:reverse
+    python benchmarks/finetune_experiment.py --costs              # each method's step time (quiet machine)
+    python benchmarks/finetune_experiment.py --table              # the table and figure from the results
     python benchmarks/finetune_experiment.py --quick              # tiny sizes: a smoke test
 
 For each seed and each pair OLD:NEW, a base model is trained on OLD with the default recipe
@@ -24,7 +26,8 @@ far its weights moved, ||W - W0|| / ||W0|| over every base weight (a LoRA model 
 (forward, backward, clipping, Adam) of the reference model per method: all trainable, the
 encoder and source embedding frozen (the backward stops before them), LoRA of each rank.
 
-Results: ``benchmarks/results/finetune.json`` and ``figures/finetune.png``.
+Results: ``benchmarks/results/finetune.json``, the table ``finetune.md`` beside it, and
+``figures/finetune.png``.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="threads (default: the package's; 1 to share the machine with another job)")
     parser.add_argument("--costs", action="store_true",
                         help="only measure each method's step time (quiet machine) into --out")
+    parser.add_argument("--table", action="store_true", help="only redraw the table and figure from --out")
     parser.add_argument("--quick", action="store_true", help="tiny model and budget: a smoke test")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "finetune.json")
     parser.add_argument("--figure", type=Path, default=ROOT / "figures" / "finetune.png")
@@ -185,6 +189,31 @@ def machine() -> dict:
             "python": platform.python_version(), "numpy": np.__version__}
 
 
+def summary_table(results: dict) -> str:
+    """One row per pair and method, over its seeds (steps: median and range over the solved ones)."""
+    costs = results.get("step_costs", {})
+    lines = ["| pair | method | peak lr | trained parameters | solved | steps to solve | "
+             "step time / full | old task after | agreement floor | weight drift |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for pair in dict.fromkeys(r["pair"] for r in results["runs"]):
+        for method in dict.fromkeys(r["method"] for r in results["runs"]):
+            rs = [r for r in results["runs"] if r["pair"] == pair and r["method"] == method]
+            if not rs:
+                continue
+            steps = sorted(r["steps"] for r in rs if r["solved"])
+            steps_text = "-" if not steps else (f"{int(np.median(steps))}" if len(steps) == 1 else
+                                                f"{int(np.median(steps))} ({steps[0]}-{steps[-1]})")
+            cost = costs.get("full" if method == "scratch" else method)
+            cost_text = f"{cost['seconds'] / costs['full']['seconds']:.2f}" if cost else "-"
+            drifts = [r["weight_drift"] for r in rs if r["weight_drift"] is not None]
+            lines.append(
+                f"| {pair.replace(':', ' -> ')} | {method} | {rs[0]['lr']:g} | {rs[0]['trainable']:,} | "
+                f"{len(steps)}/{len(rs)} | {steps_text} | {cost_text} | "
+                f"{np.mean([r['old_exact_match'] for r in rs]):.3f} | {rs[0]['agreement_floor']:.3f} | "
+                + (f"{np.mean(drifts):.3f} |" if drifts else "- |"))
+    return "\n".join(lines)
+
+
 def figure(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -192,8 +221,9 @@ def figure(results: dict, path: Path) -> None:
     pairs = list(dict.fromkeys(r["pair"] for r in results["runs"]))
     methods = list(dict.fromkeys(r["method"] for r in results["runs"]))
     rows = (("steps", "steps to solve (x: not solved\nin the budget, drawn at it)"),
-            ("old_exact_match", "old task exact match after\n(dotted: agreement floor)"))
-    fig, axes = plt.subplots(len(rows), len(pairs), figsize=(5 * len(pairs), 6.5), squeeze=False)
+            ("old_exact_match", "old task exact match after\n(dotted: agreement floor)"),
+            ("weight_drift", "weight drift from the base\n||W - W0|| / ||W0||"))
+    fig, axes = plt.subplots(len(rows), len(pairs), figsize=(5 * len(pairs), 9), squeeze=False)
     for column, pair in enumerate(pairs):
         runs = [r for r in results["runs"] if r["pair"] == pair]
         for row, (key, label) in enumerate(rows):
@@ -203,14 +233,16 @@ def figure(results: dict, path: Path) -> None:
                     x = i + 0.12 * (j - 1)                     # the seeds side by side
                     if key == "steps" and r["steps"] is None:
                         ax.plot(x, r["budget"], "x", color=f"C{i}")
-                    else:
+                    elif r[key] is not None:                # scratch has no base to drift from
                         ax.plot(x, r[key], "o", color=f"C{i}")
             if key == "steps":
                 ax.axhline(runs[0]["budget"], color="gray", lw=0.8, ls=":")
                 ax.set_ylim(0, runs[0]["budget"] * 1.08)
-            else:
+            elif key == "old_exact_match":
                 ax.axhline(runs[0]["agreement_floor"], color="gray", lw=0.8, ls=":")
                 ax.set_ylim(-0.03, 1.03)
+            else:
+                ax.set_ylim(0, None)
             ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
             ax.set_ylabel(label)
             ax.set_title(f"{pair.replace(':', ' -> ')} (seeds {sorted({r['seed'] for r in runs})})")
@@ -224,7 +256,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     with threads(args.threads):
-        if args.costs:
+        if args.table:
+            results = previous
+        elif args.costs:
             results = {**previous, "step_costs": step_costs(3 if args.quick else 40),
                        "step_costs_machine": machine()}
         else:
@@ -232,8 +266,19 @@ def main(argv=None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     if "runs" in results:
+        budgets = sorted({r["budget"] for r in results["runs"]})
+        seeds = sorted({r["seed"] for r in results["runs"]})
+        header = (f"Seeds {seeds}, step budget {budgets}, NumPy {results['machine']['numpy']}, "
+                  f"{results['machine']['processor']}. Steps: median (range) over the seeds that solved "
+                  f"the new task; old task after, weight drift: mean over the seeds; step time: median "
+                  f"of a training step of the reference model, relative to full fine-tuning"
+                  + (f" ({results['step_costs']['full']['seconds'] * 1e3:.1f} ms)" if "step_costs" in results
+                     else " (not measured yet: --costs)") + ".\n\n")
+        table = summary_table(results)
+        args.out.with_suffix(".md").write_text(header + table + "\n")
+        print(header + table)
         figure(results, args.figure)
-    print(f"wrote {args.out}" + ("" if args.costs else f" and {args.figure}"))
+    print(f"wrote {args.out}" + ("" if args.costs else f", its table and {args.figure}"))
 
 
 if __name__ == "__main__":

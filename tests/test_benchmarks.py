@@ -129,6 +129,13 @@ def test_the_fine_tuning_experiment_runs_in_quick_mode(tmp_path):
     assert set(costs) == {"full", "frozen encoder", "LoRA r=1", "LoRA r=2", "LoRA r=4", "LoRA r=8"}
     assert costs["LoRA r=4"]["trainable"] == 6 * 2 * 4 * (64 + 64)     # the reference model
     assert all(c["seconds"] > 0 for c in costs.values())
+    proc = subprocess.run([sys.executable, str(script), "--table", "--out", str(out),
+                           "--figure", str(tmp_path / "again.png")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = out.with_suffix(".md").read_text()
+    assert "| copy -> reverse | LoRA r=2 | 0.01 | 384 | " in table and "(not measured yet" not in table
+    assert (tmp_path / "again.png").stat().st_size > 0
 
 
 def test_the_positions_study_runs_in_quick_mode_and_resumes(tmp_path):
