@@ -192,9 +192,9 @@ def machine() -> dict:
 def summary_table(results: dict) -> str:
     """One row per pair and method, over its seeds (steps: median and range over the solved ones)."""
     costs = results.get("step_costs", {})
-    lines = ["| pair | method | peak lr | trained parameters | solved | steps to solve | "
+    lines = ["| pair | method | peak lr | trained parameters | solved | steps to solve | new task (best) | "
              "step time / full | old task after | agreement floor | weight drift |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for pair in dict.fromkeys(r["pair"] for r in results["runs"]):
         for method in dict.fromkeys(r["method"] for r in results["runs"]):
             rs = [r for r in results["runs"] if r["pair"] == pair and r["method"] == method]
@@ -208,7 +208,8 @@ def summary_table(results: dict) -> str:
             drifts = [r["weight_drift"] for r in rs if r["weight_drift"] is not None]
             lines.append(
                 f"| {pair.replace(':', ' -> ')} | {method} | {rs[0]['lr']:g} | {rs[0]['trainable']:,} | "
-                f"{len(steps)}/{len(rs)} | {steps_text} | {cost_text} | "
+                f"{len(steps)}/{len(rs)} | {steps_text} | "
+                f"{np.mean([r['new_exact_match'] for r in rs]):.3f} | {cost_text} | "
                 f"{np.mean([r['old_exact_match'] for r in rs]):.3f} | {rs[0]['agreement_floor']:.3f} | "
                 + (f"{np.mean(drifts):.3f} |" if drifts else "- |"))
     return "\n".join(lines)
@@ -270,7 +271,8 @@ def main(argv=None) -> None:
         seeds = sorted({r["seed"] for r in results["runs"]})
         header = (f"Seeds {seeds}, step budget {budgets}, NumPy {results['machine']['numpy']}, "
                   f"{results['machine']['processor']}. Steps: median (range) over the seeds that solved "
-                  f"the new task; old task after, weight drift: mean over the seeds; step time: median "
+                  f"the new task; new task (best): the kept model's held-out exact match; it, old task after "
+                  f"and weight drift: mean over the seeds; step time: median "
                   f"of a training step of the reference model, relative to full fine-tuning"
                   + (f" ({results['step_costs']['full']['seconds'] * 1e3:.1f} ms)" if "step_costs" in results
                      else " (not measured yet: --costs)") + ".\n\n")
