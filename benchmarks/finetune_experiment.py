@@ -24,7 +24,8 @@ far its weights moved, ||W - W0|| / ||W0|| over every base weight (a LoRA model 
 
 ``--costs`` measures instead, on a quiet machine, the median time of one training step
 (forward, backward, clipping, Adam) of the reference model per method: all trainable, the
-encoder and source embedding frozen (the backward stops before them), LoRA of each rank.
+encoder frozen (its weight gradients are skipped; the backward still crosses it to reach the
+source embedding), LoRA of each rank.
 
 Results: ``benchmarks/results/finetune.json``, the table ``finetune.md`` beside it, and
 ``figures/finetune.png``.
@@ -50,6 +51,7 @@ sys.path.insert(0, str(ROOT))                  # the package of this checkout
 from tinytransformer import (Adam, CrossEntropyLoss, Transformer, TransformerConfig,  # noqa: E402
                              LoRALinear, add_lora, merge_lora, threads)
 from machine import cpu_name  # noqa: E402
+from tinytransformer.finetune import freeze  # noqa: E402
 from tinytransformer.step import train_step  # noqa: E402
 from tinytransformer.tasks import get_task, make_batch  # noqa: E402
 from tinytransformer.train import TrainConfig, evaluate, held_out, task_vocab, train  # noqa: E402
@@ -125,8 +127,7 @@ def step_costs(repeats: int) -> dict:
     for method in ("full", "frozen encoder", *(f"LoRA r={r}" for r in (1, 2, 4, 8))):
         model = Transformer(TransformerConfig(vocab_size=vocab.size), rng=np.random.default_rng(0))
         if method == "frozen encoder":
-            model.encoder.requires_grad_(False)
-            model.src_embed.requires_grad_(False)
+            freeze(model, ["encoder"])                 # as --freeze encoder: the source embedding trains
         elif method.startswith("LoRA"):
             add_lora(model, int(method.split("=")[1]), rng=np.random.default_rng(1))
         crit = CrossEntropyLoss(ignore_index=0, label_smoothing=config.label_smoothing)
