@@ -23,9 +23,10 @@ solves NEW cannot score above that on OLD, so "forgetting" is forced by the task
 far its weights moved, ||W - W0|| / ||W0|| over every base weight (a LoRA model merged first).
 
 ``--costs`` measures instead, on a quiet machine, the median time of one training step
-(forward, backward, clipping, Adam) of the reference model per method: all trainable, the
-encoder frozen (its weight gradients are skipped; the backward still crosses it to reach the
-source embedding), LoRA of each rank.
+(forward, backward, clipping, Adam) of the reference model per method, with the package's
+default threads and with one: all trainable, the encoder frozen (its weight gradients are
+skipped; the backward still crosses it to reach the source embedding), the encoder and the
+source embedding frozen (the backward stops above the encoder), LoRA of each rank.
 
 Results: ``benchmarks/results/finetune.json``, the table ``finetune.md`` beside it, and
 ``figures/finetune.png``.
@@ -117,29 +118,41 @@ def drift(base, model) -> float:
     return (moved / size) ** 0.5
 
 
+COST_METHODS = ("full", "frozen encoder", "frozen encoder and source embedding",
+                *(f"LoRA r={r}" for r in (1, 2, 4, 8)))
+
+
 def step_costs(repeats: int) -> dict:
-    """Median seconds of one training step of the reference model (batch 64, lengths 1..16), per method."""
+    """Median seconds of one training step of the reference model (batch 64, lengths 1..16), per
+    method, with the package's default threads (BLAS on one, weight gradients on a second) and
+    with one thread. The methods take turns, one step each, so a drift of the machine's speed
+    falls on all of them alike."""
     config = TrainConfig()
     vocab = task_vocab(config)
-    rng = np.random.default_rng(0)
-    batch = make_batch(config.task, vocab, 64, 1, 16, rng)
-    costs = {}
-    for method in ("full", "frozen encoder", *(f"LoRA r={r}" for r in (1, 2, 4, 8))):
+    batch = make_batch(config.task, vocab, 64, 1, 16, np.random.default_rng(0))
+    steps = {}
+    for method in COST_METHODS:
         model = Transformer(TransformerConfig(vocab_size=vocab.size), rng=np.random.default_rng(0))
-        if method == "frozen encoder":
+        if method.startswith("frozen encoder"):
             freeze(model, ["encoder"])                 # as --freeze encoder: the source embedding trains
+            if method.endswith("source embedding"):
+                model.src_embed.requires_grad_(False)  # nothing below the encoder trains: backward stops
         elif method.startswith("LoRA"):
             add_lora(model, int(method.split("=")[1]), rng=np.random.default_rng(1))
         crit = CrossEntropyLoss(ignore_index=0, label_smoothing=config.label_smoothing)
-        optim = Adam(model, lr=1e-4)
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            train_step(model, crit, optim, batch, clip=config.clip)
-            samples.append(time.perf_counter() - t0)
-        costs[method] = {"seconds": float(np.median(samples)),
-                         "trainable": model.num_parameters(trainable_only=True),
-                         "parameters": model.num_parameters()}
+        steps[method] = (model, crit, Adam(model, lr=1e-4))
+    costs = {method: {"trainable": model.num_parameters(trainable_only=True),
+                      "parameters": model.num_parameters()} for method, (model, _, _) in steps.items()}
+    for key, n in (("seconds", None), ("seconds_one_thread", 1)):
+        samples = {method: [] for method in steps}
+        with threads(n):
+            for _ in range(repeats):
+                for method, (model, crit, optim) in steps.items():
+                    t0 = time.perf_counter()
+                    train_step(model, crit, optim, batch, clip=config.clip)
+                    samples[method].append(time.perf_counter() - t0)
+        for method in steps:
+            costs[method][key] = float(np.median(samples[method]))
     return costs
 
 
@@ -194,7 +207,7 @@ def summary_table(results: dict) -> str:
     """One row per pair and method, over its seeds (steps: median and range over the solved ones)."""
     costs = results.get("step_costs", {})
     lines = ["| pair | method | peak lr | trained parameters | solved | steps to solve | new task (best) | "
-             "step time / full | old task after | agreement floor | weight drift |",
+             "step time / full (2 threads / 1) | old task after | agreement floor | weight drift |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for pair in dict.fromkeys(r["pair"] for r in results["runs"]):
         for method in dict.fromkeys(r["method"] for r in results["runs"]):
@@ -204,8 +217,9 @@ def summary_table(results: dict) -> str:
             steps = sorted(r["steps"] for r in rs if r["solved"])
             steps_text = "-" if not steps else (f"{int(np.median(steps))}" if len(steps) == 1 else
                                                 f"{int(np.median(steps))} ({steps[0]}-{steps[-1]})")
-            cost = costs.get("full" if method == "scratch" else method)
-            cost_text = f"{cost['seconds'] / costs['full']['seconds']:.2f}" if cost else "-"
+            cost, full = costs.get("full" if method == "scratch" else method), costs.get("full")
+            cost_text = (f"{cost['seconds'] / full['seconds']:.2f} / "
+                         f"{cost['seconds_one_thread'] / full['seconds_one_thread']:.2f}" if cost else "-")
             drifts = [r["weight_drift"] for r in rs if r["weight_drift"] is not None]
             lines.append(
                 f"| {pair.replace(':', ' -> ')} | {method} | {rs[0]['lr']:g} | {rs[0]['trainable']:,} | "
@@ -261,7 +275,7 @@ def main(argv=None) -> None:
         if args.table:
             results = previous
         elif args.costs:
-            results = {**previous, "step_costs": step_costs(3 if args.quick else 40),
+            results = {**previous, "step_costs": step_costs(3 if args.quick else 60),
                        "step_costs_machine": machine()}
         else:
             results = {**experiment(args), **{k: v for k, v in previous.items() if k.startswith("step_costs")}}
@@ -274,8 +288,11 @@ def main(argv=None) -> None:
                   f"{results['machine']['processor']}. Steps: median (range) over the seeds that solved "
                   f"the new task; new task (best): the kept model's held-out exact match; it, old task after "
                   f"and weight drift: mean over the seeds; step time: median "
-                  f"of a training step of the reference model, relative to full fine-tuning"
-                  + (f" ({results['step_costs']['full']['seconds'] * 1e3:.1f} ms)" if "step_costs" in results
+                  f"of a training step of the reference model, relative to full fine-tuning, with the package's "
+                  f"default threads and with one"
+                  + (f" ({results['step_costs']['full']['seconds'] * 1e3:.1f} and "
+                     f"{results['step_costs']['full']['seconds_one_thread'] * 1e3:.1f} ms)"
+                     if "step_costs" in results
                      else " (not measured yet: --costs)") + ".\n\n")
         table = summary_table(results)
         args.out.with_suffix(".md").write_text(header + table + "\n")

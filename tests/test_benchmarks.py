@@ -126,9 +126,10 @@ def test_the_fine_tuning_experiment_runs_in_quick_mode(tmp_path):
     results = json.loads(out.read_text())
     assert [r["method"] for r in results["runs"]] == ["scratch", "frozen encoder", "LoRA r=2"]  # kept
     costs = results["step_costs"]
-    assert set(costs) == {"full", "frozen encoder", "LoRA r=1", "LoRA r=2", "LoRA r=4", "LoRA r=8"}
+    assert set(costs) == {"full", "frozen encoder", "frozen encoder and source embedding",
+                          "LoRA r=1", "LoRA r=2", "LoRA r=4", "LoRA r=8"}
     assert costs["LoRA r=4"]["trainable"] == 6 * 2 * 4 * (64 + 64)     # the reference model
-    assert all(c["seconds"] > 0 for c in costs.values())
+    assert all(c["seconds"] > 0 and c["seconds_one_thread"] > 0 for c in costs.values())
     proc = subprocess.run([sys.executable, str(script), "--table", "--out", str(out),
                            "--figure", str(tmp_path / "again.png")],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
