@@ -87,8 +87,10 @@ def run_one(model_kind: str, task: str, positional: str, seed: int, args) -> dic
 def summary_table(runs: list[dict], trained: int) -> str:
     """One row per model, task and positional choice, over its seeds."""
     beyond = (trained + 1, trained + 4, trained + 8, 2 * trained)
+    longest = max(max(r["by_length"]) for r in runs)
     lines = [f"| model | task | positional | seeds solved | steps (median) | exact match 1..{trained} | "
-             + " | ".join(str(L) for L in beyond) + " |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{trained + 1}..{longest} | " + " | ".join(str(L) for L in beyond) + " |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["model"], r["task"], r["positional"]), []).append(r)
@@ -101,7 +103,7 @@ def summary_table(runs: list[dict], trained: int) -> str:
         solved = [r["best_step"] for r in rs if r["solved"]]
         steps = f"{int(np.median(solved))}" if solved else "-"
         lines.append(f"| {model} | {task} | {positional} | {len(solved)}/{len(rs)} | {steps} | "
-                     f"{mean_at(range(1, trained + 1))} | " +
+                     f"{mean_at(range(1, trained + 1))} | {mean_at(range(trained + 1, longest + 1))} | " +
                      " | ".join(mean_at([L]) for L in beyond) + " |")
     return "\n".join(lines)
 
@@ -110,9 +112,11 @@ def draw(runs: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = sorted({(r["model"], r["task"]) for r in runs})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False, sharey=True)
-    for ax, (model, task) in zip(axes[0], panels):
+    models = sorted({r["model"] for r in runs})
+    tasks = sorted({r["task"] for r in runs})
+    fig, axes = plt.subplots(len(models), len(tasks), figsize=(4.8 * len(tasks), 3.4 * len(models)),
+                             squeeze=False, sharex=True, sharey=True)
+    for ax, (model, task) in zip(axes.flat, [(m, t) for m in models for t in tasks]):
         for i, positional in enumerate(POSITIONALS):
             rs = [r for r in runs if (r["model"], r["task"], r["positional"]) == (model, task, positional)]
             if not rs:
@@ -123,11 +127,14 @@ def draw(runs: list[dict], path: Path) -> None:
                 ax.plot(lengths, curve, color=f"C{i}", alpha=0.25, lw=0.8)
             ax.plot(lengths, curves.mean(0), color=f"C{i}", lw=2, label=positional)
         ax.axvline(rs[0]["trained_max_len"] + 0.5, color="gray", ls=":", lw=1)
-        ax.set(title=f"{model}, {task}", xlabel="source length")
-    axes[0, 0].set_ylabel("exact match")
+        ax.set(title=f"{model}, {task}")
+    for ax in axes[-1]:
+        ax.set_xlabel("source length")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("exact match")
     fig.suptitle(f"trained on lengths 1..{runs[0]['trained_max_len']} (dotted line); seeds "
                  f"{sorted({r['seed'] for r in runs})}, mean bold", fontsize=9)
-    axes[0, -1].legend(fontsize=8)
+    axes[0, -1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -159,8 +166,9 @@ def main(argv=None) -> list[dict]:
     seeds = sorted({r["seed"] for r in runs})
     budgets = sorted({r.get("budget") for r in runs}, key=str)
     header = (f"Runs so far: seeds {seeds}, step budgets {budgets}, {args.per_length} sequences per "
-              f"evaluation length, NumPy {np.__version__}. Exact match: mean over the seeds; steps: "
-              f"median over the seeds that solved the task.\n\n")
+              f"evaluation length, NumPy {np.__version__}. Exact match: mean over the seeds (over a "
+              f"range of lengths: of each seed's mean over them); steps: median over the seeds that "
+              f"solved the task.\n\n")
     print(header + table)
     args.out.with_suffix(".md").write_text(header + table + "\n")
     if args.figure is not None and runs:
