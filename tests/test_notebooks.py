@@ -13,9 +13,10 @@ so the notebooks run as fast as the tests of the package do.
 Notebooks 01-03 end with graded exercises (tinytransformer.exercises): the tests below read the
 committed notebooks and hold that each still ends with them, that every committed function is the
 package's unsolved stub (its check, and the output saved under it, say "not yet"), and that the
-reference solution of the same exercise passes. Notebooks 04-06 end with exercises of their own
-(checked against the package's training, decoding and sampling code): each is committed unsolved,
-every check's saved output says "not yet".
+reference solution of the same exercise passes. Notebooks 04-07 end with exercises of their own
+(checked against the package's training, decoding, sampling and LoRA code): each is committed
+unsolved, every check's saved output says "not yet" (tests/test_notebook_07.py runs notebook 07's
+checks on reference solutions).
 """
 
 from __future__ import annotations
@@ -153,12 +154,13 @@ def test_committed_exercise_is_unsolved_and_its_reference_passes(name, exercise)
     assert solved.passed, f"\n{solved}"
 
 
-# ---- the exercises at the end of notebooks 04-06 ------------------------------------------------
+# ---- the exercises at the end of notebooks 04-07 ------------------------------------------------
 
 NOTEBOOK_OWN_EXERCISES = {         # how many checks each notebook's exercises end with
     "04_train_reverse.ipynb": 2,
     "05_decoding.ipynb": 2,
     "06_decoder_only.ipynb": 2,
+    "07_fine_tuning.ipynb": 2,
 }
 
 
