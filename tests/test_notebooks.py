@@ -13,10 +13,10 @@ so the notebooks run as fast as the tests of the package do.
 Notebooks 01-03 end with graded exercises (tinytransformer.exercises): the tests below read the
 committed notebooks and hold that each still ends with them, that every committed function is the
 package's unsolved stub (its check, and the output saved under it, say "not yet"), and that the
-reference solution of the same exercise passes. Notebooks 04-07 end with exercises of their own
-(checked against the package's training, decoding, sampling and LoRA code): each is committed
-unsolved, every check's saved output says "not yet" (tests/test_notebook_07.py runs notebook 07's
-checks on reference solutions).
+reference solution of the same exercise passes. Notebooks 04-08 end with exercises of their own
+(checked against the package's training, decoding, sampling, LoRA and position code): each is
+committed unsolved, every check's saved output says "not yet" (tests/test_notebook_07.py and the
+notebook-08 test below run those notebooks' checks on reference solutions and on classic mistakes).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 
@@ -161,6 +162,7 @@ NOTEBOOK_OWN_EXERCISES = {         # how many checks each notebook's exercises e
     "05_decoding.ipynb": 2,
     "06_decoder_only.ipynb": 2,
     "07_fine_tuning.ipynb": 2,
+    "08_positions.ipynb": 2,
 }
 
 
@@ -187,3 +189,63 @@ def test_notebook_ends_with_its_own_exercises_unsolved(name):
         f"{name}: {len(not_yet)} check outputs say 'not yet', expected {NOTEBOOK_OWN_EXERCISES[name]}"
     solved = [text for text in saved if re.search(r": correct\b", text)]
     assert not solved, f"{name}: committed with a solved exercise: {solved}"
+
+
+# ---- notebook 08: its checks pass correct solutions and fail wrong ones ------------------------
+
+def rope_solution(x, offset, base):
+    P = x.shape[-1] // 2
+    theta = np.arange(offset, offset + x.shape[-2])[:, None] * base ** (-np.arange(P) / P)   # (T, P)
+    x_a, x_b = x[..., :P], x[..., P:]
+    return np.concatenate([x_a * np.cos(theta) - x_b * np.sin(theta),
+                           x_b * np.cos(theta) + x_a * np.sin(theta)], axis=-1)
+
+
+def rope_interleaved(x, offset, base):
+    """The RoFormer pairing (2i, 2i+1): right by itself, not the package's rotate-half."""
+    P = x.shape[-1] // 2
+    theta = np.arange(offset, offset + x.shape[-2])[:, None] * base ** (-np.arange(P) / P)
+    out = np.empty_like(x)
+    out[..., 0::2] = x[..., 0::2] * np.cos(theta) - x[..., 1::2] * np.sin(theta)
+    out[..., 1::2] = x[..., 1::2] * np.cos(theta) + x[..., 0::2] * np.sin(theta)
+    return out
+
+
+def rmsnorm_backward_solution(x, gamma, dy, eps):
+    rstd = 1.0 / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+    xhat, g = x * rstd, dy * gamma
+    dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdims=True))
+    return dx, (dy * xhat).reshape(-1, x.shape[-1]).sum(0)
+
+
+def rmsnorm_backward_as_layernorm(x, gamma, dy, eps):
+    """LayerNorm's dx (with its mean(g) term) on RMSNorm's xhat: wrong."""
+    dx, dgamma = rmsnorm_backward_solution(x, gamma, dy, eps)
+    rstd = 1.0 / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+    return dx - rstd * (dy * gamma).mean(-1, keepdims=True), dgamma
+
+
+def notebook_08_checks() -> dict:
+    """The exercise cells of notebook 08 run as a learner runs them (stubs, then checks)."""
+    nb = nbformat.read(NOTEBOOK_DIR / "08_positions.ipynb", as_version=4)
+    start = [i for i, cell in enumerate(nb.cells)
+             if cell.cell_type == "markdown" and "## Exercises" in cell.source.splitlines()][0]
+    namespace = {"np": np}
+    for cell in nb.cells[start:]:
+        if cell.cell_type == "code":
+            exec(cell.source, namespace)
+    return namespace
+
+
+def test_notebook_08_checks_pass_correct_solutions_and_fail_wrong_ones(capsys):
+    ns = notebook_08_checks()
+    assert capsys.readouterr().out.count("not yet") == 2          # the committed stubs
+    assert ns["check_rope"](rope_solution).startswith("rope: correct")
+    assert ns["check_rmsnorm_backward"](rmsnorm_backward_solution).startswith("rmsnorm_backward: correct")
+    for check, wrong in (("check_rope", rope_interleaved), ("check_rope", lambda x, o, b: x),
+                         ("check_rope", lambda x, o, b: rope_solution(x, 0, b)),
+                         ("check_rmsnorm_backward", rmsnorm_backward_as_layernorm),
+                         ("check_rmsnorm_backward", lambda x, g, dy, e: (dy, g)),
+                         ("check_rope", lambda x, o, b: 1 / 0)):
+        report = ns[check](wrong)
+        assert ": not yet: " in report, report
