@@ -195,7 +195,8 @@ def experiment(args) -> dict:
                         "weight_drift": None if method == "scratch" else drift(base.model, result.model),
                     })
                     print(json.dumps(runs[-1]), flush=True)
-    return {"machine": machine(), "quick": args.quick, "learning_rates": rates, "runs": runs}
+    return {"machine": machine(), "quick": args.quick, "threads": args.threads, "learning_rates": rates,
+            "runs": runs}
 
 
 def machine() -> dict:
@@ -206,9 +207,10 @@ def machine() -> dict:
 def summary_table(results: dict) -> str:
     """One row per pair and method, over its seeds (steps: median and range over the solved ones)."""
     costs = results.get("step_costs", {})
-    lines = ["| pair | method | peak lr | trained parameters | solved | steps to solve | new task (best) | "
+    lines = ["| pair | method | peak lr | trained parameters | solved | steps to solve | seconds to solve | "
+             "new task (best) | "
              "step time / full (2 threads / 1) | old task after | agreement floor | weight drift |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for pair in dict.fromkeys(r["pair"] for r in results["runs"]):
         for method in dict.fromkeys(r["method"] for r in results["runs"]):
             rs = [r for r in results["runs"] if r["pair"] == pair and r["method"] == method]
@@ -217,13 +219,15 @@ def summary_table(results: dict) -> str:
             steps = sorted(r["steps"] for r in rs if r["solved"])
             steps_text = "-" if not steps else (f"{int(np.median(steps))}" if len(steps) == 1 else
                                                 f"{int(np.median(steps))} ({steps[0]}-{steps[-1]})")
+            seconds = [r["seconds"] for r in rs if r["solved"]]
+            seconds_text = f"{np.median(seconds):.0f}" if seconds else "-"
             cost, full = costs.get("full" if method == "scratch" else method), costs.get("full")
             cost_text = (f"{cost['seconds'] / full['seconds']:.2f} / "
                          f"{cost['seconds_one_thread'] / full['seconds_one_thread']:.2f}" if cost else "-")
             drifts = [r["weight_drift"] for r in rs if r["weight_drift"] is not None]
             lines.append(
                 f"| {pair.replace(':', ' -> ')} | {method} | {rs[0]['lr']:g} | {rs[0]['trainable']:,} | "
-                f"{len(steps)}/{len(rs)} | {steps_text} | "
+                f"{len(steps)}/{len(rs)} | {steps_text} | {seconds_text} | "
                 f"{np.mean([r['new_exact_match'] for r in rs]):.3f} | {cost_text} | "
                 f"{np.mean([r['old_exact_match'] for r in rs]):.3f} | {rs[0]['agreement_floor']:.3f} | "
                 + (f"{np.mean(drifts):.3f} |" if drifts else "- |"))
@@ -286,7 +290,8 @@ def main(argv=None) -> None:
         seeds = sorted({r["seed"] for r in results["runs"]})
         header = (f"Seeds {seeds}, step budget {budgets}, NumPy {results['machine']['numpy']}, "
                   f"{results['machine']['processor']}. Steps: median (range) over the seeds that solved "
-                  f"the new task; new task (best): the kept model's held-out exact match; it, old task after "
+                  f"the new task; seconds: median wall time to the kept model over the same runs (it depends "
+                  f"on the threads and the machine's load); new task (best): the kept model's held-out exact match; it, old task after "
                   f"and weight drift: mean over the seeds; step time: median "
                   f"of a training step of the reference model, relative to full fine-tuning, with the package's "
                   f"default threads and with one"

@@ -135,7 +135,7 @@ def test_the_fine_tuning_experiment_runs_in_quick_mode(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = out.with_suffix(".md").read_text()
-    assert "| copy -> reverse | LoRA r=2 | 0.01 | 384 | 0/1 | - | " in table and "(not measured yet" not in table
+    assert "| copy -> reverse | LoRA r=2 | 0.01 | 384 | 0/1 | - | - | " in table and "(not measured yet" not in table
     assert (tmp_path / "again.png").stat().st_size > 0
 
 
