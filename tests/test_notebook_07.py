@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pytest
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "07_fine_tuning.ipynb"

@@ -242,10 +242,10 @@ def test_notebook_08_checks_pass_correct_solutions_and_fail_wrong_ones(capsys):
     assert capsys.readouterr().out.count("not yet") == 2          # the committed stubs
     assert ns["check_rope"](rope_solution).startswith("rope: correct")
     assert ns["check_rmsnorm_backward"](rmsnorm_backward_solution).startswith("rmsnorm_backward: correct")
-    for check, wrong in (("check_rope", rope_interleaved), ("check_rope", lambda x, o, b: x),
-                         ("check_rope", lambda x, o, b: rope_solution(x, 0, b)),
-                         ("check_rmsnorm_backward", rmsnorm_backward_as_layernorm),
-                         ("check_rmsnorm_backward", lambda x, g, dy, e: (dy, g)),
-                         ("check_rope", lambda x, o, b: 1 / 0)):
-        report = ns[check](wrong)
+    for checker, wrong in (("check_rope", rope_interleaved), ("check_rope", lambda x, o, b: x),
+                           ("check_rope", lambda x, o, b: rope_solution(x, 0, b)),
+                           ("check_rmsnorm_backward", rmsnorm_backward_as_layernorm),
+                           ("check_rmsnorm_backward", lambda x, g, dy, e: (dy, g)),
+                           ("check_rope", lambda x, o, b: 1 / 0)):
+        report = ns[checker](wrong)
         assert ": not yet: " in report, report
