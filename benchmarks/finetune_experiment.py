@@ -50,9 +50,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))                  # the package of this checkout
 
 from tinytransformer import (Adam, CrossEntropyLoss, Transformer, TransformerConfig,  # noqa: E402
-                             LoRALinear, add_lora, merge_lora, threads)
+                             PAD, add_lora, merge_lora, threads)
 from machine import cpu_name  # noqa: E402
 from tinytransformer.finetune import freeze  # noqa: E402
+from tinytransformer.nn.lora import lora_layers  # noqa: E402
 from tinytransformer.step import train_step  # noqa: E402
 from tinytransformer.tasks import get_task, make_batch  # noqa: E402
 from tinytransformer.train import TrainConfig, evaluate, held_out, task_vocab, train  # noqa: E402
@@ -109,8 +110,7 @@ def agreement(old: str, new: str, data) -> float:
 
 def drift(base, model) -> float:
     """||W - W0|| / ||W0|| over every weight of the base (the model's adapters merged first)."""
-    has_adapters = any(isinstance(m, LoRALinear) for _, m in model.named_modules())
-    plain = merge_lora(copy.deepcopy(model)) if has_adapters else model
+    plain = merge_lora(copy.deepcopy(model)) if any(lora_layers(model)) else model
     before = dict((name, p) for name, p, _ in base.named_parameters())
     after = dict((name, p) for name, p, _ in plain.named_parameters())
     moved = sum(float(np.sum((after[name] - w) ** 2)) for name, w in before.items())
@@ -139,7 +139,7 @@ def step_costs(repeats: int) -> dict:
                 model.src_embed.requires_grad_(False)  # nothing below the encoder trains: backward stops
         elif method.startswith("LoRA"):
             add_lora(model, int(method.split("=")[1]), rng=np.random.default_rng(1))
-        crit = CrossEntropyLoss(ignore_index=0, label_smoothing=config.label_smoothing)
+        crit = CrossEntropyLoss(ignore_index=PAD, label_smoothing=config.label_smoothing)
         steps[method] = (model, crit, Adam(model, lr=1e-4))
     costs = {method: {"trainable": model.num_parameters(trainable_only=True),
                       "parameters": model.num_parameters()} for method, (model, _, _) in steps.items()}

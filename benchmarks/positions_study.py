@@ -35,9 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))          # the package of this checkout
 
 from tinytransformer import threads  # noqa: E402
-from tinytransformer.tasks import eval_set, lm_eval_set  # noqa: E402
-from tinytransformer.train import (TrainConfig, default_model_config, evaluate,  # noqa: E402
-                                   longest_input, task_vocab, train)
+from tinytransformer.train import (TrainConfig, default_model_config, evaluate, held_out,  # noqa: E402
+                                   longest_input, train)
 
 POSITIONALS = ("sinusoidal", "learned", "rope", "alibi", "none")
 FRESH_SEED = 4242                       # evaluation sequences the stop rule never saw
@@ -73,9 +72,7 @@ def run_one(model_kind: str, task: str, positional: str, seed: int, args) -> dic
     start = time.perf_counter()
     with threads(args.threads):
         result = train(config, model_config, stream=io.StringIO())
-        make = lm_eval_set if model_kind == "decoder-only" else eval_set
-        data = make(task, task_vocab(config), args.per_length * args.eval_max, 1, args.eval_max,
-                    seed=FRESH_SEED)
+        data = held_out(config, 1, args.eval_max, args.per_length * args.eval_max, seed=FRESH_SEED)
         scores = evaluate(result.model, data)
     return {"model": model_kind, "task": task, "positional": positional, "seed": seed,
             "solved": result.stopped == "target", "steps": result.steps, "budget": config.steps,

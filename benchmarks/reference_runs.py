@@ -281,7 +281,6 @@ def combined_table(paths: list[Path]) -> str:
     return "\n".join(lines) + "\n\nMachine: " + "; ".join(sorted(machines)) + ".\n"
 
 
-
 def main(args: argparse.Namespace) -> dict:
     from threadpoolctl import threadpool_info
     if args.table:

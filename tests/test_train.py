@@ -227,3 +227,16 @@ def test_default_model_configs():
     lm = default_model_config(TrainConfig(model="decoder-only"))
     assert (lm.vocab_size, lm.n_encoder_layers, lm.n_decoder_layers) == (14, 0, 4)   # SEP; 2 + 2 blocks
     assert default_model_config(TrainConfig(model="decoder-only"), n_decoder_layers=2).n_decoder_layers == 2
+
+
+def test_held_out_takes_a_seed_of_its_own():
+    """The default is the stop rule's set (EVAL_SEED); another seed draws other sequences of the
+    same lengths, in the run's format (used to judge a kept model on data it was never chosen on)."""
+    from tinytransformer.tasks import EVAL_SEED, lm_eval_set
+    from tinytransformer.train import held_out, task_vocab
+    for model, make in (("encoder-decoder", eval_set), ("decoder-only", lm_eval_set)):
+        config = TrainConfig(model=model, max_len=5, eval_size=50)
+        default, fresh = held_out(config), held_out(config, seed=EVAL_SEED + 1)
+        assert np.array_equal(default.labels, make("reverse", task_vocab(config), 50, 1, 5).labels)
+        assert default.labels.shape[0] == fresh.labels.shape[0] == 50
+        assert not np.array_equal(default.labels, fresh.labels)

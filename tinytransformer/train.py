@@ -53,7 +53,7 @@ from .nn.transformer import TransformerConfig
 from .progress import Progress, StopRequest
 from .rundir import CONFIG_FILE, HISTORY_FILE, PER_STEP, RunDir, read_run_config, resume_last
 from .step import train_step
-from .tasks import PAD, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch, make_lm_batch
+from .tasks import EVAL_SEED, PAD, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch, make_lm_batch
 from .threads import threads
 from .train_config import MODEL_KINDS, TrainConfig
 
@@ -203,12 +203,13 @@ def draw_batch(config: TrainConfig, vocab: Vocab, rng: np.random.Generator) -> B
 
 
 def held_out(config: TrainConfig, min_len: int | None = None, max_len: int | None = None,
-             n: int | None = None) -> Batch | LMBatch:
-    """The fixed held-out set of the run's task (lengths of training unless given)."""
+             n: int | None = None, seed: int = EVAL_SEED) -> Batch | LMBatch:
+    """The fixed held-out set of the run's task (lengths of training unless given; another
+    ``seed`` draws sequences the stop rule never saw)."""
     make = lm_eval_set if config.model == "decoder-only" else eval_set
     return make(config.task, task_vocab(config), config.eval_size if n is None else n,
                 config.min_len if min_len is None else min_len,
-                config.max_len if max_len is None else max_len)
+                config.max_len if max_len is None else max_len, seed=seed)
 
 
 # ---- the loop -----------------------------------------------------------------------------
