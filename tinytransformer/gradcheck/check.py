@@ -116,10 +116,13 @@ def _rerun(module: Module, inputs: tuple) -> Callable[[], np.ndarray]:
     return run
 
 
-def _relu_sides(module: Module) -> list[np.ndarray]:
+def _relus(module: Module) -> list[ReLU]:
+    return [m for _, m in module.named_modules() if isinstance(m, ReLU)]
+
+
+def _relu_sides(relus: list[ReLU]) -> list[np.ndarray]:
     """Which side of 0 every ReLU input was on in the last forward."""
-    return [m.cache.positive.copy() for _, m in module.named_modules()
-            if isinstance(m, ReLU) and m.cache is not None]
+    return [m.cache.positive.copy() for m in relus if m.cache is not None]
 
 
 def _same_sides(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
@@ -159,12 +162,13 @@ def gradcheck(module: Module, *inputs, name: str | None = None, eps: float = 1e-
     # from, and an upstream equal to the input would let a backward that uses x for dy pass
     rng = np.random.default_rng((seed, UPSTREAM_STREAM))
     run = _rerun(module, inputs)
+    relus = _relus(module)          # found once: the tree does not change during the check
 
     upstream = rng.standard_normal(run().shape)
 
     module.zero_grad()
     run()
-    base_sides = _relu_sides(module)
+    base_sides = _relu_sides(relus)
     returned = module.backward(upstream)
     if returned is None:
         returned = ()
@@ -187,10 +191,10 @@ def gradcheck(module: Module, *inputs, name: str | None = None, eps: float = 1e-
             original = array[ix]
             array[ix] = original + eps
             plus = run()
-            plus_sides = _relu_sides(module)
+            plus_sides = _relu_sides(relus)
             array[ix] = original - eps
             minus = run()
-            minus_sides = _relu_sides(module)
+            minus_sides = _relu_sides(relus)
             array[ix] = original
             if not (_same_sides(plus_sides, base_sides) and _same_sides(minus_sides, base_sides)):
                 kinks += 1
@@ -224,9 +228,10 @@ def directional_gradcheck(module: Module, *inputs, n_directions: int = 3, eps: f
         raise TypeError("directional_gradcheck: every parameter and float input must be float64")
     originals = [a.copy() for a in arrays]
     run = _rerun(module, inputs)
+    relus = _relus(module)
 
     upstream = rng.standard_normal(run().shape)      # the forward cache is of this run
-    base_sides = _relu_sides(module)
+    base_sides = _relu_sides(relus)
     module.zero_grad()
     returned = module.backward(upstream)
     returned = () if returned is None else (returned,) if isinstance(returned, np.ndarray) else returned
@@ -240,11 +245,11 @@ def directional_gradcheck(module: Module, *inputs, n_directions: int = 3, eps: f
         for a, z, u in zip(arrays, originals, directions):
             a[...] = z + eps * u
         plus = run()
-        same_sides = _same_sides(_relu_sides(module), base_sides)
+        same_sides = _same_sides(_relu_sides(relus), base_sides)
         for a, z, u in zip(arrays, originals, directions):
             a[...] = z - eps * u
         minus = run()
-        same_sides &= _same_sides(_relu_sides(module), base_sides)
+        same_sides &= _same_sides(_relu_sides(relus), base_sides)
         for a, z in zip(arrays, originals):
             a[...] = z
         if not same_sides:
