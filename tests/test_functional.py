@@ -13,6 +13,21 @@ def close(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7,), (5, 7), (2, 3, 7), (2, 1, 3, 7), (0, 3, 7)])
+def test_matmul_2d_equals_the_stacked_product(dtype, shape):
+    rng = np.random.default_rng(len(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((7, 4)).astype(dtype)
+    for a, b in ((x, w), (x, np.ascontiguousarray(w.T).T)):        # b as a transposed view (tied weights)
+        got = F.matmul_2d(a, b)
+        assert got.shape == shape[:-1] + (4,) and got.dtype == dtype
+        np.testing.assert_allclose(got, F.matmul_2d_reference(a, b), **close(dtype))
+    if len(shape) == 3:                                   # a non-contiguous x: a view with swapped axes
+        xt = rng.standard_normal((shape[1], shape[0], 7)).astype(dtype).swapaxes(0, 1)
+        np.testing.assert_allclose(F.matmul_2d(xt, w), F.matmul_2d_reference(xt, w), **close(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(5, 7), (2, 3, 64), (4, 1), (1, 1)])
 def test_row_mean_equals_the_mean(dtype, shape):
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .functional import matmul_2d
 from .module import Module, check_float_input, check_upstream, default_rng
 
 
@@ -59,7 +60,7 @@ class Linear(Module):
         weight = self.params["weight"]
         check_float_input("Linear input x", x, weight.dtype, last_dim=weight.shape[0])
         self.cache = LinearCache(x)
-        y = x @ weight                                          # (..., O)
+        y = matmul_2d(x, weight)                                # (..., O): x @ W
         if "bias" in self.params:
             y += self.params["bias"]
         return y

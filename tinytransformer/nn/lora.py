@@ -16,6 +16,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from .functional import matmul_2d
 from .linear import Linear, xavier_uniform
 from .module import Module, check_float_input, check_upstream, default_rng
 
@@ -71,9 +72,9 @@ class LoRALinear(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:            # x: (..., I)
         weight, lora_a, lora_b = self.params["weight"], self.params["lora_a"], self.params["lora_b"]
         check_float_input("LoRALinear input x", x, weight.dtype, last_dim=self.in_features)
-        h = x @ lora_a                                           # (..., r)
+        h = matmul_2d(x, lora_a)                                 # (..., r): x @ A
         self.cache = LoRACache(x, h)
-        y = x @ weight + (self.scaling * h) @ lora_b             # (..., O)
+        y = matmul_2d(x, weight) + matmul_2d(self.scaling * h, lora_b)   # (..., O): x @ W + s h @ B
         if "bias" in self.params:
             y += self.params["bias"]
         return y
