@@ -37,6 +37,33 @@ def test_row_mean_equals_the_mean(dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, axis", [((5, 7), -1), ((2, 3, 17), -1), ((4, 1), -1), ((2, 3, 5), 1),
+                                         ((2, 3, 5), 0), ((0, 4), -1)])
+def test_row_sum_equals_the_sum(dtype, shape, axis):
+    x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    got = F.row_sum(x, axis)
+    want = F.row_sum_reference(x, axis)
+    assert got.shape == want.shape and got.dtype == dtype
+    np.testing.assert_allclose(got, want, **close(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1088, 64), (7, 3), (1, 5), (6, 1)])
+def test_column_sum_equals_the_sum(dtype, shape):
+    x = np.random.default_rng(2).standard_normal(shape).astype(dtype)
+    exact = F.column_sum_reference(x.astype(np.longdouble))
+    # a float32 sum of 1088 terms is off by ~1e-5 whichever order it adds in (x.sum(0) too):
+    # both are held to a bound of a few roundings per unit of sum(|x|)
+    bound = 8 * np.finfo(dtype).eps * np.abs(x).sum(0)
+    x_t = np.ascontiguousarray(x.T).T                    # a transposed view (x2.T in Linear's backward)
+    for a in (x, x_t):
+        got = F.column_sum(a)
+        assert got.shape == shape[1:] and got.dtype == dtype
+        assert np.all(np.abs(got - exact) <= bound)
+        assert np.all(np.abs(F.column_sum_reference(a) - exact) <= bound)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("Tk", [1, 5, 17, 40])      # 40: rows past the transposed-copy threshold
 def test_masked_softmax_equals_the_plain_formula(dtype, Tk):
     rng = np.random.default_rng(Tk)

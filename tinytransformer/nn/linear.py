@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .functional import matmul_2d
+from .functional import column_sum, matmul_2d
 from .module import Module, check_float_input, check_upstream, default_rng
 
 
@@ -74,5 +74,5 @@ class Linear(Module):
         # forward was y = x @ W + b, every leading position using the same W and b
         self.add_grad("weight", lambda: x2.T @ dy2)             # (I, O)
         if "bias" in self.params:
-            self.add_grad("bias", lambda: dy2.sum(axis=0))      # (O,)
+            self.add_grad("bias", lambda: column_sum(dy2))       # (O,)
         return (dy2 @ weight.T).reshape(x.shape)                # (..., I)

@@ -16,7 +16,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from .functional import matmul_2d
+from .functional import column_sum, matmul_2d
 from .linear import Linear, xavier_uniform
 from .module import Module, check_float_input, check_upstream, default_rng
 
@@ -89,7 +89,7 @@ class LoRALinear(Module):
         # forward was y = x @ W + b + s * h @ B
         self.add_grad("weight", lambda: x2.T @ dy2)              # (I, O), not while frozen
         if "bias" in self.params:
-            self.add_grad("bias", lambda: dy2.sum(axis=0))       # (O,), not while frozen
+            self.add_grad("bias", lambda: column_sum(dy2))        # (O,), not while frozen
         self.add_grad("lora_b", lambda: self.scaling * (h2.T @ dy2))   # (r, O)
         dh2 = (self.scaling * dy2) @ lora_b.T                    # (N, r)
         # forward was h = x @ A

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .functional import row_mean
+from .functional import column_sum, row_mean
 from .module import Module, check_float_input
 
 
@@ -27,7 +27,8 @@ class LayerNorm(Module):
     """y = gamma * (x - mean) / sqrt(var + eps) + beta, over the last axis (D).
 
     Biased variance and eps inside the square root, as in PyTorch. gamma = 1, beta = 0 at start.
-    (``row_mean`` is x.mean(-1, keepdims=True), computed faster: nn/functional.py.)
+    (``row_mean`` is x.mean(-1, keepdims=True) and ``column_sum`` a matrix's sum(0), computed
+    faster: nn/functional.py.)
     Backward, with xhat = (x - mean) * rstd and g = dy * gamma:
         dgamma = sum over positions of dy * xhat        dbeta = sum over positions of dy
         dx     = rstd * (g - mean(g) - xhat * mean(g * xhat))
@@ -55,8 +56,8 @@ class LayerNorm(Module):
         xhat, rstd = self._saved()
         # forward was y = gamma * xhat + beta, summed over every position
         dy2, xhat2 = dy.reshape(-1, self.d_model), xhat.reshape(-1, self.d_model)     # (N, D)
-        self.add_grad("weight", lambda: (dy2 * xhat2).sum(0))
-        self.add_grad("bias", lambda: dy2.sum(0))
+        self.add_grad("weight", lambda: column_sum(dy2 * xhat2))
+        self.add_grad("bias", lambda: column_sum(dy2))
         g = dy * self.params["weight"]
         return rstd * (g - row_mean(g) - xhat * row_mean(g * xhat))
 
@@ -93,7 +94,7 @@ class RMSNorm(Module):
         xhat, rstd = self._saved()
         # forward was y = gamma * xhat, summed over every position
         dy2, xhat2 = dy.reshape(-1, self.d_model), xhat.reshape(-1, self.d_model)     # (N, D)
-        self.add_grad("weight", lambda: (dy2 * xhat2).sum(0))
+        self.add_grad("weight", lambda: column_sum(dy2 * xhat2))
         g = dy * self.params["weight"]
         # forward was xhat = x * rstd, rstd = (mean(x^2) + eps)^(-1/2)
         return rstd * (g - xhat * row_mean(g * xhat))
