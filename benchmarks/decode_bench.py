@@ -44,12 +44,16 @@ def _time(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure_decode(lengths=(16, 32, 64), batch: int = 64, repeats: int = 5, seed: int = 0) -> dict:
+def measure_decode(lengths=(16, 32, 64), batch: int = 64, repeats: int = 5, seed: int = 0,
+                   peer=None) -> dict:
     """Median seconds to greedy-decode ``batch`` sequences of each length, cached and uncached.
 
     Returns {"rows": [{"length", "cached_s", "uncached_s", "speedup", ...}, ...], plus the setup}.
     Seconds are wall-clock; the CPU seconds of the process (all BLAS threads) are kept alongside,
-    since a busy machine stretches wall time.
+    since a busy machine stretches wall time. ``peer(src, length)``, if given, returns
+    {True: run_cached, False: run_uncached} of another implementation on the same sources; its
+    runs take turns with NumPy's (so a change of machine load hits both), and each row gains
+    "peer_cached_s" and "peer_uncached_s".
     """
     config = TransformerConfig(vocab_size=FIRST_SYMBOL + N_SYMBOLS)
     if max(lengths) > config.max_len:
@@ -64,18 +68,27 @@ def measure_decode(lengths=(16, 32, 64), batch: int = 64, repeats: int = 5, seed
         cached_tokens, uncached_tokens = runs[True](), runs[False]()          # warm-up, and a check
         if not np.array_equal(cached_tokens, uncached_tokens) or cached_tokens.shape != (batch, length):
             raise AssertionError(f"length {length}: cached and uncached decoding disagree")
+        peer_runs = peer(src, length) if peer is not None else {}
+        for run in peer_runs.values():                                        # the peer's warm-up
+            run()
         wall, cpu = {True: [], False: []}, {True: [], False: []}
+        peer_wall = {True: [], False: []}
         for _ in range(repeats):
             for use_cache in (True, False):
                 seconds, cpu_seconds = _time(runs[use_cache])
                 wall[use_cache].append(seconds)
                 cpu[use_cache].append(cpu_seconds)
+                if peer_runs:
+                    peer_wall[use_cache].append(_time(peer_runs[use_cache])[0])
         cached, uncached = float(np.median(wall[True])), float(np.median(wall[False]))
         rows.append({"length": length, "cached_s": cached, "uncached_s": uncached,
                      "speedup": uncached / cached,
                      "cached_cpu_s": float(np.median(cpu[True])),
                      "uncached_cpu_s": float(np.median(cpu[False])),
                      "cached_all_s": wall[True], "uncached_all_s": wall[False]})
+        if peer_runs:
+            rows[-1].update(peer_cached_s=float(np.median(peer_wall[True])),
+                            peer_uncached_s=float(np.median(peer_wall[False])))
     return {
         "benchmark": "greedy decoding, KV cache vs recomputing the prefix",
         "batch": batch, "repeats": repeats, "dtype": "float32", "weights": "random",

@@ -12,7 +12,8 @@ lengths 1..16, batch 64, d_model 64, 4 heads, d_ff 256, 2 + 2 layers, float32):
   each phase; where the NumPy time goes, layer by layer (each module's forward
   and backward timed exclusive of its children); PyTorch's top operators;
 - greedy decoding of 64 sequences of length 16/32/64, with and without the KV
-  cache (NumPy: ``decode_bench.measure_decode``);
+  cache (``decode_bench.measure_decode``, NumPy's and PyTorch's runs taking turns on the
+  same sources);
 - the step time against the sequence length (16..128) and d_model (32..256);
 - the peak memory of a training step (tracemalloc) and the bytes held between
   forward and backward (every array in a module's ``.cache``; for PyTorch, the
@@ -448,31 +449,29 @@ def memory_benchmark(runs, batch) -> dict:
 # ---- decoding --------------------------------------------------------------------------------
 
 
+def torch_decode_runs(model):
+    """peer(src, length) -> {use_cache: a run of PyTorch's greedy decoding} (measure_decode's peer)."""
+    def runs(src: np.ndarray, length: int) -> dict:
+        src = torch.from_numpy(src)
+        return {use_cache: (lambda use_cache=use_cache: torch_reference.greedy_decode(
+                    model, src, length, use_cache, stop_at_eos=False))
+                for use_cache in (True, False)}
+    return runs
+
+
 def decode_benchmark(with_torch, lengths, batch, repeats) -> dict:
+    """NumPy's greedy decoding beside PyTorch's on the same sources, their runs taking turns."""
     from decode_bench import measure_decode
-    numpy_result = measure_decode(lengths=lengths, batch=batch, repeats=repeats)
-    rows = [{"length": row["length"], "NumPy": {"cached_s": row["cached_s"], "uncached_s": row["uncached_s"]}}
-            for row in numpy_result["rows"]]
-    if with_torch:
-        model, _, _ = torch_reference.build(VOCAB.size)
-        rng = np.random.default_rng(0)
-        for row in rows:
-            L = row["length"]
-            src = torch.from_numpy(rng.integers(3, VOCAB.size, size=(batch, L)))
-            times = {True: [], False: []}
-            for use_cache in (True, False):            # warm-up
-                torch_reference.greedy_decode(model, src, L, use_cache, stop_at_eos=False)
-            for _ in range(repeats):
-                for use_cache in (True, False):
-                    start = time.perf_counter()
-                    torch_reference.greedy_decode(model, src, L, use_cache, stop_at_eos=False)
-                    times[use_cache].append(time.perf_counter() - start)
-            row["PyTorch"] = {"cached_s": float(np.median(times[True])),
-                              "uncached_s": float(np.median(times[False]))}
-    for row in rows:
-        for side in ("NumPy", "PyTorch"):
-            if side in row:
-                row[side]["speedup"] = row[side]["uncached_s"] / row[side]["cached_s"]
+    peer = torch_decode_runs(torch_reference.build(VOCAB.size)[0]) if with_torch else None
+    numpy_result = measure_decode(lengths=lengths, batch=batch, repeats=repeats, peer=peer)
+    rows = []
+    for row in numpy_result["rows"]:
+        sides = {"NumPy": {"cached_s": row["cached_s"], "uncached_s": row["uncached_s"]}}
+        if with_torch:
+            sides["PyTorch"] = {"cached_s": row["peer_cached_s"], "uncached_s": row["peer_uncached_s"]}
+        for side in sides.values():
+            side["speedup"] = side["uncached_s"] / side["cached_s"]
+        rows.append({"length": row["length"], **sides})
     return {"batch": batch, "repeats": repeats, "rows": rows}
 
 
@@ -585,7 +584,8 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['op']} | {r['ms']:.2f} | {100 * r['share']:.0f}% | {r['calls_per_step']:.0f} |")
 
     d = results["decode"]
-    lines += ["", f"## Greedy decoding, {d['batch']} sequences (median seconds of {d['repeats']})", ""]
+    lines += ["", f"## Greedy decoding, {d['batch']} sequences (median seconds of {d['repeats']}, "
+              f"the two sides taking turns)", ""]
     if has_torch:
         lines += ["| length | NumPy cached | NumPy uncached | NumPy speedup | PyTorch cached | PyTorch uncached "
                   "| PyTorch speedup | cached NumPy / PyTorch |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
