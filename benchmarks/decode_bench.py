@@ -53,7 +53,8 @@ def measure_decode(lengths=(16, 32, 64), batch: int = 64, repeats: int = 5, seed
     since a busy machine stretches wall time. ``peer(src, length)``, if given, returns
     {True: run_cached, False: run_uncached} of another implementation on the same sources; its
     runs take turns with NumPy's (so a change of machine load hits both), and each row gains
-    "peer_cached_s" and "peer_uncached_s".
+    "peer_cached_s" and "peer_uncached_s" (wall-clock only: the process's CPU time would count
+    both sides).
     """
     config = TransformerConfig(vocab_size=FIRST_SYMBOL + N_SYMBOLS)
     if max(lengths) > config.max_len:
@@ -69,8 +70,9 @@ def measure_decode(lengths=(16, 32, 64), batch: int = 64, repeats: int = 5, seed
         if not np.array_equal(cached_tokens, uncached_tokens) or cached_tokens.shape != (batch, length):
             raise AssertionError(f"length {length}: cached and uncached decoding disagree")
         peer_runs = peer(src, length) if peer is not None else {}
-        for run in peer_runs.values():                                        # the peer's warm-up
-            run()
+        peer_tokens = [np.asarray(peer_runs[use_cache]()) for use_cache in peer_runs]   # the same for the peer
+        if peer_tokens and (not np.array_equal(*peer_tokens) or peer_tokens[0].shape != (batch, length)):
+            raise AssertionError(f"length {length}: the peer's cached and uncached decoding disagree")
         wall, cpu = {True: [], False: []}, {True: [], False: []}
         peer_wall = {True: [], False: []}
         for _ in range(repeats):

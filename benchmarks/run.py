@@ -452,17 +452,17 @@ def memory_benchmark(runs, batch) -> dict:
 def torch_decode_runs(model):
     """peer(src, length) -> {use_cache: a run of PyTorch's greedy decoding} (measure_decode's peer)."""
     def runs(src: np.ndarray, length: int) -> dict:
-        src = torch.from_numpy(src)
+        src_t = torch.from_numpy(src)
         return {use_cache: (lambda use_cache=use_cache: torch_reference.greedy_decode(
-                    model, src, length, use_cache, stop_at_eos=False))
+                    model, src_t, length, use_cache, stop_at_eos=False))
                 for use_cache in (True, False)}
     return runs
 
 
 def decode_benchmark(with_torch, lengths, batch, repeats) -> dict:
     """NumPy's greedy decoding beside PyTorch's on the same sources, their runs taking turns."""
-    from decode_bench import measure_decode
-    peer = torch_decode_runs(torch_reference.build(VOCAB.size)[0]) if with_torch else None
+    from decode_bench import N_SYMBOLS as DECODE_SYMBOLS, measure_decode
+    peer = torch_decode_runs(torch_reference.build(Vocab(DECODE_SYMBOLS).size)[0]) if with_torch else None
     numpy_result = measure_decode(lengths=lengths, batch=batch, repeats=repeats, peer=peer)
     rows = []
     for row in numpy_result["rows"]:

@@ -27,6 +27,11 @@ def test_matmul_2d_equals_the_stacked_product(dtype, shape):
         np.testing.assert_allclose(F.matmul_2d(xt, w), F.matmul_2d_reference(xt, w), **close(dtype))
 
 
+def test_matmul_2d_of_an_empty_inner_axis_is_zero():
+    x, w = np.ones((2, 3, 0)), np.ones((0, 4))
+    np.testing.assert_array_equal(F.matmul_2d(x, w), np.zeros((2, 3, 4)))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(5, 7), (2, 3, 64), (4, 1), (1, 1)])
 def test_row_mean_equals_the_mean(dtype, shape):
@@ -38,7 +43,8 @@ def test_row_mean_equals_the_mean(dtype, shape):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, axis", [((5, 7), -1), ((2, 3, 17), -1), ((4, 1), -1), ((2, 3, 5), 1),
-                                         ((2, 3, 5), 0), ((0, 4), -1)])
+                                         ((2, 3, 5), 0), ((2, 3, 5), -2), ((7,), -1), ((0, 4), -1),
+                                         ((4, 0), -1)])
 def test_row_sum_equals_the_sum(dtype, shape, axis):
     x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
     got = F.row_sum(x, axis)
@@ -61,6 +67,11 @@ def test_column_sum_equals_the_sum(dtype, shape):
         assert got.shape == shape[1:] and got.dtype == dtype
         assert np.all(np.abs(got - exact) <= bound)
         assert np.all(np.abs(F.column_sum_reference(a) - exact) <= bound)
+
+
+def test_column_sum_refuses_more_than_two_axes():
+    with pytest.raises(ValueError, match=r"column_sum: expected a matrix \(N, D\), got shape \(3, 3, 5\)"):
+        F.column_sum(np.ones((3, 3, 5)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -5,35 +5,42 @@ math; whatever makes the routine fast is here, and only here. Each routine
 computes what its ``*_reference`` twin computes (tests/test_functional.py holds
 the two together on random inputs, fully masked rows and rows of length 1), and
 each was kept because it measured more than ~2% of a reference training step
-(batch 64, lengths 1..16, d_model 64, float32, one BLAS thread; NumPy 2.4):
+(batch 64, lengths 1..16, d_model 64, float32, one BLAS thread; NumPy 2.4; the times
+are the fastest of 7 x 200 calls on a 2-core AMD EPYC):
 
-    routine            calls per step   fast      reference
-    matmul_2d          33 (Linear)      459 us    695 us       (64, 16, 64) @ (64, 192), AMD EPYC
-    row_mean           4 per LayerNorm  5 us      33 us        (N = 1088, D = 64)
-    row_sum            12 (softmaxes)   14 us     74 us        (64, 4, 17, 17), AMD EPYC
-    column_sum         57 (Linear, LN)  3 us      22 us        (N = 1088, D = 64), AMD EPYC
-    masked_softmax     6                205 us    405 us       (64, 4, 17, 17)
-    scatter_add_rows   2                40 us     596 us       (N = 1088, V = 13)
+    routine            calls per step            fast      reference
+    matmul_2d          33 (Linear), and below    222 us    285 us    (64, 16, 64) @ (64, 192)
+    row_mean           4 per LayerNorm           5 us      27 us     (N = 1088, D = 64)
+    row_sum            6 softmax, 6 its backward 15 us     71 us     (64, 4, 17, 17)
+    column_sum         57 (Linear, LayerNorm)    4 us      26 us     (N = 1088, D = 64)
+    masked_softmax     6                         141 us    332 us    (64, 4, 17, 17)
+    scatter_add_rows   2                         32 us     504 us    (N = 1088, V = 13)
 
 NumPy's reductions over a short last axis loop once per row; a matrix product
 with a column of ones (or of 1/D) does the same sums in one BLAS call. Sums down
 the first axis (over positions, for parameter gradients) are a row of ones times
-the matrix, for the same reason. And NumPy
-runs a stacked product (B, T, I) @ (I, O) as one product per leading index; on the
-(B*T, I) view it is a single one (on an Intel Xeon the two took the same time).
+the matrix, for the same reason. And NumPy runs a stacked product (B, T, I) @ (I, O)
+as one product per leading index; on the (B*T, I) view it is a single one (on an
+Intel Xeon the two took the same time; it is kept for the machines where it helps).
 
 Legend: N rows, D row length, V rows of the table being scattered into.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse
 
 
 def matmul_2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x @ w, every leading index at once: one product on the (N, I) view.   (..., I) @ (I, O) -> (..., O)"""
-    return (x.reshape(-1, w.shape[0]) @ w).reshape(*x.shape[:-1], w.shape[1])
+    """x @ w, every leading index at once: one product on the (N, I) view.   (..., I) @ (I, O) -> (..., O)
+
+    For float arrays whose shapes the caller has checked (Linear does).
+    """
+    n = math.prod(x.shape[:-1])                                              # N = B * T * ...
+    return (x.reshape(n, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[1])
 
 
 def matmul_2d_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -50,7 +57,7 @@ def row_mean_reference(x: np.ndarray) -> np.ndarray:
 
 
 def row_sum(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """x.sum(axis, keepdims=True), as the product with a column of ones along ``axis``."""
+    """x.sum(axis, keepdims=True) of a float array, as the product with a column of ones along ``axis``."""
     moved = np.moveaxis(x, axis, -1)                                         # (..., n)
     return np.moveaxis(matmul_2d(moved, np.ones((moved.shape[-1], 1), dtype=x.dtype)), -1, axis)
 
@@ -60,7 +67,9 @@ def row_sum_reference(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def column_sum(x: np.ndarray) -> np.ndarray:
-    """x.sum(0) of a matrix, as the product (1, ..., 1) @ x.                       (N, D) -> (D,)"""
+    """x.sum(0) of a float matrix, as the product (1, ..., 1) @ x.                 (N, D) -> (D,)"""
+    if x.ndim != 2:          # on more axes the product would sum another axis than the first
+        raise ValueError(f"column_sum: expected a matrix (N, D), got shape {x.shape}")
     return np.ones(x.shape[0], dtype=x.dtype) @ x
 
 
