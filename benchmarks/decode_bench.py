@@ -70,7 +70,7 @@ def measure_decode(lengths=(16, 32, 64), batch: int = 64, repeats: int = 5, seed
         if not np.array_equal(cached_tokens, uncached_tokens) or cached_tokens.shape != (batch, length):
             raise AssertionError(f"length {length}: cached and uncached decoding disagree")
         peer_runs = peer(src, length) if peer is not None else {}
-        peer_tokens = [np.asarray(peer_runs[use_cache]()) for use_cache in peer_runs]   # the same for the peer
+        peer_tokens = [np.asarray(run()) for run in peer_runs.values()]      # the same for the peer
         if peer_tokens and (not np.array_equal(*peer_tokens) or peer_tokens[0].shape != (batch, length)):
             raise AssertionError(f"length {length}: the peer's cached and uncached decoding disagree")
         wall, cpu = {True: [], False: []}, {True: [], False: []}
