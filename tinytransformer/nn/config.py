@@ -46,6 +46,14 @@ class TransformerConfig:
     ``activation``: "relu", "gelu" (exact), "gelu_tanh", or "swiglu" (a gated feed-forward
     with a third projection). A config saved before ``norm`` and ``rope_base`` existed loads
     with their defaults: the same model as then.
+
+    What a pre-trained decoder (GPT-2, LLaMA) needs; each default keeps the model as it was:
+    ``n_kv_heads``: key/value heads of every attention (None: n_heads; fewer, dividing n_heads,
+    is grouped-query attention: query head h reads key/value head h // (n_heads / n_kv_heads)).
+    ``bias``: biases in every attention projection and feed-forward Linear (LLaMA has none).
+    ``head_bias``: a bias on the output projection (GPT-2's and LLaMA's heads have none).
+    ``embed_scale``: token embeddings multiplied by sqrt(d_model) (GPT-2 and LLaMA do not).
+    ``norm_eps``: the eps of every LayerNorm or RMSNorm.
     """
     vocab_size: int
     d_model: int = 64
@@ -60,6 +68,11 @@ class TransformerConfig:
     positional: str = "sinusoidal"
     norm: str = "layernorm"
     rope_base: float = 10000.0
+    n_kv_heads: int | None = None
+    bias: bool = True
+    head_bias: bool = True
+    embed_scale: bool = True
+    norm_eps: float = 1e-5
     tie_embeddings: bool = False
     pad_id: int = 0
 
@@ -100,6 +113,31 @@ class TransformerConfig:
             raise ValueError(f"TransformerConfig.n_heads: positional='alibi' needs a power of two "
                              f"(1, 2, 4, 8, ...: the slopes 2 ** (-8 (h+1) / n_heads) are defined "
                              f"for those), got {self.n_heads}")
+        self._check_pretrained_fields()
+
+    def _check_pretrained_fields(self) -> None:
+        """n_kv_heads, bias, head_bias, embed_scale, norm_eps: what GPT-2 and LLaMA differ in."""
+        if self.n_kv_heads is not None:
+            value = self.n_kv_heads
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1 \
+                    or self.n_heads % value:
+                raise ValueError(f"TransformerConfig.n_kv_heads: expected None or a positive integer "
+                                 f"dividing n_heads ({self.n_heads}), got {value!r}")
+            self.n_kv_heads = int(value)
+        for name in ("bias", "head_bias", "embed_scale"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"TransformerConfig.{name}: expected True or False, "
+                                 f"got {getattr(self, name)!r}")
+            setattr(self, name, bool(getattr(self, name)))
+        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float, np.number)) \
+                or not self.norm_eps > 0:
+            raise ValueError(f"TransformerConfig.norm_eps: expected a number > 0, got {self.norm_eps!r}")
+        self.norm_eps = float(self.norm_eps)
+
+    @property
+    def kv_heads(self) -> int:
+        """The number of key/value heads of every attention: ``n_kv_heads``, or n_heads when None."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
     @property
     def attention_positional(self) -> str | None:
