@@ -20,6 +20,7 @@ from .nn import __all__ as _nn_all
 from .nn.transformer import (PRESETS, Decoder, DecoderLayer, DecoderOnlyTransformer, Encoder,
                              EncoderLayer, Transformer, TransformerConfig)
 from .optim import SGD, Adam, AdamW, clip_grad_norm, warmup_inverse_sqrt
+from .pretrained import load_pretrained, save_pretrained
 from .tasks import BOS, EOS, PAD, Vocab, eval_set, make_batch
 from .threads import threads
 from .train import TrainConfig, TrainResult, evaluate, train
@@ -32,4 +33,5 @@ __all__ = list(_nn_all) + [
     "greedy_decode", "beam_search", "generate", "sequence_log_prob", "KVCache",
     "save_checkpoint", "load_checkpoint", "CheckpointError",
     "TrainConfig", "TrainResult", "train", "evaluate", "threads", "exercises",
+    "load_pretrained", "save_pretrained",
 ]
