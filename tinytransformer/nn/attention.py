@@ -1,7 +1,7 @@
 """Scaled dot-product attention and multi-head attention (their masks: masks.py, re-exported here).
 
-Legend: B batch, H heads, Tq query positions, Tk key positions, dk key/query
-size per head, dv value size per head, D d_model = H * dk.
+Legend: B batch, H heads, Hkv key/value heads (H / Hkv = g, the group size), Tq query
+positions, Tk key positions, dk key/query size per head, dv value size per head, D d_model = H * dk.
 
 Masks are boolean and broadcast to the scores (B, H, Tq, Tk): True means "this
 query may attend to this key". Only keys are masked.
@@ -105,11 +105,17 @@ class ScaledDotProductAttention(Module):
 
 class MultiHeadAttention(Module):
     """MultiHead(x, c) = Concat(head_1, ..., head_H) @ W_o + b_o,
-    head_h = Attention(x W_q^h, c W_k^h, c W_v^h), with c = x for self-attention.
+    head_h = Attention(x W_q^h, c W_k^j, c W_v^j), j = h // g, with c = x for self-attention.
 
     Heads are contiguous blocks of the projected features, as in PyTorch: head h
     uses columns h*dk:(h+1)*dk of x @ W_q. The split is a reshape to (B, T, H, dk)
     and a transpose to (B, H, T, dk); every head runs in one batched matmul.
+
+    ``n_kv_heads`` (Hkv, dividing H; None means H): grouped-query attention (Ainslie et al. 2023,
+    as in LLaMA 2 and 3). W_k and W_v map D -> Hkv * dk, and the g = H / Hkv query heads
+    h = j*g .. j*g + g-1 share key/value head j (Hkv = 1 is multi-query attention). The keys
+    and values are repeated g times along the head axis before the attention (a KV cache
+    keeps the Hkv heads only). ``bias=False`` drops the bias of all four projections.
 
     ``positional`` (self-attention only): "rope" rotates every head's q and k by their
     positions (``rotary``, a RotaryEmbedding of the head size and ``max_len``), "alibi"
@@ -119,25 +125,35 @@ class MultiHeadAttention(Module):
     In self-attention x feeds the query, key and value projections, so dx is
     the sum of all three; in cross-attention x gets the query part and the
     context the key and value parts. With RoPE, dq and dk are rotated back first.
+    A shared key/value head was used by g query heads, so its gradient is the sum of theirs:
+        dk_j = sum over h = j*g .. j*g + g-1 of dk_h        (and likewise dv_j)
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0,
                  rng: np.random.Generator | None = None, dtype=np.float32,
-                 positional: str | None = None, max_len: int | None = None, rope_base: float = 10000.0):
+                 positional: str | None = None, max_len: int | None = None, rope_base: float = 10000.0,
+                 n_kv_heads: int | None = None, bias: bool = True):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"MultiHeadAttention: d_model ({d_model}) must be divisible by "
                              f"n_heads ({n_heads})")
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if isinstance(n_kv_heads, bool) or not isinstance(n_kv_heads, (int, np.integer)) \
+                or n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ValueError(f"MultiHeadAttention n_kv_heads: expected None or a positive integer "
+                             f"dividing n_heads ({n_heads}), got {n_kv_heads!r}")
         if positional not in ATTENTION_POSITIONALS:
             raise ValueError(f"MultiHeadAttention positional: expected None, 'rope' or 'alibi', "
                              f"got {positional!r}")
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
+        self.n_kv_heads, self.group = int(n_kv_heads), n_heads // int(n_kv_heads)
         self.positional = positional
         rng = default_rng(rng)            # one Generator for all four: distinct weights
-        self.w_q = Linear(d_model, d_model, rng=rng, dtype=dtype)
-        self.w_k = Linear(d_model, d_model, rng=rng, dtype=dtype)
-        self.w_v = Linear(d_model, d_model, rng=rng, dtype=dtype)
-        self.w_o = Linear(d_model, d_model, rng=rng, dtype=dtype)
+        d_kv = self.n_kv_heads * self.d_head
+        self.w_q = Linear(d_model, d_model, bias, rng=rng, dtype=dtype)
+        self.w_k = Linear(d_model, d_kv, bias, rng=rng, dtype=dtype)
+        self.w_v = Linear(d_model, d_kv, bias, rng=rng, dtype=dtype)
+        self.w_o = Linear(d_model, d_model, bias, rng=rng, dtype=dtype)
         self.rotary = (RotaryEmbedding(self.d_head, max_len, rope_base, dtype=dtype)
                        if positional == "rope" else None)
         self.attention = ScaledDotProductAttention(
@@ -150,12 +166,25 @@ class MultiHeadAttention(Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}" + (
+            f", n_kv_heads={self.n_kv_heads}" if self.group > 1 else "") + (
             f", positional={self.positional!r}" if self.positional else "")
 
     def split_heads(self, x: np.ndarray) -> np.ndarray:
-        """(B, T, D) -> (B, H, T, dk)"""
-        B, T, _ = x.shape
-        return x.reshape(B, T, self.n_heads, self.d_head).transpose(0, 2, 1, 3)
+        """(B, T, heads * dk) -> (B, heads, T, dk): H heads of queries, Hkv of keys and values."""
+        B, T, features = x.shape
+        return x.reshape(B, T, features // self.d_head, self.d_head).transpose(0, 2, 1, 3)
+
+    def repeat_kv(self, kv: np.ndarray) -> np.ndarray:
+        """(B, Hkv, T, dk) -> (B, H, T, dk): key/value head j serves query heads j*g .. j*g + g-1."""
+        return kv if self.group == 1 else np.repeat(kv, self.group, axis=1)
+
+    def sum_groups(self, dkv: np.ndarray) -> np.ndarray:
+        """(B, H, T, dk) -> (B, Hkv, T, dk), the backward of ``repeat_kv``: each shared head's
+        gradient is the sum of those of the g query heads that read it."""
+        if self.group == 1:
+            return dkv
+        B, H, T, dk = dkv.shape
+        return dkv.reshape(B, self.n_kv_heads, self.group, T, dk).sum(axis=2)
 
     def merge_heads(self, x: np.ndarray) -> np.ndarray:
         """(B, H, T, dk) -> (B, T, D), the inverse of split_heads."""
@@ -176,16 +205,16 @@ class MultiHeadAttention(Module):
                 raise ValueError(f"context: expected batch size {x.shape[0]} (that of x), "
                                  f"got shape {context.shape}")
         q = self.split_heads(self.w_q(x))                         # (B, H, Tq, dk)
-        k = self.split_heads(self.w_k(source))                    # (B, H, Tk, dk)
-        v = self.split_heads(self.w_v(source))                    # (B, H, Tk, dk)
+        k, v = self.project_kv(source)                            # (B, Hkv, Tk, dk) each
         if self.rotary is not None:                               # positions 0 .. T-1
-            q, k = self.rotary(q), self.rotary(k)                 # (B, H, T, dk) each
-        heads = self.attention(q, k, v, mask)                     # (B, H, Tq, dk)
+            q, k = self.rotary(q), self.rotary(k)                 # (B, H or Hkv, T, dk)
+        heads = self.attention(q, self.repeat_kv(k), self.repeat_kv(v), mask)    # (B, H, Tq, dk)
         self.cache = MHACache(self_attention=context is None)
         return self.w_o(self.merge_heads(heads))                  # (B, Tq, D)
 
     def project_kv(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The keys and values (B, H, Tk, dk) of ``source`` (B, Tk, D), as ``forward`` computes them."""
+        """The keys and values (B, Hkv, Tk, dk) of ``source`` (B, Tk, D), as ``forward`` computes
+        them (before RoPE and before the repeat over query groups)."""
         return self.split_heads(self.w_k(source)), self.split_heads(self.w_v(source))
 
     def step(self, x: np.ndarray, kv: AttentionCache, mask: np.ndarray | None = None,
@@ -198,22 +227,25 @@ class MultiHeadAttention(Module):
         Cross-attention (``append=False``): ``kv`` already holds the keys and
         values of the memory, computed once with ``project_kv``.
         The output equals the last Tn rows of ``forward`` on the whole sequence.
+        ``kv`` holds the Hkv key/value heads, repeated over the query groups at each step.
         ``.attn`` is (B, H, Tn, Tk); nothing is kept for backward.
         """
         q = self.split_heads(self.w_q(x))                         # (B, H, Tn, dk)
         if append:
-            k_new, v_new = self.project_kv(x)                     # (B, H, Tn, dk)
+            k_new, v_new = self.project_kv(x)                     # (B, Hkv, Tn, dk)
             if self.rotary is not None:   # the new positions follow the cached ones; cached keys stay rotated
                 q, k_new = self.rotary(q, kv.length), self.rotary(k_new, kv.length)
             kv.append(k_new, v_new)
-        heads = self.attention(q, kv.k, kv.v, mask)               # (B, H, Tn, dk)
+        heads = self.attention(q, self.repeat_kv(kv.k), self.repeat_kv(kv.v), mask)   # (B, H, Tn, dk)
         self.cache = InvalidatedByInference("step")   # backward raises instead of using stale arrays
         return self.w_o(self.merge_heads(heads))                  # (B, Tn, D)
 
     def backward(self, dout: np.ndarray):                         # dout: (B, Tq, D)
         self_attention = self._saved().self_attention
         dheads = self.split_heads(self.w_o.backward(dout))        # (B, H, Tq, dk)
-        dq, dk, dv = self.attention.backward(dheads)
+        dq, dk, dv = self.attention.backward(dheads)              # (B, H, T, dk) each
+        # forward was k, v = repeat_kv(k), repeat_kv(v)
+        dk, dv = self.sum_groups(dk), self.sum_groups(dv)         # (B, Hkv, Tk, dk)
         if self.rotary is not None:
             # forward was q, k = rotate(q), rotate(k)
             dq, dk = self.rotary.backward(dq), self.rotary.backward(dk)

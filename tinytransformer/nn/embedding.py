@@ -152,17 +152,20 @@ class LearnedPositionalEmbedding(Module):
         return dy
 
 
-def embed_forward(embed: Embedding, pos: Module | None, ids: np.ndarray, offset: int = 0) -> np.ndarray:
+def embed_forward(embed: Embedding, pos: Module | None, ids: np.ndarray, offset: int = 0,
+                  scale: bool = True) -> np.ndarray:
     """A model's input: x = pos(embed(ids) * sqrt(D)), scaled token embeddings plus positions. (B, T, D)
 
     ``pos`` None: nothing is added (positions "rope", "alibi" live inside attention; "none" has none).
+    ``scale`` False: x = pos(embed(ids)), unscaled (GPT-2, LLaMA).
     """
-    scaled = embed(ids) * embed.params["weight"].dtype.type(np.sqrt(embed.d_model))
+    e = embed(ids)                                             # (B, T, D)
+    scaled = e * e.dtype.type(np.sqrt(embed.d_model)) if scale else e
     return scaled if pos is None else pos(scaled, offset)
 
 
-def embed_backward(embed: Embedding, pos: Module | None, dx: np.ndarray) -> None:
+def embed_backward(embed: Embedding, pos: Module | None, dx: np.ndarray, scale: bool = True) -> None:
     """The gradient of ``embed_forward`` into the embedding (and a learned position table)."""
-    # forward was x = pos(e * sqrt(D)), e = embed(ids)
+    # forward was x = pos(e * sqrt(D)) (or pos(e) unscaled), e = embed(ids)
     dscaled = dx if pos is None else pos.backward(dx)
-    embed.backward(dscaled * dx.dtype.type(np.sqrt(embed.d_model)))
+    embed.backward(dscaled * dx.dtype.type(np.sqrt(embed.d_model)) if scale else dscaled)

@@ -43,8 +43,9 @@ class FeedForward(Module):
         gated  (swiglu):                 y = linear2(dropout(silu(linear1(x)) * linear3(x)))
 
     SwiGLU (Shazeer 2020, as in LLaMA): linear1 (D -> F) is the gate, linear3 (D -> F) the
-    "up" projection, linear2 (F -> D) brings the product back; all three with a bias, F used
-    as given (LLaMA shrinks it to 2/3 to keep the parameter count; here it is yours to set).
+    "up" projection, linear2 (F -> D) brings the product back; F used as given (LLaMA shrinks
+    it to 2/3 to keep the parameter count; here it is yours to set).
+    ``bias=False`` drops the bias of every Linear (LLaMA has none).
     Backward runs the chain in reverse; for the product h = gate * up:
         dgate = dh * up            dup = dh * gate
         dx    = linear1.backward(silu.backward(dgate)) + linear3.backward(dup)
@@ -52,16 +53,16 @@ class FeedForward(Module):
     """
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "relu", dropout: float = 0.0,
-                 rng: np.random.Generator | None = None, dtype=np.float32):
+                 rng: np.random.Generator | None = None, dtype=np.float32, bias: bool = True):
         super().__init__()
         rng = default_rng(rng)            # one Generator for every Linear: distinct weights
         self.gated = activation == "swiglu"
-        self.linear1 = Linear(d_model, d_ff, rng=rng, dtype=dtype)
+        self.linear1 = Linear(d_model, d_ff, bias, rng=rng, dtype=dtype)
         self.act = make_activation(activation)
         self.dropout = Dropout(dropout, rng=rng)
-        self.linear2 = Linear(d_ff, d_model, rng=rng, dtype=dtype)
+        self.linear2 = Linear(d_ff, d_model, bias, rng=rng, dtype=dtype)
         if self.gated:                    # drawn after linear2: the plain network's weights do not move
-            self.linear3 = Linear(d_model, d_ff, rng=rng, dtype=dtype)
+            self.linear3 = Linear(d_model, d_ff, bias, rng=rng, dtype=dtype)
 
     def extra_repr(self) -> str:
         return "gated (SwiGLU)" if self.gated else ""

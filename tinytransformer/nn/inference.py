@@ -57,7 +57,7 @@ def step_inputs(model: Module, embed: Embedding, name: str, ids: np.ndarray, cac
     if end > cache.capacity:
         raise ValueError(f"{name}: positions {start}..{end - 1} do not fit the cache's capacity "
                          f"{cache.capacity}")
-    x = embed_forward(embed, model.pos, ids, offset=start)                     # (B, Tn, D)
+    x = embed_forward(embed, model.pos, ids, offset=start, scale=model.config.embed_scale)   # (B, Tn, D)
     cache.token_mask[:, start:end] = ids != model.config.pad_id
     cache.length = end
     # new token i sits at position start + i: it sees keys 0 .. start + i
@@ -70,7 +70,7 @@ def seq2seq_cache(model, memory: np.ndarray, src_keys: np.ndarray, capacity: int
     ``memory`` (B, S, D) computed once."""
     c = model.config
     capacity = c.max_len if capacity is None else capacity
-    cache = KVCache.empty(len(model.decoder.layers), memory.shape[0], c.n_heads, capacity,
+    cache = KVCache.empty(len(model.decoder.layers), memory.shape[0], c.kv_heads, capacity,
                           c.d_model // c.n_heads, memory.dtype)
     cache.cross_attn = [AttentionCache.filled(*layer.cross_attn.project_kv(memory))
                         for layer in model.decoder.layers]
@@ -92,7 +92,7 @@ def lm_cache(model, batch_size: int, capacity: int | None) -> KVCache:
     """An empty KVCache for a DecoderOnlyTransformer's blocks."""
     c = model.config
     capacity = c.max_len if capacity is None else capacity
-    return KVCache.empty(len(model.layers), batch_size, c.n_heads, capacity, c.d_model // c.n_heads,
+    return KVCache.empty(len(model.layers), batch_size, c.kv_heads, capacity, c.d_model // c.n_heads,
                          model.dtype)
 
 

@@ -1,6 +1,8 @@
 """The key/value cache of incremental decoding: what generation keeps between steps.
 
-Legend: B batch, H heads, t positions fed so far, S source length, dk size per head.
+Legend: B batch, H key/value heads (the attention's n_kv_heads: fewer than its query heads with
+grouped-query attention, which is what makes its cache smaller), t positions fed so far,
+S source length, dk size per head.
 
 Training never uses it. When a model generates one token at a time, the keys
 and values of the earlier positions do not change, so each step computes

@@ -11,7 +11,9 @@ unchanged and the sublayer branch adds its own, so dx = dout + (branch) for
 pre-LN, and dx = dsum + (branch) with dsum = norm.backward(dout) for post-LN.
 
 ``positional`` "rope" or "alibi" puts positions inside every self-attention
-(attention.py); cross-attention never gets any. ``max_len`` sizes RoPE's tables.
+(attention.py); cross-attention never gets any. ``max_len`` bounds RoPE's positions.
+``n_kv_heads`` (grouped-query attention) and ``bias`` apply to every attention, cross-attention
+included; ``bias`` to the feed-forward too; ``norm_eps`` is the eps of every norm.
 
 Decoding one token at a time runs these layers through ``inference.py``.
 """
@@ -62,15 +64,17 @@ class EncoderLayer(Module):
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
                  norm_first: bool = True, activation: str = "relu",
                  rng: np.random.Generator | None = None, dtype=np.float32, norm: str = "layernorm",
-                 positional: str | None = None, max_len: int | None = None, rope_base: float = 10000.0):
+                 positional: str | None = None, max_len: int | None = None, rope_base: float = 10000.0,
+                 n_kv_heads: int | None = None, bias: bool = True, norm_eps: float = 1e-5):
         super().__init__()
         rng = default_rng(rng)
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, rng=rng, dtype=dtype,
-                                            positional=positional, max_len=max_len, rope_base=rope_base)
-        self.ff = FeedForward(d_model, d_ff, activation, dropout, rng=rng, dtype=dtype)
-        self.norm1 = make_norm(norm, d_model, dtype)
-        self.norm2 = make_norm(norm, d_model, dtype)
+                                            positional=positional, max_len=max_len, rope_base=rope_base,
+                                            n_kv_heads=n_kv_heads, bias=bias)
+        self.ff = FeedForward(d_model, d_ff, activation, dropout, rng=rng, dtype=dtype, bias=bias)
+        self.norm1 = make_norm(norm, d_model, dtype, norm_eps)
+        self.norm2 = make_norm(norm, d_model, dtype, norm_eps)
         self.dropout1 = Dropout(dropout, rng=rng)     # on the self-attention output
         self.dropout2 = Dropout(dropout, rng=rng)     # on the feed-forward output
 
@@ -100,17 +104,20 @@ class DecoderLayer(Module):
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
                  norm_first: bool = True, activation: str = "relu",
                  rng: np.random.Generator | None = None, dtype=np.float32, norm: str = "layernorm",
-                 positional: str | None = None, max_len: int | None = None, rope_base: float = 10000.0):
+                 positional: str | None = None, max_len: int | None = None, rope_base: float = 10000.0,
+                 n_kv_heads: int | None = None, bias: bool = True, norm_eps: float = 1e-5):
         super().__init__()
         rng = default_rng(rng)
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, rng=rng, dtype=dtype,
-                                            positional=positional, max_len=max_len, rope_base=rope_base)
-        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, rng=rng, dtype=dtype)
-        self.ff = FeedForward(d_model, d_ff, activation, dropout, rng=rng, dtype=dtype)
-        self.norm1 = make_norm(norm, d_model, dtype)
-        self.norm2 = make_norm(norm, d_model, dtype)
-        self.norm3 = make_norm(norm, d_model, dtype)
+                                            positional=positional, max_len=max_len, rope_base=rope_base,
+                                            n_kv_heads=n_kv_heads, bias=bias)
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, rng=rng, dtype=dtype,
+                                             n_kv_heads=n_kv_heads, bias=bias)
+        self.ff = FeedForward(d_model, d_ff, activation, dropout, rng=rng, dtype=dtype, bias=bias)
+        self.norm1 = make_norm(norm, d_model, dtype, norm_eps)
+        self.norm2 = make_norm(norm, d_model, dtype, norm_eps)
+        self.norm3 = make_norm(norm, d_model, dtype, norm_eps)
         self.dropout1 = Dropout(dropout, rng=rng)
         self.dropout2 = Dropout(dropout, rng=rng)
         self.dropout3 = Dropout(dropout, rng=rng)

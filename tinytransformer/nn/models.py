@@ -45,8 +45,9 @@ def make_positional(config: TransformerConfig, rng, dtype) -> Module | None:
 
 def layer_options(config: TransformerConfig) -> dict:
     """The keyword arguments every layer of a model gets beyond its sizes."""
-    return dict(norm=config.norm, positional=config.attention_positional, max_len=config.max_len,
-                rope_base=config.rope_base)
+    return dict(norm=config.norm, norm_eps=config.norm_eps, positional=config.attention_positional,
+                max_len=config.max_len, rope_base=config.rope_base, n_kv_heads=config.n_kv_heads,
+                bias=config.bias)
 
 
 def tie_output_to_embedding(out_proj: Linear, embed: Embedding) -> None:
@@ -75,7 +76,8 @@ class Transformer(Module):
                                   causal & tgt padding mask, src padding mask))
 
     ``pos`` (shared by source and target) is None when the positions are not added to the
-    embeddings (``config.positional`` "rope", "alibi", "none").
+    embeddings (``config.positional`` "rope", "alibi", "none"); the sqrt(D) scale is left out
+    with ``config.embed_scale`` False, and out_proj's bias b with ``config.head_bias`` False.
     ``src_mask``/``tgt_mask`` are (B, S)/(B, T) booleans, True = real token;
     by default ``ids != config.pad_id``. With ``tie_embeddings`` one (V, D)
     matrix is the source embedding, the target embedding and the output
@@ -95,7 +97,7 @@ class Transformer(Module):
         self.pos = make_positional(c, rng, dtype)
         self.encoder = Encoder(c.n_encoder_layers, *layer_args, **layer_options(c))
         self.decoder = Decoder(c.n_decoder_layers, *layer_args, **layer_options(c))
-        self.out_proj = Linear(c.d_model, c.vocab_size, rng=rng, dtype=dtype)
+        self.out_proj = Linear(c.d_model, c.vocab_size, c.head_bias, rng=rng, dtype=dtype)
         if c.tie_embeddings:      # Module.astype and load_state_dict keep these ties
             self.src_embed.params["weight"] = self.tgt_embed.params["weight"]
             self.src_embed.grads["weight"] = self.tgt_embed.grads["weight"]
@@ -107,7 +109,8 @@ class Transformer(Module):
         self.cache = InvalidatedByInference("encode")   # until forward ends: no backward
         check_model_ids("src_ids", src_ids, self.config)
         src_keys = key_mask("src_mask", src_mask, src_ids, self.config.pad_id)
-        return self.encoder(embed_forward(self.src_embed, self.pos, src_ids), src_keys), src_keys
+        x = embed_forward(self.src_embed, self.pos, src_ids, scale=self.config.embed_scale)   # (B, S, D)
+        return self.encoder(x, src_keys), src_keys
 
     @holds_threads
     def decode(self, tgt_ids: np.ndarray, memory: np.ndarray, src_keys: np.ndarray,
@@ -120,7 +123,8 @@ class Transformer(Module):
                              f"{memory.shape[0]}")
         tgt_keys = key_mask("tgt_mask", tgt_mask, tgt_ids, self.config.pad_id)       # (B, 1, 1, T)
         self_mask = causal_mask(tgt_ids.shape[1]) & tgt_keys                          # (B, 1, T, T)
-        y = self.decoder(embed_forward(self.tgt_embed, self.pos, tgt_ids), memory, self_mask, src_keys)
+        y = embed_forward(self.tgt_embed, self.pos, tgt_ids, scale=self.config.embed_scale)   # (B, T, D)
+        y = self.decoder(y, memory, self_mask, src_keys)
         return self.out_proj(y)                                                       # (B, T, V)
 
     @holds_threads
@@ -137,11 +141,12 @@ class Transformer(Module):
         # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
         with overlap_param_grads():
             dy, dmemory = self.decoder.backward(self.out_proj.backward(dlogits))
-            embed_backward(self.tgt_embed, self.pos, dy)
+            embed_backward(self.tgt_embed, self.pos, dy, self.config.embed_scale)
             # dmemory only leads to the encoder's and the source embedding's parameters:
             # when all of them are frozen, nothing below needs a gradient
             if any(m.has_trainable_parameters() for m in (self.encoder, self.src_embed, self.pos)):
-                embed_backward(self.src_embed, self.pos, self.encoder.backward(dmemory))
+                embed_backward(self.src_embed, self.pos, self.encoder.backward(dmemory),
+                               self.config.embed_scale)
         return None
 
     def init_cache(self, memory: np.ndarray, src_keys: np.ndarray,
@@ -169,6 +174,9 @@ class DecoderOnlyTransformer(Module):
     The blocks are EncoderLayers run under a causal mask; there are
     ``config.n_decoder_layers`` of them. ``tie_embeddings`` makes out_proj use
     the embedding matrix (logits = h @ E^T + b), listed once as ``embed.weight``.
+    GPT-2 is learned positions, gelu_tanh, tied, ``embed_scale`` and ``head_bias`` False;
+    LLaMA is rope, rmsnorm, swiglu, ``bias``, ``embed_scale`` and ``head_bias`` False, untied,
+    often with fewer key/value heads (``n_kv_heads``).
     """
 
     def __init__(self, config: TransformerConfig, rng: np.random.Generator | None = None,
@@ -182,8 +190,8 @@ class DecoderOnlyTransformer(Module):
                                     c.activation, rng, dtype, **layer_options(c))
                        for _ in range(c.n_decoder_layers)]
         if c.norm_first:
-            self.norm = make_norm(c.norm, c.d_model, dtype)
-        self.out_proj = Linear(c.d_model, c.vocab_size, rng=rng, dtype=dtype)
+            self.norm = make_norm(c.norm, c.d_model, dtype, c.norm_eps)
+        self.out_proj = Linear(c.d_model, c.vocab_size, c.head_bias, rng=rng, dtype=dtype)
         if c.tie_embeddings:
             tie_output_to_embedding(self.out_proj, self.embed)
 
@@ -192,7 +200,7 @@ class DecoderOnlyTransformer(Module):
         check_model_ids("ids", ids, self.config)
         keys = key_mask("mask", mask, ids, self.config.pad_id)                # (B, 1, 1, T)
         self_mask = causal_mask(ids.shape[1]) & keys                          # (B, 1, T, T)
-        x = embed_forward(self.embed, self.pos, ids)                          # (B, T, D)
+        x = embed_forward(self.embed, self.pos, ids, scale=self.config.embed_scale)   # (B, T, D)
         for layer in self.layers:
             x = layer(x, self_mask)
         if hasattr(self, "norm"):
@@ -211,7 +219,7 @@ class DecoderOnlyTransformer(Module):
                 dx = self.norm.backward(dx)
             for layer in reversed(self.layers):
                 dx = layer.backward(dx)
-            embed_backward(self.embed, self.pos, dx)
+            embed_backward(self.embed, self.pos, dx, self.config.embed_scale)
         return None
 
     def init_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:

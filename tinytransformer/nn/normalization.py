@@ -103,8 +103,8 @@ class RMSNorm(Module):
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
 
-def make_norm(name: str, d_model: int, dtype=np.float32) -> Module:
-    """'layernorm' -> LayerNorm(d_model), 'rmsnorm' -> RMSNorm(d_model), both with eps 1e-5."""
+def make_norm(name: str, d_model: int, dtype=np.float32, eps: float = 1e-5) -> Module:
+    """'layernorm' -> LayerNorm(d_model, eps), 'rmsnorm' -> RMSNorm(d_model, eps)."""
     if name not in NORMS:
         raise ValueError(f"norm: expected 'layernorm' or 'rmsnorm', got {name!r}")
-    return NORMS[name](d_model, dtype=dtype)
+    return NORMS[name](d_model, eps=eps, dtype=dtype)

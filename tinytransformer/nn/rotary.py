@@ -44,7 +44,7 @@ class RotaryEmbedding(Module):
     Face LLaMA (the original paper pairs neighbours 2i, 2i+1 instead; the two differ only by
     a fixed permutation of the features, which the projections can learn).
     ``forward(x, offset)`` rotates rows of x (B, H, T, dk) as positions offset .. offset + T - 1.
-    No parameters; the cos and sin tables (max_len, P) are buffers.
+    No parameters; the cos and sin tables (up to max_len, P) are buffers, grown as positions are used.
 
     Backward: a rotation's transpose is the rotation by -theta, so
         dx_a = dout_a cos(theta) + dout_b sin(theta)
@@ -62,15 +62,29 @@ class RotaryEmbedding(Module):
         if not base > 1:
             raise ValueError(f"RotaryEmbedding: base must be a number > 1, got {base!r}")
         self.d_head, self.max_len, self.base = int(d_head), int(max_len), float(base)
-        angle = rotary_angles(self.max_len, self.d_head, self.base)          # (max_len, P)
-        self.buffers["cos"] = np.cos(angle).astype(dtype)
-        self.buffers["sin"] = np.sin(angle).astype(dtype)
+        # tables of the positions used so far (none yet): a model of 131072 positions does not
+        # hold 131072 rows per layer before it sees a sequence that long
+        self.buffers["cos"] = np.zeros((0, self.d_head // 2), dtype=dtype)
+        self.buffers["sin"] = np.zeros((0, self.d_head // 2), dtype=dtype)
+        self._computed_in = np.dtype(dtype)       # the dtype the tables were computed in
 
     def extra_repr(self) -> str:
         return f"{self.d_head}, max_len={self.max_len}, base={self.base:g}"
 
     def _table(self, offset: int, T: int) -> tuple[np.ndarray, np.ndarray]:
-        """cos and sin (T, P) of positions offset .. offset + T - 1."""
+        """cos and sin (T, P) of positions offset .. offset + T - 1.
+
+        The tables grow to the next power of two of the positions asked for (at most max_len),
+        computed in float64 and rounded once to the buffers' dtype. After ``astype`` changed
+        that dtype they are computed again in the new one, not widened from the old values.
+        """
+        cos = self.buffers["cos"]
+        if offset + T > len(cos) or cos.dtype != self._computed_in:
+            rows = min(self.max_len, 1 << (offset + T - 1).bit_length())
+            angle = rotary_angles(rows, self.d_head, self.base)                 # (rows, P)
+            self.buffers["cos"] = np.cos(angle).astype(cos.dtype)
+            self.buffers["sin"] = np.sin(angle).astype(cos.dtype)
+            self._computed_in = cos.dtype
         return self.buffers["cos"][offset:offset + T], self.buffers["sin"][offset:offset + T]
 
     def forward(self, x: np.ndarray, offset: int = 0) -> np.ndarray:       # x: (B, H, T, dk)

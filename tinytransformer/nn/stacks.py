@@ -21,19 +21,20 @@ class DecoderCache(NamedTuple):
 class Encoder(Module):
     """A stack of EncoderLayers; pre-LN stacks end with a norm (``norm``).
 
-    Arguments as EncoderLayer's (``positional``, ``max_len``, ``rope_base`` by keyword).
+    Arguments as EncoderLayer's (``norm_eps``, ``positional``, ``max_len``, ``rope_base``,
+    ``n_kv_heads``, ``bias`` by keyword).
     """
 
     def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
                  norm_first: bool = True, activation: str = "relu",
                  rng: np.random.Generator | None = None, dtype=np.float32, norm: str = "layernorm",
-                 **attention_positions):
+                 norm_eps: float = 1e-5, **options):
         super().__init__()
         rng = default_rng(rng)
         self.layers = [EncoderLayer(d_model, n_heads, d_ff, dropout, norm_first, activation, rng, dtype,
-                                    norm, **attention_positions) for _ in range(n_layers)]
+                                    norm, norm_eps=norm_eps, **options) for _ in range(n_layers)]
         if norm_first:
-            self.norm = make_norm(norm, d_model, dtype)
+            self.norm = make_norm(norm, d_model, dtype, norm_eps)
 
     def forward(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         for layer in self.layers:
@@ -59,13 +60,13 @@ class Decoder(Module):
     def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
                  norm_first: bool = True, activation: str = "relu",
                  rng: np.random.Generator | None = None, dtype=np.float32, norm: str = "layernorm",
-                 **attention_positions):
+                 norm_eps: float = 1e-5, **options):
         super().__init__()
         rng = default_rng(rng)
         self.layers = [DecoderLayer(d_model, n_heads, d_ff, dropout, norm_first, activation, rng, dtype,
-                                    norm, **attention_positions) for _ in range(n_layers)]
+                                    norm, norm_eps=norm_eps, **options) for _ in range(n_layers)]
         if norm_first:
-            self.norm = make_norm(norm, d_model, dtype)
+            self.norm = make_norm(norm, d_model, dtype, norm_eps)
 
     def forward(self, y: np.ndarray, memory: np.ndarray, self_mask: np.ndarray | None = None,
                 memory_mask: np.ndarray | None = None) -> np.ndarray:
