@@ -12,12 +12,13 @@ computed in float64 on both sides here (transformers' ``labels=`` loss upcasts t
 """
 
 import json
+import pathlib
 import struct
 
 import numpy as np
 import pytest
 
-from tinytransformer import (CrossEntropyLoss, DecoderOnlyTransformer, Transformer, TransformerConfig,
+from tinytransformer import (CrossEntropyLoss, DecoderOnlyTransformer, Transformer, TransformerConfig, add_lora,
                              load_pretrained, save_pretrained)
 from tinytransformer.pretrained import PretrainedError, SafetensorsError, read_safetensors, write_safetensors
 from tinytransformer.pretrained import gpt2, llama
@@ -147,3 +148,181 @@ def test_safetensors_bfloat16_agrees_with_torch(tmp_path):
     ours = read_safetensors(tmp_path / "bf16.safetensors")["w"]
     assert ours.dtype == np.float32
     np.testing.assert_array_equal(ours, values.float().numpy())
+
+# ---- models written here: save_pretrained and load_pretrained, NumPy only ---------------------
+
+# GPT-2- and LLaMA-shaped configs of models made here; sizes that cannot coincide
+OUR_CONFIGS = {
+    "gpt2_untied": dict(vocab_size=61, d_model=40, n_heads=4, d_ff=56, max_len=20, positional="learned",
+                        activation="gelu_tanh", norm="layernorm", norm_eps=1e-4, tie_embeddings=False,
+                        pad_id=None, bos_id=0, eos_id=0),
+    "llama_gqa_bias": dict(vocab_size=67, d_model=48, n_heads=6, n_kv_heads=2, d_ff=40, max_len=20,
+                           positional="rope", rope_base=300.0, activation="swiglu", norm="rmsnorm",
+                           norm_eps=1e-6, bias=True, tie_embeddings=True, pad_id=0, bos_id=1, eos_id=2),
+}
+
+
+def our_model(name, dtype=np.float64, seed=0):
+    """A model of OUR_CONFIGS[name] with every parameter moved off its initial value (norm
+    weights off 1, biases off 0), so a parameter written to the wrong place shows."""
+    rng = np.random.default_rng(seed)
+    config = TransformerConfig(n_encoder_layers=0, n_decoder_layers=2, head_bias=False, embed_scale=False,
+                               **OUR_CONFIGS[name])
+    model = DecoderOnlyTransformer(config, rng=rng, dtype=dtype)
+    for _, param, _ in model.named_parameters():
+        param += 0.1 * rng.standard_normal(param.shape)
+    return model
+
+
+def token_ids(vocab_size, seed=0):
+    """(B, T) ids from 3 up: never a pad id (0 where there is one), so no key is masked."""
+    return np.random.default_rng(seed).integers(3, vocab_size, size=(B, T))
+
+
+def assert_same_parameters(ours, theirs):
+    a = {name: p for name, p, _ in ours.named_parameters()}
+    b = {name: p for name, p, _ in theirs.named_parameters()}
+    assert list(a) == list(b)
+    for name in a:
+        assert b[name].dtype == a[name].dtype, name
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+
+
+@pytest.mark.parametrize("name", list(OUR_CONFIGS))
+def test_save_then_load_gives_the_same_model(tmp_path, name):
+    model = our_model(name)
+    save_pretrained(model, tmp_path)
+    header, _ = read_header(tmp_path / "model.safetensors")
+    assert {entry["dtype"] for key, entry in header.items() if key != "__metadata__"} == {"F64"}
+    back = load_pretrained(tmp_path, dtype=np.float64)
+    assert back.config == model.config
+    assert_same_parameters(model, back)
+    ids = token_ids(model.config.vocab_size)
+    np.testing.assert_array_equal(back(ids), model(ids))
+
+
+def test_load_converts_to_the_dtype_asked_for(tmp_path):
+    model = our_model("llama_gqa_bias")
+    save_pretrained(model, tmp_path)
+    back = load_pretrained(tmp_path)                       # float32 by default
+    assert {p.dtype for _, p, _ in back.named_parameters()} == {np.dtype(np.float32)}
+    np.testing.assert_array_equal(back.embed.params["weight"], model.embed.params["weight"].astype(np.float32))
+
+
+def test_sharded_save_loads(tmp_path):
+    model = our_model("gpt2_untied")
+    save_pretrained(model, tmp_path, max_shard_bytes=20_000)
+    assert not (tmp_path / "model.safetensors").exists()
+    assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) > 2
+    assert_same_parameters(model, load_pretrained(tmp_path, dtype=np.float64))
+
+
+def test_hub_style_gpt2_file_without_prefix_and_with_mask_buffers(tmp_path):
+    """The hub's GPT-2 files name tensors without "transformer." and hold each block's causal
+    mask ("attn.bias") and fill value ("attn.masked_bias"), which are not parameters."""
+    model = our_model("gpt2_untied")
+    save_pretrained(model, tmp_path)
+    tensors = {name.removeprefix("transformer."): np.array(t)
+               for name, t in read_safetensors(tmp_path / "model.safetensors").items()}
+    for i in range(2):
+        tensors[f"h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 20, 20), np.float32))
+        tensors[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+    write_safetensors(tmp_path / "model.safetensors", tensors, {"format": "pt"})
+    assert_same_parameters(model, load_pretrained(tmp_path, dtype=np.float64))
+
+
+def test_tied_checkpoint_holding_lm_head_loads_when_equal_and_is_refused_otherwise(tmp_path):
+    model = our_model("llama_gqa_bias")
+    save_pretrained(model, tmp_path)
+    tensors = {name: np.array(t) for name, t in read_safetensors(tmp_path / "model.safetensors").items()}
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].copy()
+    write_safetensors(tmp_path / "model.safetensors", tensors, {"format": "pt"})
+    assert_same_parameters(model, load_pretrained(tmp_path, dtype=np.float64))
+    tensors["lm_head.weight"][0, 0] += 1.0
+    write_safetensors(tmp_path / "model.safetensors", tensors, {"format": "pt"})
+    with pytest.raises(PretrainedError, match="'lm_head.weight' differs from the token embedding"):
+        load_pretrained(tmp_path)
+
+
+def edit_config(folder, **changes):
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def test_config_numbers_are_read(tmp_path):
+    """rope_theta at the top level (older files) or in rope_parameters; eps; special ids
+    (a pad id that is also eos gives no pad id: every eos would be masked)."""
+    save_pretrained(our_model("llama_gqa_bias"), tmp_path)
+    edit_config(tmp_path, rope_parameters=None, rope_theta=1234.0, rms_norm_eps=3e-5, pad_token_id=None,
+                eos_token_id=[5, 6], bos_token_id=None)
+    config = load_pretrained(tmp_path).config
+    assert (config.rope_base, config.norm_eps, config.pad_id, config.bos_id, config.eos_id) == \
+        (1234.0, 3e-5, None, None, 5)
+    edit_config(tmp_path, rope_parameters={"rope_type": "default", "rope_theta": 99.0}, pad_token_id=5)
+    config = load_pretrained(tmp_path).config
+    assert (config.rope_base, config.pad_id) == (99.0, None)
+
+
+@pytest.mark.parametrize("name, changes, message", [
+    ("llama_gqa_bias", dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_scaling of type 'linear'"),
+    ("llama_gqa_bias", dict(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5}), "type 'llama3'"),
+    ("llama_gqa_bias", dict(model_type="mistral"), "model_type 'mistral' is not supported"),
+    ("llama_gqa_bias", dict(sliding_window=8), "sliding_window 8"),
+    ("llama_gqa_bias", dict(mlp_bias=False), "attention_bias=True with mlp_bias=False"),
+    ("llama_gqa_bias", dict(hidden_act="gelu"), "hidden_act 'gelu'"),
+    ("llama_gqa_bias", dict(head_dim=16), "head_dim 16"),
+    ("gpt2_untied", dict(activation_function="relu"), "activation_function 'relu'"),
+    ("gpt2_untied", dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx=True"),
+    ("gpt2_untied", dict(reorder_and_upcast_attn=True), "reorder_and_upcast_attn=True"),
+    ("gpt2_untied", dict(n_inner=64), r"'h.0.mlp.c_fc.weight' has shape \[40, 56\], but the config gives \[40, 64\]"),
+    ("gpt2_untied", dict(tie_word_embeddings=True), "tensors the config does not describe: lm_head.weight"),
+])
+def test_unsupported_or_inconsistent_configs_are_refused(tmp_path, name, changes, message):
+    save_pretrained(our_model(name), tmp_path)
+    edit_config(tmp_path, **changes)
+    with pytest.raises(PretrainedError, match=message):
+        load_pretrained(tmp_path)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    save_pretrained(our_model("llama_gqa_bias"), tmp_path)
+    tensors = dict(read_safetensors(tmp_path / "model.safetensors"))
+    del tensors["model.layers.1.mlp.up_proj.bias"]
+    write_safetensors(tmp_path / "model.safetensors", {k: np.array(v) for k, v in tensors.items()})
+    with pytest.raises(PretrainedError, match="'layers.1.mlp.up_proj.bias' is missing"):
+        load_pretrained(tmp_path)
+
+
+def test_models_with_no_equivalent_are_refused_and_nothing_is_written(tmp_path):
+    gpt2_like = dict(OUR_CONFIGS["gpt2_untied"], n_encoder_layers=0, head_bias=False, embed_scale=False)
+    refused = {
+        "encoder-decoder": Transformer(TransformerConfig(vocab_size=13), np.random.default_rng(0)),
+        "positional 'sinusoidal'": DecoderOnlyTransformer(TransformerConfig(vocab_size=13, n_encoder_layers=0)),
+        "norm_first=False": DecoderOnlyTransformer(TransformerConfig(**dict(gpt2_like, norm_first=False))),
+        "activation 'relu'": DecoderOnlyTransformer(TransformerConfig(**dict(gpt2_like, activation="relu"))),
+        "head_bias=True": DecoderOnlyTransformer(TransformerConfig(**dict(gpt2_like, head_bias=True))),
+        "embed_scale=True": DecoderOnlyTransformer(TransformerConfig(**dict(gpt2_like, embed_scale=True))),
+        "norm 'layernorm'": DecoderOnlyTransformer(TransformerConfig(
+            **dict(OUR_CONFIGS["llama_gqa_bias"], norm="layernorm", head_bias=False, embed_scale=False))),
+    }
+    for k, (reason, model) in enumerate(refused.items()):
+        with pytest.raises(PretrainedError, match=reason):
+            save_pretrained(model, tmp_path / str(k))
+        assert not (tmp_path / str(k)).exists()
+
+
+def test_lora_adapters_must_be_merged_first(tmp_path):
+    model = add_lora(our_model("llama_gqa_bias"), rank=2, rng=np.random.default_rng(1))
+    with pytest.raises(PretrainedError, match="merge_lora"):
+        save_pretrained(model, tmp_path)
+
+
+def test_tokenizer_is_saved_beside(tmp_path):
+    class Tokenizer:
+        def save(self, path):
+            (pathlib.Path(path) / "vocab.json").write_text("{}")
+
+    save_pretrained(our_model("gpt2_untied"), tmp_path, tokenizer=Tokenizer())
+    assert (tmp_path / "vocab.json").exists() and (tmp_path / "config.json").exists()

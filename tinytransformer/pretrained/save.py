@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 from ..nn.models import DecoderOnlyTransformer
 from . import gpt2, llama
 from .namemap import PretrainedError, rows_for, to_theirs
@@ -31,6 +33,13 @@ def family_for(model) -> object:
     return family
 
 
+def hf_tensors(family, rows, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Our ``state`` (or gradients, by the same names) as the Hugging Face tensors of
+    ``family``'s causal-LM class, full names: the prefix on every one but lm_head."""
+    return {name if name.startswith("lm_head.") else family.PREFIX + name: tensor
+            for name, tensor in to_theirs(rows, state).items()}
+
+
 def save_pretrained(model: DecoderOnlyTransformer, path: str | os.PathLike, tokenizer=None,
                     max_shard_bytes: int | None = None) -> None:
     """Write ``model`` to the folder ``path`` (created if needed) as transformers' GPT-2 (learned
@@ -52,8 +61,7 @@ def save_pretrained(model: DecoderOnlyTransformer, path: str | os.PathLike, toke
         hint = " (LoRA adapters: merge_lora(model) first)" if any("lora_" in name for name in extra) else ""
         raise PretrainedError(f"save_pretrained: parameters with no place in a {family.MODEL_TYPE} "
                               f"checkpoint: {', '.join(extra[:6])}{hint}")
-    tensors = {name if name.startswith("lm_head.") else family.PREFIX + name: tensor
-               for name, tensor in to_theirs(rows, state).items()}
+    tensors = hf_tensors(family, rows, state)
     config = family.hf_config(model.config) | {"dtype": str(model.dtype)}
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
