@@ -277,7 +277,9 @@ def test_config_numbers_are_read(tmp_path):
     ("gpt2_untied", dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx=True"),
     ("gpt2_untied", dict(reorder_and_upcast_attn=True), "reorder_and_upcast_attn=True"),
     ("gpt2_untied", dict(n_inner=64), r"'h.0.mlp.c_fc.weight' has shape \[40, 56\], but the config gives \[40, 64\]"),
-    ("gpt2_untied", dict(tie_word_embeddings=True), "tensors the config does not describe: lm_head.weight"),
+    ("gpt2_untied", dict(tie_word_embeddings=True), "'lm_head.weight' differs from the token embedding"),
+    ("llama_gqa_bias", dict(attention_bias=False, mlp_bias=False),
+     "tensors the config does not describe: layers.0.mlp.down_proj.bias"),
 ])
 def test_unsupported_or_inconsistent_configs_are_refused(tmp_path, name, changes, message):
     save_pretrained(our_model(name), tmp_path)
@@ -326,3 +328,160 @@ def test_tokenizer_is_saved_beside(tmp_path):
 
     save_pretrained(our_model("gpt2_untied"), tmp_path, tokenizer=Tokenizer())
     assert (tmp_path / "vocab.json").exists() and (tmp_path / "config.json").exists()
+
+
+# ---- against transformers -------------------------------------------------------------------
+
+# tiny random models transformers writes: sizes that cannot coincide, GQA and MQA, tied and
+# untied heads, biases, every number away from its default so a number not read shows
+HF_CONFIGS = {
+    "gpt2_tied": ("GPT2Config", dict(vocab_size=101, n_embd=48, n_layer=2, n_head=4, n_positions=24, n_inner=80,
+                                     layer_norm_epsilon=1e-4, bos_token_id=0, eos_token_id=0)),
+    "llama_gqa_tied": ("LlamaConfig", dict(vocab_size=97, hidden_size=48, intermediate_size=72,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                           max_position_embeddings=24, rope_theta=500.0, rms_norm_eps=1e-5,
+                                           tie_word_embeddings=True)),
+    "llama_mqa_untied_bias": ("LlamaConfig", dict(vocab_size=89, hidden_size=40, intermediate_size=56,
+                                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                                                  max_position_embeddings=24, rms_norm_eps=1e-4,
+                                                  tie_word_embeddings=False, attention_bias=True, mlp_bias=True)),
+}
+
+
+@pytest.fixture(scope="module")
+def torch_and_transformers():
+    torch = pytest.importorskip("torch", reason="torch runs the reference models (optional test dependency)")
+    transformers = pytest.importorskip("transformers", reason="transformers is the reference "
+                                                              "(optional test dependency)")
+    return torch, transformers
+
+
+@pytest.fixture(scope="module")
+def hf_folders(torch_and_transformers, tmp_path_factory):
+    """name -> a folder transformers' save_pretrained wrote, of a random model (seeded) whose
+    every parameter is moved off its initial value (norm weights off 1, biases off 0)."""
+    torch, transformers = torch_and_transformers
+    folders = {}
+    for k, (name, (config_class, sizes)) in enumerate(HF_CONFIGS.items()):
+        torch.manual_seed(k)
+        model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, config_class)(**sizes))
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(0.1 * torch.randn_like(param))
+        folders[name] = tmp_path_factory.mktemp(name)
+        model.save_pretrained(folders[name])
+    return folders
+
+
+@pytest.fixture
+def llama_in_float64(monkeypatch, torch_and_transformers):
+    """transformers' LLaMA with its three float32 parts in float64: RMSNorm without the cast,
+    rotary angles from float64 inverse frequencies, the eager softmax in its input's dtype."""
+    torch, transformers = torch_and_transformers
+    from transformers.models.llama import modeling_llama
+
+    def rms_norm(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    def rotary(self, x, position_ids):
+        dim = 2 * self.inv_freq.shape[0]
+        base = self.config.rope_parameters["rope_theta"]
+        inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+        angles = position_ids[..., None].double() * inv_freq
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+
+    softmax = torch.nn.functional.softmax
+
+    def softmax_in_input_dtype(x, dim=None, dtype=None, **kwargs):
+        return softmax(x, dim=dim, dtype=x.dtype if x.dtype == torch.float64 else dtype, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", rms_norm)
+    monkeypatch.setattr(modeling_llama.LlamaRotaryEmbedding, "forward", rotary)
+    monkeypatch.setattr(torch.nn.functional, "softmax", softmax_in_input_dtype)
+
+
+def their_model(torch_and_transformers, folder, dtype):
+    torch, transformers = torch_and_transformers
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        folder, dtype=getattr(torch, np.dtype(dtype).name), attn_implementation="eager").eval()
+
+
+def their_logits(torch_and_transformers, model, ids):
+    torch, _ = torch_and_transformers
+    with torch.no_grad():
+        return model(torch.from_numpy(ids)).logits.numpy()
+
+
+@pytest.mark.parametrize("name", list(HF_CONFIGS))
+def test_their_model_loads_with_the_same_logits(torch_and_transformers, hf_folders, llama_in_float64, name):
+    for dtype, bound in ((np.float64, 1e-10), (np.float32, 1e-4)):
+        ours = load_pretrained(hf_folders[name], dtype=dtype)
+        ids = token_ids(ours.config.vocab_size)
+        logits = ours(ids)
+        assert logits.dtype == dtype
+        expected = their_logits(torch_and_transformers, their_model(torch_and_transformers, hf_folders[name], dtype), ids)
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=bound)
+
+
+def our_loss_and_gradients(model, ids):
+    """Mean cross-entropy of predicting ids[:, 1:] from the logits before them, and every
+    parameter's gradient of it, by our name."""
+    model.zero_grad()
+    logits = model(ids)                                       # (B, T, V)
+    loss_fn = CrossEntropyLoss()
+    loss = loss_fn(logits[:, :-1], ids[:, 1:])
+    dlogits = np.zeros_like(logits)
+    dlogits[:, :-1] = loss_fn.backward()                      # the last position predicts nothing
+    model.backward(dlogits)
+    return loss, {name: grad for name, _, grad in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", list(HF_CONFIGS))
+def test_loss_and_every_gradient_equal_theirs_in_float64(torch_and_transformers, hf_folders, llama_in_float64,
+                                                         name):
+    torch, _ = torch_and_transformers
+    from tinytransformer.pretrained.save import hf_tensors
+    ours = load_pretrained(hf_folders[name], dtype=np.float64)
+    ids = token_ids(ours.config.vocab_size, seed=1)
+    loss, grads = our_loss_and_gradients(ours, ids)
+
+    theirs = their_model(torch_and_transformers, hf_folders[name], np.float64)
+    logits = theirs(torch.from_numpy(ids)).logits                         # float64 throughout
+    log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+    their_loss = -log_probs.gather(-1, torch.from_numpy(ids[:, 1:, None])).mean()
+    their_loss.backward()
+    assert abs(loss - their_loss.item()) < 1e-9
+
+    family = gpt2 if name.startswith("gpt2") else llama
+    mapped = hf_tensors(family, rows_for(family.TABLE, ours.config), grads)
+    their_grads = {n: p.grad.numpy() for n, p in theirs.named_parameters()}
+    assert set(mapped) == set(their_grads)
+    for n, grad in mapped.items():
+        np.testing.assert_allclose(grad, their_grads[n], rtol=0, atol=1e-9, err_msg=n)
+
+
+@pytest.mark.parametrize("name", list(OUR_CONFIGS))
+def test_our_export_loads_in_transformers_with_the_same_logits(torch_and_transformers, llama_in_float64, tmp_path,
+                                                               name):
+    for dtype, bound in ((np.float64, 1e-10), (np.float32, 1e-4)):
+        model = our_model(name, dtype=dtype)
+        save_pretrained(model, tmp_path / np.dtype(dtype).name, max_shard_bytes=30_000)
+        ids = token_ids(model.config.vocab_size)
+        theirs = their_model(torch_and_transformers, tmp_path / np.dtype(dtype).name, dtype)
+        np.testing.assert_allclose(model(ids), their_logits(torch_and_transformers, theirs, ids), rtol=0, atol=bound)
+
+
+@pytest.mark.parametrize("storage, tag", [("float16", "F16"), ("bfloat16", "BF16")])
+def test_half_precision_and_sharded_files_written_by_transformers_load(torch_and_transformers, hf_folders,
+                                                                       llama_in_float64, tmp_path, storage, tag):
+    torch, transformers = torch_and_transformers
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_folders["llama_gqa_tied"])
+    model.to(getattr(torch, storage)).save_pretrained(tmp_path, max_shard_size="20KB")
+    shards = sorted(tmp_path.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "model.safetensors.index.json").exists()
+    assert {entry["dtype"] for k, entry in read_header(shards[0])[0].items() if k != "__metadata__"} == {tag}
+    ours = load_pretrained(tmp_path, dtype=np.float64)
+    ids = token_ids(ours.config.vocab_size)
+    expected = their_logits(torch_and_transformers, their_model(torch_and_transformers, tmp_path, np.float64), ids)
+    np.testing.assert_allclose(ours(ids), expected, rtol=0, atol=1e-10)

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from ..nn.models import DecoderOnlyTransformer
+from ..nn.models import DecoderOnlyTransformer, Transformer
 from . import gpt2, llama
 from .namemap import PretrainedError, rows_for, to_theirs
 from .safetensors import write_safetensors, write_sharded
@@ -18,8 +18,9 @@ METADATA = {"format": "pt"}          # transformers reads a file only if its hea
 def family_for(model) -> object:
     """gpt2 (learned positions) or llama (rotary), or a PretrainedError saying why neither fits."""
     if not isinstance(model, DecoderOnlyTransformer):
-        raise PretrainedError(f"save_pretrained: a {type(model).__name__} has no GPT-2 or LLaMA "
-                              f"equivalent (those are decoder-only models: DecoderOnlyTransformer)")
+        what = "an encoder-decoder" if isinstance(model, Transformer) else f"a {type(model).__name__}"
+        raise PretrainedError(f"save_pretrained: {what} has no GPT-2 or LLaMA equivalent (those are "
+                              f"decoder-only models: DecoderOnlyTransformer)")
     config = model.config
     families = {"learned": gpt2, "rope": llama}
     if config.positional not in families:
