@@ -15,14 +15,17 @@ import json
 import pathlib
 import struct
 
+from typing import NamedTuple
+
 import numpy as np
 import pytest
 
-from tinytransformer import (CrossEntropyLoss, DecoderOnlyTransformer, Transformer, TransformerConfig, add_lora,
-                             load_pretrained, save_pretrained)
+from tinytransformer import (CrossEntropyLoss, DecoderOnlyTransformer, Transformer, TransformerConfig,
+                             add_lora, load_pretrained, save_pretrained)
 from tinytransformer.pretrained import PretrainedError, SafetensorsError, read_safetensors, write_safetensors
 from tinytransformer.pretrained import gpt2, llama
-from tinytransformer.pretrained.namemap import rows_for, to_theirs
+from tinytransformer.pretrained.namemap import rows_for
+from tinytransformer.pretrained.save import hf_tensors
 from tinytransformer.pretrained.safetensors import read_folder_tensors, read_header, write_sharded
 
 B, T = 2, 11      # batch and length of the token ids the models are compared on
@@ -53,7 +56,8 @@ HAND_BUILT = [
     ("f32", "F32", [1, 3], struct.pack("<3f", 0.25, -3.0, 1e-3), np.array([[0.25, -3.0, 1e-3]], np.float32)),
     ("f16", "F16", [2], struct.pack("<2e", 0.5, -65504.0), np.array([0.5, -65504.0], np.float16)),
     # bfloat16 is a float32's top 16 bits: 0x3F80 is 1.0, 0xC020 is -2.5, 0x4049 is 3.140625
-    ("bf16", "BF16", [3], struct.pack("<3H", 0x3F80, 0xC020, 0x4049), np.array([1.0, -2.5, 3.140625], np.float32)),
+    ("bf16", "BF16", [3], struct.pack("<3H", 0x3F80, 0xC020, 0x4049),
+     np.array([1.0, -2.5, 3.140625], np.float32)),
     ("i64", "I64", [2], struct.pack("<2q", -(2 ** 40), 7), np.array([-(2 ** 40), 7])),
     ("i32", "I32", [2], struct.pack("<2i", -5, 2 ** 30), np.array([-5, 2 ** 30], np.int32)),
     ("i16", "I16", [1], struct.pack("<h", -300), np.array([-300], np.int16)),
@@ -133,7 +137,8 @@ def test_safetensors_agrees_with_the_safetensors_package(tmp_path, rng):
               "c": np.arange(5, dtype=np.int64), "d": rng.standard_normal((3, 1)).astype(np.float32)}
     write_safetensors(tmp_path / "ours.safetensors", arrays)
     st.save_file(arrays, str(tmp_path / "theirs.safetensors"))
-    for read in (st.load_file(str(tmp_path / "ours.safetensors")), read_safetensors(tmp_path / "theirs.safetensors")):
+    for read in (st.load_file(str(tmp_path / "ours.safetensors")),
+                 read_safetensors(tmp_path / "theirs.safetensors")):
         assert set(read) == set(arrays)
         for name, value in arrays.items():
             assert read[name].dtype == value.dtype
@@ -206,7 +211,8 @@ def test_load_converts_to_the_dtype_asked_for(tmp_path):
     save_pretrained(model, tmp_path)
     back = load_pretrained(tmp_path)                       # float32 by default
     assert {p.dtype for _, p, _ in back.named_parameters()} == {np.dtype(np.float32)}
-    np.testing.assert_array_equal(back.embed.params["weight"], model.embed.params["weight"].astype(np.float32))
+    np.testing.assert_array_equal(back.embed.params["weight"],
+                                  model.embed.params["weight"].astype(np.float32))
 
 
 def test_sharded_save_loads(tmp_path):
@@ -266,7 +272,8 @@ def test_config_numbers_are_read(tmp_path):
 
 
 @pytest.mark.parametrize("name, changes, message", [
-    ("llama_gqa_bias", dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_scaling of type 'linear'"),
+    ("llama_gqa_bias", dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
+     "rope_scaling of type 'linear'"),
     ("llama_gqa_bias", dict(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5}), "type 'llama3'"),
     ("llama_gqa_bias", dict(model_type="mistral"), "model_type 'mistral' is not supported"),
     ("llama_gqa_bias", dict(sliding_window=8), "sliding_window 8"),
@@ -276,7 +283,8 @@ def test_config_numbers_are_read(tmp_path):
     ("gpt2_untied", dict(activation_function="relu"), "activation_function 'relu'"),
     ("gpt2_untied", dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx=True"),
     ("gpt2_untied", dict(reorder_and_upcast_attn=True), "reorder_and_upcast_attn=True"),
-    ("gpt2_untied", dict(n_inner=64), r"'h.0.mlp.c_fc.weight' has shape \[40, 56\], but the config gives \[40, 64\]"),
+    ("gpt2_untied", dict(n_inner=64),
+     r"'h.0.mlp.c_fc.weight' has shape \[40, 56\], but the config gives \[40, 64\]"),
     ("gpt2_untied", dict(tie_word_embeddings=True), "'lm_head.weight' differs from the token embedding"),
     ("llama_gqa_bias", dict(attention_bias=False, mlp_bias=False),
      "tensors the config does not describe: layers.0.mlp.down_proj.bias"),
@@ -301,7 +309,8 @@ def test_models_with_no_equivalent_are_refused_and_nothing_is_written(tmp_path):
     gpt2_like = dict(OUR_CONFIGS["gpt2_untied"], n_encoder_layers=0, head_bias=False, embed_scale=False)
     refused = {
         "encoder-decoder": Transformer(TransformerConfig(vocab_size=13), np.random.default_rng(0)),
-        "positional 'sinusoidal'": DecoderOnlyTransformer(TransformerConfig(vocab_size=13, n_encoder_layers=0)),
+        "positional 'sinusoidal'": DecoderOnlyTransformer(TransformerConfig(vocab_size=13,
+                                                                            n_encoder_layers=0)),
         "norm_first=False": DecoderOnlyTransformer(TransformerConfig(**dict(gpt2_like, norm_first=False))),
         "activation 'relu'": DecoderOnlyTransformer(TransformerConfig(**dict(gpt2_like, activation="relu"))),
         "head_bias=True": DecoderOnlyTransformer(TransformerConfig(**dict(gpt2_like, head_bias=True))),
@@ -335,32 +344,48 @@ def test_tokenizer_is_saved_beside(tmp_path):
 # tiny random models transformers writes: sizes that cannot coincide, GQA and MQA, tied and
 # untied heads, biases, every number away from its default so a number not read shows
 HF_CONFIGS = {
-    "gpt2_tied": ("GPT2Config", dict(vocab_size=101, n_embd=48, n_layer=2, n_head=4, n_positions=24, n_inner=80,
-                                     layer_norm_epsilon=1e-4, bos_token_id=0, eos_token_id=0)),
+    "gpt2_tied": ("GPT2Config", dict(vocab_size=101, n_embd=48, n_layer=2, n_head=4, n_positions=24,
+                                     n_inner=80, layer_norm_epsilon=1e-4, bos_token_id=0, eos_token_id=0)),
     "llama_gqa_tied": ("LlamaConfig", dict(vocab_size=97, hidden_size=48, intermediate_size=72,
                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                            max_position_embeddings=24, rope_theta=500.0, rms_norm_eps=1e-5,
                                            tie_word_embeddings=True)),
     "llama_mqa_untied_bias": ("LlamaConfig", dict(vocab_size=89, hidden_size=40, intermediate_size=56,
-                                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
-                                                  max_position_embeddings=24, rms_norm_eps=1e-4,
-                                                  tie_word_embeddings=False, attention_bias=True, mlp_bias=True)),
+                                                  num_hidden_layers=2, num_attention_heads=4,
+                                                  num_key_value_heads=1, max_position_embeddings=24,
+                                                  rms_norm_eps=1e-4, tie_word_embeddings=False,
+                                                  attention_bias=True, mlp_bias=True)),
 }
 
 
+class Reference(NamedTuple):
+    """torch and transformers, and the two things every comparison asks of them."""
+    torch: object
+    transformers: object
+
+    def model(self, folder, dtype):
+        """The folder's model in transformers, in ``dtype``, with the plain (eager) attention."""
+        return self.transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=getattr(self.torch, np.dtype(dtype).name), attn_implementation="eager").eval()
+
+    def logits(self, folder, dtype, ids):
+        with self.torch.no_grad():
+            return self.model(folder, dtype)(self.torch.from_numpy(ids)).logits.numpy()
+
+
 @pytest.fixture(scope="module")
-def torch_and_transformers():
+def ref():
     torch = pytest.importorskip("torch", reason="torch runs the reference models (optional test dependency)")
     transformers = pytest.importorskip("transformers", reason="transformers is the reference "
                                                               "(optional test dependency)")
-    return torch, transformers
+    return Reference(torch, transformers)
 
 
 @pytest.fixture(scope="module")
-def hf_folders(torch_and_transformers, tmp_path_factory):
+def hf_folders(ref, tmp_path_factory):
     """name -> a folder transformers' save_pretrained wrote, of a random model (seeded) whose
     every parameter is moved off its initial value (norm weights off 1, biases off 0)."""
-    torch, transformers = torch_and_transformers
+    torch, transformers = ref
     folders = {}
     for k, (name, (config_class, sizes)) in enumerate(HF_CONFIGS.items()):
         torch.manual_seed(k)
@@ -374,10 +399,10 @@ def hf_folders(torch_and_transformers, tmp_path_factory):
 
 
 @pytest.fixture
-def llama_in_float64(monkeypatch, torch_and_transformers):
+def llama_in_float64(monkeypatch, ref):
     """transformers' LLaMA with its three float32 parts in float64: RMSNorm without the cast,
     rotary angles from float64 inverse frequencies, the eager softmax in its input's dtype."""
-    torch, transformers = torch_and_transformers
+    torch = ref.torch
     from transformers.models.llama import modeling_llama
 
     def rms_norm(self, x):
@@ -401,27 +426,14 @@ def llama_in_float64(monkeypatch, torch_and_transformers):
     monkeypatch.setattr(torch.nn.functional, "softmax", softmax_in_input_dtype)
 
 
-def their_model(torch_and_transformers, folder, dtype):
-    torch, transformers = torch_and_transformers
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        folder, dtype=getattr(torch, np.dtype(dtype).name), attn_implementation="eager").eval()
-
-
-def their_logits(torch_and_transformers, model, ids):
-    torch, _ = torch_and_transformers
-    with torch.no_grad():
-        return model(torch.from_numpy(ids)).logits.numpy()
-
-
 @pytest.mark.parametrize("name", list(HF_CONFIGS))
-def test_their_model_loads_with_the_same_logits(torch_and_transformers, hf_folders, llama_in_float64, name):
+def test_their_model_loads_with_the_same_logits(ref, hf_folders, llama_in_float64, name):
     for dtype, bound in ((np.float64, 1e-10), (np.float32, 1e-4)):
         ours = load_pretrained(hf_folders[name], dtype=dtype)
         ids = token_ids(ours.config.vocab_size)
         logits = ours(ids)
         assert logits.dtype == dtype
-        expected = their_logits(torch_and_transformers, their_model(torch_and_transformers, hf_folders[name], dtype), ids)
-        np.testing.assert_allclose(logits, expected, rtol=0, atol=bound)
+        np.testing.assert_allclose(logits, ref.logits(hf_folders[name], dtype, ids), rtol=0, atol=bound)
 
 
 def our_loss_and_gradients(model, ids):
@@ -438,15 +450,13 @@ def our_loss_and_gradients(model, ids):
 
 
 @pytest.mark.parametrize("name", list(HF_CONFIGS))
-def test_loss_and_every_gradient_equal_theirs_in_float64(torch_and_transformers, hf_folders, llama_in_float64,
-                                                         name):
-    torch, _ = torch_and_transformers
-    from tinytransformer.pretrained.save import hf_tensors
+def test_loss_and_every_gradient_equal_theirs_in_float64(ref, hf_folders, llama_in_float64, name):
+    torch = ref.torch
     ours = load_pretrained(hf_folders[name], dtype=np.float64)
     ids = token_ids(ours.config.vocab_size, seed=1)
     loss, grads = our_loss_and_gradients(ours, ids)
 
-    theirs = their_model(torch_and_transformers, hf_folders[name], np.float64)
+    theirs = ref.model(hf_folders[name], np.float64)
     logits = theirs(torch.from_numpy(ids)).logits                         # float64 throughout
     log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
     their_loss = -log_probs.gather(-1, torch.from_numpy(ids[:, 1:, None])).mean()
@@ -462,20 +472,19 @@ def test_loss_and_every_gradient_equal_theirs_in_float64(torch_and_transformers,
 
 
 @pytest.mark.parametrize("name", list(OUR_CONFIGS))
-def test_our_export_loads_in_transformers_with_the_same_logits(torch_and_transformers, llama_in_float64, tmp_path,
-                                                               name):
+def test_our_export_loads_in_transformers_with_the_same_logits(ref, llama_in_float64, tmp_path, name):
     for dtype, bound in ((np.float64, 1e-10), (np.float32, 1e-4)):
         model = our_model(name, dtype=dtype)
         save_pretrained(model, tmp_path / np.dtype(dtype).name, max_shard_bytes=30_000)
         ids = token_ids(model.config.vocab_size)
-        theirs = their_model(torch_and_transformers, tmp_path / np.dtype(dtype).name, dtype)
-        np.testing.assert_allclose(model(ids), their_logits(torch_and_transformers, theirs, ids), rtol=0, atol=bound)
+        expected = ref.logits(tmp_path / np.dtype(dtype).name, dtype, ids)
+        np.testing.assert_allclose(model(ids), expected, rtol=0, atol=bound)
 
 
 @pytest.mark.parametrize("storage, tag", [("float16", "F16"), ("bfloat16", "BF16")])
-def test_half_precision_and_sharded_files_written_by_transformers_load(torch_and_transformers, hf_folders,
-                                                                       llama_in_float64, tmp_path, storage, tag):
-    torch, transformers = torch_and_transformers
+def test_half_precision_and_sharded_files_written_by_transformers_load(ref, hf_folders, llama_in_float64,
+                                                                       tmp_path, storage, tag):
+    torch, transformers = ref
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_folders["llama_gqa_tied"])
     model.to(getattr(torch, storage)).save_pretrained(tmp_path, max_shard_size="20KB")
     shards = sorted(tmp_path.glob("model-*-of-*.safetensors"))
@@ -483,5 +492,4 @@ def test_half_precision_and_sharded_files_written_by_transformers_load(torch_and
     assert {entry["dtype"] for k, entry in read_header(shards[0])[0].items() if k != "__metadata__"} == {tag}
     ours = load_pretrained(tmp_path, dtype=np.float64)
     ids = token_ids(ours.config.vocab_size)
-    expected = their_logits(torch_and_transformers, their_model(torch_and_transformers, tmp_path, np.float64), ids)
-    np.testing.assert_allclose(ours(ids), expected, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ours(ids), ref.logits(tmp_path, np.float64, ids), rtol=0, atol=1e-10)

@@ -145,7 +145,8 @@ def read_folder_tensors(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     tensors = {}
     for name, file in weight_map.items():
         if name not in shards[file]:
-            raise SafetensorsError(f"{index_path}: tensor {name!r} is mapped to {file}, which does not hold it")
+            raise SafetensorsError(f"{index_path}: tensor {name!r} is mapped to {file}, which does not "
+                                   f"hold it")
         tensors[name] = shards[file][name]
     return tensors
 
