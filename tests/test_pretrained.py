@@ -271,6 +271,22 @@ def test_config_numbers_are_read(tmp_path):
     assert (config.rope_base, config.pad_id) == (99.0, None)
 
 
+def test_absent_keys_mean_what_transformers_assumes():
+    """GPT-2: n_inner None is 4 * n_embd, the activation gelu_new (tanh), eps 1e-5, a tied head;
+    LLaMA: as many key/value heads as heads, rope_theta 10000, eps 1e-6, an untied head."""
+    config = gpt2.config_from_hf(dict(model_type="gpt2", vocab_size=50, n_embd=40, n_head=4, n_layer=1,
+                                      n_inner=None, bos_token_id=7, eos_token_id=7))
+    assert (config.d_ff, config.activation, config.norm_eps, config.tie_embeddings, config.max_len) == \
+        (160, "gelu_tanh", 1e-5, True, 1024)
+    assert (config.pad_id, config.bos_id, config.eos_id, config.head_bias, config.embed_scale) == \
+        (None, 7, 7, False, False)
+    config = llama.config_from_hf(dict(model_type="llama", vocab_size=50, hidden_size=48, intermediate_size=40,
+                                       num_attention_heads=6, num_hidden_layers=1))
+    assert (config.kv_heads, config.rope_base, config.norm_eps, config.tie_embeddings, config.bias) == \
+        (6, 10000.0, 1e-6, False, False)
+    assert (config.pad_id, config.bos_id, config.eos_id) == (None, 1, 2)
+
+
 @pytest.mark.parametrize("name, changes, message", [
     ("llama_gqa_bias", dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
      "rope_scaling of type 'linear'"),
