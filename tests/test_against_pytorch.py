@@ -226,3 +226,84 @@ def test_alibi_attention_equals_torch_sdpa_with_the_papers_bias():
     np.testing.assert_allclose(ours(q, k, v, mask), out, rtol=0, atol=1e-13)
     for name, mine, theirs in zip("qkv", ours.backward(dy), grads):
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-12, err_msg=name)
+
+
+# ---- what GPT-2 and LLaMA need: grouped-query attention, no biases, tanh GELU, the norms' eps ----
+
+@pytest.mark.parametrize("positional", [None, "rope", "alibi"])
+def test_grouped_query_attention_equals_torch_sdpa_with_repeated_key_value_heads(positional):
+    """Hugging Face LLaMA's attention: k and v of Hkv heads (rotated first with RoPE), repeated
+    g = H / Hkv times as repeat_interleave(g, dim=1), then scaled_dot_product_attention."""
+    torch = pytest.importorskip("torch")
+    from tinytransformer.nn import MultiHeadAttention
+    H, Hkv, dk, T = 8, 2, 6, 5
+    D, g = H * dk, H // Hkv
+    rng = np.random.default_rng(4)
+    mha = MultiHeadAttention(D, H, rng=rng, dtype=np.float64, positional=positional, max_len=9,
+                             n_kv_heads=Hkv, bias=positional != "rope")    # LLaMA's has no bias
+    for _, p, _ in mha.named_parameters():
+        p[...] = rng.standard_normal(p.shape) / math.sqrt(D)
+    x, dy = rng.standard_normal((3, T, D)), rng.standard_normal((3, T, D))
+    mask = np.tri(T, dtype=bool) & (np.arange(T) < np.array([5, 3, 4])[:, None])[:, None, None, :]
+    W = {name: torch.tensor(p, requires_grad=True) for name, p, _ in mha.named_parameters()}
+    allowed = torch.tensor(mask)                                   # torch's bool mask: True = attend
+    if positional == "alibi":
+        i, j = torch.arange(T)[:, None], torch.arange(T)
+        slopes = torch.tensor([2.0 ** (-8 * (h + 1) / H) for h in range(H)], dtype=torch.float64)
+        allowed = (-slopes[:, None, None] * (i - j)).masked_fill(~allowed, -math.inf)
+
+    def rotate(t):          # transformers' apply_rotary_pos_emb on (B, heads, T, dk)
+        inv_freq = 1.0 / (10000.0 ** (torch.arange(0, dk, 2, dtype=torch.float64) / dk))
+        emb = torch.cat([torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)] * 2, dim=-1)
+        return t * emb.cos() + torch.cat((-t[..., dk // 2:], t[..., :dk // 2]), dim=-1) * emb.sin()
+
+    def attention(t):
+        def project(name, heads):     # (B, T, D) -> (B, heads, T, dk)
+            y = t @ W[f"{name}.weight"] + (W[f"{name}.bias"] if f"{name}.bias" in W else 0)
+            return y.reshape(3, T, heads, dk).transpose(1, 2)
+        q, k, v = project("w_q", H), project("w_k", Hkv), project("w_v", Hkv)
+        if positional == "rope":
+            q, k = rotate(q), rotate(k)
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        heads = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        out = heads.transpose(1, 2).reshape(3, T, D) @ W["w_o.weight"]
+        return out + W["w_o.bias"] if "w_o.bias" in W else out
+    out, (dx,) = torch_grads(torch, attention, x, upstream=dy)
+    np.testing.assert_allclose(mha(x, mask=mask), out, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(mha.backward(dy), dx, rtol=0, atol=1e-12)
+    for name, _, grad in mha.named_parameters():
+        np.testing.assert_allclose(grad, W[name].grad.numpy(), rtol=0, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("activation", ["gelu_tanh", "swiglu"])
+def test_feedforward_without_bias_equals_torch(activation):
+    """GPT-2's MLP (tanh GELU; here without its biases) and LLaMA's (SwiGLU, no bias)."""
+    torch = pytest.importorskip("torch")
+    from tinytransformer.nn import FeedForward
+    rng = np.random.default_rng(5)
+    ff = FeedForward(D, F, activation, rng=rng, dtype=np.float64, bias=False)
+    x, dy = rng.standard_normal((3, 5, D)), rng.standard_normal((3, 5, D))
+    W = {name: torch.tensor(p, requires_grad=True) for name, p, _ in ff.named_parameters()}
+    functional = torch.nn.functional
+
+    def mlp(t):
+        if activation == "swiglu":
+            return (functional.silu(t @ W["linear1.weight"]) * (t @ W["linear3.weight"])) @ W["linear2.weight"]
+        return functional.gelu(t @ W["linear1.weight"], approximate="tanh") @ W["linear2.weight"]
+    out, (dx,) = torch_grads(torch, mlp, x, upstream=dy)
+    np.testing.assert_allclose(ff(x), out, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ff.backward(dy), dx, rtol=0, atol=1e-12)
+    for name, _, grad in ff.named_parameters():
+        np.testing.assert_allclose(grad, W[name].grad.numpy(), rtol=0, atol=1e-11, err_msg=name)
+
+
+@pytest.mark.parametrize("norm, eps", [("layernorm", 1e-5), ("rmsnorm", 1e-6)])
+def test_the_models_norms_with_the_configs_eps_equal_torch(norm, eps):
+    """GPT-2's LayerNorm(eps 1e-5) and LLaMA's RMSNorm(eps 1e-6), as the model builds them."""
+    torch = pytest.importorskip("torch")
+    from tinytransformer.nn.transformer import DecoderOnlyTransformer
+    config = TransformerConfig(vocab_size=V, d_model=D, n_heads=H, d_ff=F, norm=norm, norm_eps=eps)
+    mine = DecoderOnlyTransformer(config, np.random.default_rng(0), dtype=np.float64).norm
+    ref = (torch.nn.LayerNorm(D, eps=eps) if norm == "layernorm" else torch.nn.RMSNorm(D, eps=eps)).double()
+    x = 0.01 * np.random.default_rng(6).standard_normal((3, D))    # small: a wrong eps would show
+    np.testing.assert_allclose(mine(x), ref(torch.tensor(x)).detach().numpy(), rtol=0, atol=1e-12)

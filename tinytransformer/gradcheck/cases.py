@@ -66,6 +66,21 @@ def standard_cases() -> list[GradcheckCase]:
         return TransformerConfig(vocab_size=11, d_model=D, n_heads=H, d_ff=F, n_encoder_layers=2,
                                  n_decoder_layers=2, max_len=9, **kw)
 
+    def gpt2_like(**kw):      # learned positions, tanh GELU, tied, no head bias, no sqrt(D) scale
+        return TransformerConfig(vocab_size=11, d_model=12, n_heads=2, d_ff=20, n_decoder_layers=2,
+                                 max_len=9, positional="learned", activation="gelu_tanh", norm_eps=1e-5,
+                                 tie_embeddings=True, head_bias=False, embed_scale=False, **kw)
+
+    def llama_like(**kw):     # RoPE, RMSNorm eps 1e-6, SwiGLU, no biases, 6 query heads on 2 kv heads
+        return TransformerConfig(vocab_size=11, d_model=24, n_heads=6, n_kv_heads=2, d_ff=20,
+                                 n_encoder_layers=2, n_decoder_layers=2, max_len=9, positional="rope",
+                                 norm="rmsnorm", norm_eps=1e-6, activation="swiglu", bias=False,
+                                 head_bias=False, embed_scale=False, **kw)
+
+    def gqa(positional=None, **kw):    # 8 query heads in 2 groups of 4, head size 6
+        return MultiHeadAttention(48, 8, rng=kw.pop("rng"), positional=positional, max_len=9,
+                                  n_kv_heads=2, **kw).astype(f64)
+
     def lora(rng):
         layer = LoRALinear(Linear(5, 7, rng=rng), rank=3, alpha=6.0, rng=rng).astype(f64)
         for name in ("bias", "lora_b"):              # nonzero, or their terms would hide in zeros
@@ -97,6 +112,12 @@ def standard_cases() -> list[GradcheckCase]:
                       lambda r: (FeedForward(D, F, "gelu", 0.2, r).astype(f64), (x(r, 2, 3, D),))),
         GradcheckCase("FeedForward (swiglu, dropout)", FeedForward,
                       lambda r: (FeedForward(D, F, "swiglu", 0.2, r).astype(f64), (x(r, 2, 3, D),))),
+        GradcheckCase("FeedForward (gelu_tanh, no bias)", FeedForward,
+                      lambda r: (FeedForward(D, F, "gelu_tanh", rng=r, bias=False).astype(f64),
+                                 (x(r, 2, 3, D),))),
+        GradcheckCase("FeedForward (swiglu, no bias)", FeedForward,
+                      lambda r: (FeedForward(D, F, "swiglu", rng=r, bias=False).astype(f64),
+                                 (x(r, 2, 3, D),))),
         GradcheckCase("CrossEntropyLoss", CrossEntropyLoss, loss),
         GradcheckCase("ScaledDotProductAttention", ScaledDotProductAttention, sdpa),
         GradcheckCase("MultiHeadAttention (self, causal)", MultiHeadAttention,
@@ -110,6 +131,13 @@ def standard_cases() -> list[GradcheckCase]:
         GradcheckCase("MultiHeadAttention (cross)", MultiHeadAttention,
                       lambda r: (MultiHeadAttention(D, H, rng=r).astype(f64),
                                  (x(r, 2, 4, D), x(r, 2, 6, D), key_padding(r, 2, 6, [6, 3])))),
+        GradcheckCase("MultiHeadAttention (self, causal, rope, 8 heads on 2 kv heads)", MultiHeadAttention,
+                      lambda r: (gqa("rope", rng=r), (x(r, 3, 5, 48), None, causal_mask(5))),
+                      max_elements=60),
+        GradcheckCase("MultiHeadAttention (cross, 8 heads on 2 kv heads, no bias)", MultiHeadAttention,
+                      lambda r: (gqa(rng=r, bias=False),
+                                 (x(r, 3, 5, 48), x(r, 3, 7, 48), key_padding(r, 3, 7, [7, 4, 2]))),
+                      max_elements=60),
         GradcheckCase("EncoderLayer (pre-LN)", EncoderLayer,
                       lambda r: (EncoderLayer(D, H, F, rng=r).astype(f64),
                                  (x(r, 2, 5, D), key_padding(r, 2, 5, [5, 2])))),
@@ -149,6 +177,16 @@ def standard_cases() -> list[GradcheckCase]:
                       lambda r: (Transformer(tiny_config(**PRESETS["modern"]), r).astype(f64),
                                  (padded_ids(r, (3, 5), 11, [5, 3, 2]), padded_ids(r, (3, 7), 11, [7, 4, 6]))),
                       max_elements=12),
+        GradcheckCase("DecoderOnlyTransformer (GPT-2-like: learned, gelu_tanh, tied, no head bias or scale)",
+                      DecoderOnlyTransformer,
+                      lambda r: (DecoderOnlyTransformer(gpt2_like(), r).astype(f64),
+                                 (padded_ids(r, (3, 7), 11, [7, 4, 6]),)),
+                      max_elements=30),
+        GradcheckCase("DecoderOnlyTransformer (LLaMA-like: rope, rmsnorm, swiglu, no bias, GQA, untied)",
+                      DecoderOnlyTransformer,
+                      lambda r: (DecoderOnlyTransformer(llama_like(), r).astype(f64),
+                                 (padded_ids(r, (3, 7), 11, [7, 4, 6]),)),
+                      max_elements=30),
         GradcheckCase("DecoderOnlyTransformer (alibi, post-LN)", DecoderOnlyTransformer,
                       lambda r: (DecoderOnlyTransformer(tiny_config(positional="alibi", norm_first=False), r)
                                  .astype(f64), (padded_ids(r, (3, 7), 11, [7, 4, 6]),)),
