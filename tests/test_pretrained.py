@@ -110,6 +110,7 @@ def test_safetensors_round_trip_is_memory_mapped_and_read_only(tmp_path, rng):
     (lambda raw: struct.pack("<Q", 10 ** 6) + raw[8:], "header length"),       # N beyond the file
     (lambda raw: raw.replace(b'"F64"', b'"F65"'), "dtype 'F65'"),              # unknown dtype
     (lambda raw: raw[:5], "too short"),
+    (lambda raw: raw.replace(b'"shape"', b'"shapE"'), "expected dtype, shape and data_offsets"),
 ])
 def test_safetensors_damaged_files_are_clear_errors(tmp_path, damage, message):
     path = tmp_path / "x.safetensors"
@@ -489,9 +490,10 @@ def test_loss_and_every_gradient_equal_theirs_in_float64(ref, hf_folders, llama_
 
 @pytest.mark.parametrize("name", list(OUR_CONFIGS))
 def test_our_export_loads_in_transformers_with_the_same_logits(ref, llama_in_float64, tmp_path, name):
-    for dtype, bound in ((np.float64, 1e-10), (np.float32, 1e-4)):
+    """In float64 as one file, in float32 as shards."""
+    for dtype, bound, shard in ((np.float64, 1e-10, None), (np.float32, 1e-4, 30_000)):
         model = our_model(name, dtype=dtype)
-        save_pretrained(model, tmp_path / np.dtype(dtype).name, max_shard_bytes=30_000)
+        save_pretrained(model, tmp_path / np.dtype(dtype).name, max_shard_bytes=shard)
         ids = token_ids(model.config.vocab_size)
         expected = ref.logits(tmp_path / np.dtype(dtype).name, dtype, ids)
         np.testing.assert_allclose(model(ids), expected, rtol=0, atol=bound)

@@ -85,7 +85,11 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=start) if data_size else np.empty(0, np.uint8)
     tensors = {}
     for name, entry in header.items():
-        tag, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+        try:
+            tag, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise SafetensorsError(f"{path}: tensor {name!r}: expected dtype, shape and data_offsets "
+                                   f"[begin, end] in the header, got {entry!r}") from None
         if tag not in DTYPES:
             raise SafetensorsError(f"{path}: tensor {name!r} has dtype {tag!r}; this reader knows "
                                    f"{', '.join(DTYPES)}")
