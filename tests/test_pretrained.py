@@ -224,6 +224,18 @@ def test_sharded_save_loads(tmp_path):
     assert_same_parameters(model, load_pretrained(tmp_path, dtype=np.float64))
 
 
+def test_saving_again_removes_the_other_layout(tmp_path):
+    """A single file saved over shards (or shards over a single file) leaves no stale weights."""
+    model, other = our_model("gpt2_untied"), our_model("gpt2_untied", seed=1)
+    save_pretrained(model, tmp_path, max_shard_bytes=20_000)
+    save_pretrained(other, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert_same_parameters(other, load_pretrained(tmp_path, dtype=np.float64))
+    save_pretrained(model, tmp_path, max_shard_bytes=20_000)
+    assert not (tmp_path / "model.safetensors").exists()
+    assert_same_parameters(model, load_pretrained(tmp_path, dtype=np.float64))
+
+
 def test_hub_style_gpt2_file_without_prefix_and_with_mask_buffers(tmp_path):
     """The hub's GPT-2 files name tensors without "transformer." and hold each block's causal
     mask ("attn.bias") and fill value ("attn.masked_bias"), which are not parameters."""
@@ -281,8 +293,8 @@ def test_absent_keys_mean_what_transformers_assumes():
         (160, "gelu_tanh", 1e-5, True, 1024)
     assert (config.pad_id, config.bos_id, config.eos_id, config.head_bias, config.embed_scale) == \
         (None, 7, 7, False, False)
-    config = llama.config_from_hf(dict(model_type="llama", vocab_size=50, hidden_size=48, intermediate_size=40,
-                                       num_attention_heads=6, num_hidden_layers=1))
+    config = llama.config_from_hf(dict(model_type="llama", vocab_size=50, hidden_size=48,
+                                       intermediate_size=40, num_attention_heads=6, num_hidden_layers=1))
     assert (config.kv_heads, config.rope_base, config.norm_eps, config.tie_embeddings, config.bias) == \
         (6, 10000.0, 1e-6, False, False)
     assert (config.pad_id, config.bos_id, config.eos_id) == (None, 1, 2)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -39,6 +40,7 @@ DTYPES = {
 TAGS = {dtype.newbyteorder("<"): tag for tag, dtype in DTYPES.items() if tag != "BF16"}
 
 INDEX_FILE = "model.safetensors.index.json"
+SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")      # what write_sharded names a shard
 HEADER_ALIGNMENT = 8          # the header is padded with spaces so the data starts aligned
 
 

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+from types import ModuleType
 
 import numpy as np
 
 from ..nn.models import DecoderOnlyTransformer, Transformer
 from . import gpt2, llama
 from .namemap import PretrainedError, rows_for, to_theirs
-from .safetensors import write_safetensors, write_sharded
+from .safetensors import INDEX_FILE, SHARD_NAME, write_safetensors, write_sharded
 
 METADATA = {"format": "pt"}          # transformers reads a file only if its header says this
 
 
-def family_for(model) -> object:
+def remove_old_weights(folder: str | os.PathLike) -> None:
+    """Delete the weight files an earlier save may have left in ``folder`` (model.safetensors,
+    the index and its shards): a stale index beside a new single file would be read instead."""
+    for name in os.listdir(folder):
+        if name in ("model.safetensors", INDEX_FILE) or SHARD_NAME.fullmatch(name):
+            os.remove(os.path.join(folder, name))
+
+
+def family_for(model) -> ModuleType:
     """gpt2 (learned positions) or llama (rotary), or a PretrainedError saying why neither fits."""
     if not isinstance(model, DecoderOnlyTransformer):
         what = "an encoder-decoder" if isinstance(model, Transformer) else f"a {type(model).__name__}"
@@ -34,7 +43,7 @@ def family_for(model) -> object:
     return family
 
 
-def hf_tensors(family, rows, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def hf_tensors(family: ModuleType, rows: list, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Our ``state`` (or gradients, by the same names) as the Hugging Face tensors of
     ``family``'s causal-LM class, full names: the prefix on every one but lm_head."""
     return {name if name.startswith("lm_head.") else family.PREFIX + name: tensor
@@ -65,6 +74,7 @@ def save_pretrained(model: DecoderOnlyTransformer, path: str | os.PathLike, toke
     tensors = hf_tensors(family, rows, state)
     config = family.hf_config(model.config) | {"dtype": str(model.dtype)}
     os.makedirs(path, exist_ok=True)
+    remove_old_weights(path)
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
     if max_shard_bytes is None:
