@@ -14,7 +14,6 @@ computed in float64 on both sides here (transformers' ``labels=`` loss upcasts t
 import json
 import pathlib
 import struct
-
 from typing import NamedTuple
 
 import numpy as np

@@ -54,8 +54,9 @@ def load_pretrained(path: str | os.PathLike, dtype=np.float32) -> DecoderOnlyTra
     model_type "gpt2" or "llama" (gpt2.py and llama.py hold the name tables and say which
     settings are refused). Every tensor the config implies must be there with the config's
     shape; a tensor no table row names is an error too, except the non-parameter buffers
-    some files carry and a tied model's lm_head.weight when it equals the embedding. Dropout
-    is 0 (what it is in the checkpoint's own evaluation); the model is in training mode.
+    some files carry and a tied model's lm_head.weight when it equals the embedding. The
+    model's dropout is 0: the file's dropout rates act only in training, and GPT-2 places one
+    where this model has none (on the embeddings). Like any new model, it is in training mode.
     """
     hf = read_hf_config(path)
     family = family_of(hf)
