@@ -17,6 +17,7 @@ PREFIX = "transformer."                 # what GPT2LMHeadModel puts before every
 ARCHITECTURE = "GPT2LMHeadModel"
 
 # one row per Hugging Face tensor ({i}: block number; names without the "transformer." prefix)
+#   their name, our parameter(s), what happens on the way in (undone on the way out), only if
 TABLE = [
     Row("wte.weight",                "embed.weight",                   AS_IS),
     Row("wpe.weight",                "pos.weight",                     AS_IS),

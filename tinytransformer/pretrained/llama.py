@@ -18,6 +18,7 @@ PREFIX = "model."                       # what LlamaForCausalLM puts before ever
 ARCHITECTURE = "LlamaForCausalLM"
 
 # one row per Hugging Face tensor ({i}: block number; names without the "model." prefix)
+#   their name, our parameter(s), what happens on the way in (undone on the way out), only if
 TABLE = [
     Row("embed_tokens.weight",                      "embed.weight",                     AS_IS),
     Row("layers.{i}.input_layernorm.weight",        "layers.{i}.norm1.weight",          AS_IS),
