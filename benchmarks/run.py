@@ -637,6 +637,37 @@ def tables(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# how the before-and-after breakdown groups layer_breakdown's parts; the rest is "everything else"
+BREAKDOWN_GROUPS = {
+    "Linear backward": ["Linear backward"],
+    "Linear forward": ["Linear forward"],
+    "attention (scores, softmax, weights) backward": ["ScaledDotProductAttention backward"],
+    "attention forward": ["ScaledDotProductAttention forward"],
+    "LayerNorm backward": ["LayerNorm backward"],
+    "LayerNorm forward": ["LayerNorm forward"],
+    "Adam update": ["Adam update"],
+    "head split and merge, both ways": ["MultiHeadAttention forward", "MultiHeadAttention backward"],
+    "ReLU, both ways": ["ReLU forward", "ReLU backward"],
+    "model glue (masks, embedding scale, residual sums)": ["model glue (masks, embedding scale, residual sums)"],
+}
+
+
+def before_after_table(saved: dict) -> str:
+    """layers_before_after.md: two checkouts' per-layer breakdowns side by side, grouped."""
+    before, after = saved["before"], saved["after"]
+    lines = [stated(saved["machine"], f"{before['commit']} (before) and {after['commit']} (now)")
+             + f" What: {saved['what']}.", "",
+             "| part | before (ms) | now (ms) |", "|---|---:|---:|"]
+    for label, parts in BREAKDOWN_GROUPS.items():
+        lines.append(f"| {label} | {sum(before['ms'][p] for p in parts):.2f} "
+                     f"| {sum(after['ms'][p] for p in parts):.2f} |")
+    grouped = {p for parts in BREAKDOWN_GROUPS.values() for p in parts}
+    rest = [sum(v for p, v in side["ms"].items() if p not in grouped) for side in (before, after)]
+    lines.append(f"| everything else (embedding, loss, zero_grad, ...) | {rest[0]:.2f} | {rest[1]:.2f} |")
+    lines.append(f"| **total** | **{sum(before['ms'].values()):.1f}** | **{sum(after['ms'].values()):.1f}** |")
+    return "\n".join(lines) + "\n"
+
+
 def write_markdown(results: dict, out_dir: Path) -> str:
     """README.md (titled) and benchmark.md (the tables alone, which docs/performance.md includes)."""
     text = markdown(results)
@@ -700,6 +731,9 @@ def main(args: argparse.Namespace) -> dict:
         out_dir = Path(args.out) if args.out else HERE / "results"
         results = json.loads((out_dir / "benchmark.json").read_text())
         write_markdown(results, out_dir)
+        saved = out_dir / "layers_before_after.json"        # written by hand from two checkouts' runs
+        if saved.is_file():
+            saved.with_suffix(".md").write_text(before_after_table(json.loads(saved.read_text())))
         return results
     q = args.quick
     # --quick writes to a temporary directory unless told: it must never replace real results
