@@ -41,14 +41,14 @@ def blocks(page: Path, root: Path = ROOT) -> list[tuple[str, str, str]]:
     opened = OPENING.findall(text)
     if len(opened) != len(found):
         unclosed = [path for path in opened if path not in {m["path"] for m in found}] or opened
-        raise ValueError(f"{page.name}: an include marker without its '<!-- end include -->' "
+        raise ValueError(f"{page}: an include marker without its '<!-- end include -->' "
                          f"(expected one after each opening, found {len(found)} of {len(opened)}: "
                          f"{', '.join(unclosed)})")
     out = []
     for match in found:
         source = root / match["path"]
         if not source.is_file():
-            raise ValueError(f"{page.name}: included file {match['path']} does not exist "
+            raise ValueError(f"{page}: included file {match['path']} does not exist "
                              f"(expected a file relative to {root})")
         out.append((match["path"], match["body"], source.read_text()))
     return out
