@@ -148,8 +148,9 @@ def header(results: dict) -> str:
     per_length = (f"{results['per_length']} sequences per evaluation length" if "per_length" in results
                   else "sequences per evaluation length not recorded (the default is 200)")
     return (f"{stated(machine, results.get('commit'))} Seeds {sorted({r['seed'] for r in runs})}, step "
-            f"budgets {sorted({r.get('budget') for r in runs}, key=str)}, {per_length}. Exact match: mean over the seeds (over a range of lengths: of each "
-            f"seed's mean over them); steps: median over the seeds that solved the task.\n\n")
+            f"budgets {sorted({r.get('budget') for r in runs}, key=str)}, {per_length}. Exact match: "
+            f"mean over the seeds (over a range of lengths: of each seed's mean over them); steps: "
+            f"median over the seeds that solved the task.\n\n")
 
 
 def main(argv=None) -> list[dict]:

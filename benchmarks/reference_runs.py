@@ -247,7 +247,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"## {results['task']} ({results['model']}): seeds {results['seeds'][0]}-{results['seeds'][-1]}", "",
+    lines = [f"### {results['task']} ({results['model']}): seeds {results['seeds'][0]}-{results['seeds'][-1]}", "",
              stated(results["machine"], results.get("commit")), "",
              "| | solved | swings | steps: median / worst | seconds: median / worst | training s (median) "
              "| fresh exact match: lowest | fresh worst length: lowest |",
