@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,11 +25,8 @@ def cpu_name() -> str:
 
 def describe() -> str:
     """This machine and the versions that compute: 'AMD EPYC, 2 cores, Python 3.11.7, NumPy 2.4.6'."""
-    import os
-
-    import numpy as np
-    return (f"{cpu_name()}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}"
-            f" cores, Python {platform.python_version()}, NumPy {np.__version__}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu_name()}, {cores} cores, Python {platform.python_version()}, NumPy {np.__version__}"
 
 
 def commit() -> str | None:
