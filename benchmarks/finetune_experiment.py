@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))                  # the package of this checkout
 
 from tinytransformer import (Adam, CrossEntropyLoss, Transformer, TransformerConfig,  # noqa: E402
                              PAD, add_lora, merge_lora, threads)
-from machine import cpu_name  # noqa: E402
+from machine import commit, cpu_name, stated  # noqa: E402
 from tinytransformer.finetune import freeze  # noqa: E402
 from tinytransformer.nn.lora import lora_layers  # noqa: E402
 from tinytransformer.step import train_step  # noqa: E402
@@ -201,7 +201,7 @@ def experiment(args) -> dict:
 
 def machine() -> dict:
     return {"platform": platform.platform(), "processor": cpu_name(),
-            "python": platform.python_version(), "numpy": np.__version__}
+            "python": platform.python_version(), "numpy": np.__version__, "commit": commit()}
 
 
 def summary_table(results: dict) -> str:
@@ -288,8 +288,9 @@ def main(argv=None) -> None:
     if "runs" in results:
         budgets = sorted({r["budget"] for r in results["runs"]})
         seeds = sorted({r["seed"] for r in results["runs"]})
-        header = (f"Seeds {seeds}, step budget {budgets}, NumPy {results['machine']['numpy']}, "
-                  f"{results['machine']['processor']}. Steps: median (range) over the seeds that solved "
+        m = results["machine"]
+        header = (stated(f"{m['processor']}, Python {m['python']}, NumPy {m['numpy']}", m.get("commit"))
+                  + f" Seeds {seeds}, step budget {budgets}. Steps: median (range) over the seeds that solved "
                   f"the new task; seconds: median wall time to the kept model over the same runs (it depends "
                   f"on the threads and the machine's load); new task (best): the kept model's held-out exact match; it, old task after "
                   f"and weight drift: mean over the seeds; step time: median "

@@ -23,7 +23,7 @@ class TrainConfig:
     """Everything about a run except the model's sizes (those are a TransformerConfig).
 
     The defaults are the reference run: reverse, 10 symbols, lengths 1..16, and
-    the recipe that solves it on every seed measured (README, "The recipe"):
+    the recipe that solves it on every seed measured (docs/reference-runs.md, "The recipe"):
     batch 64; Adam (0.9, 0.98, eps 1e-9); the learning rate rises linearly to 2e-3 over
     100 steps, then falls along half a cosine to 1e-4 at step 800 and stays there;
     gradients clipped to a global norm of 1.0; label smoothing 0.1; an evaluation every

@@ -75,7 +75,7 @@ def add_train(sub) -> None:
                                    "to 2e-3 over 100 steps then cosine down to 1e-4 at step 800, "
                                    "clipping at 1.0, label smoothing 0.1. On the same NumPy/BLAS build "
                                    "a seed gives the same run bit for bit; another build takes another, "
-                                   "equally good path (README: the measured range over seeds).")
+                                   "equally good path (docs/reference-runs.md: the range over seeds).")
     for flag, config, name, kind, text in TRAIN_OPTIONS:
         p.add_argument(flag, type=kind, dest=f"{config}.{name}", metavar=name.upper(),
                        help=f"{text} (default: {_default(config, name)})")
