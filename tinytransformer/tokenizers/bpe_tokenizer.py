@@ -37,20 +37,22 @@ class BPETokenizer:
     and ``train`` uses ``learn_merges_incremental``.
     """
 
-    def __init__(self, vocab: dict[bytes, int], merges: list[Pair], special_tokens: dict[str, int] | None = None):
+    def __init__(self, vocab: dict[bytes, int], merges: list[Pair],
+                 special_tokens: dict[str, int] | None = None):
         self.vocab = dict(vocab)
         self.merges = [tuple(pair) for pair in merges]
         self.special_tokens = dict(special_tokens or {})
         missing = [byte for byte in range(256) if bytes([byte]) not in self.vocab]
         if missing:
-            raise ValueError(f"vocab: lacks the single byte {bytes([missing[0]])!r} ({len(missing)} of the 256 "
-                             f"are missing); a byte-level BPE needs all 256 to encode any text")
+            raise ValueError(f"vocab: lacks the single byte {bytes([missing[0]])!r} ({len(missing)} of the "
+                             f"256 are missing); a byte-level BPE needs all 256 to encode any text")
         for rank, (left, right) in enumerate(self.merges):
             for token in (left, right, left + right):
                 if token not in self.vocab:
                     raise ValueError(f"merges[{rank}] is ({left!r}, {right!r}): {token!r} is not in vocab")
         self._token_of = {token_id: token for token, token_id in self.vocab.items()}
-        self._token_of.update({token_id: text.encode("utf-8") for text, token_id in self.special_tokens.items()})
+        for text, token_id in self.special_tokens.items():
+            self._token_of[token_id] = text.encode("utf-8")
         all_ids = Counter([*self.vocab.values(), *self.special_tokens.values()])
         if len(self._token_of) != all_ids.total():
             repeated = next(token_id for token_id, count in all_ids.items() if count > 1)
@@ -86,14 +88,16 @@ class BPETokenizer:
 
     @classmethod
     def from_pretrained(cls, directory) -> "BPETokenizer":
-        """A Hugging Face folder's tokenizer: vocab.json + merges.txt, else a byte-level BPE tokenizer.json."""
+        """A Hugging Face folder's tokenizer: vocab.json + merges.txt, else a byte-level BPE
+        tokenizer.json."""
         directory = Path(directory)
         if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
             return cls(*files.read_vocab_and_merges(directory))
         if (directory / "tokenizer.json").is_file():
             return cls(*files.read_tokenizer_json(directory / "tokenizer.json"))
-        raise FileNotFoundError(f"{directory}: expected vocab.json + merges.txt or tokenizer.json, found "
-                                f"{sorted(p.name for p in directory.iterdir()) if directory.is_dir() else 'no folder'}")
+        found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else "no folder"
+        raise FileNotFoundError(f"{directory}: expected vocab.json + merges.txt or tokenizer.json, "
+                                f"found {found}")
 
     @classmethod
     def from_tiktoken(cls, path) -> "BPETokenizer":
@@ -111,7 +115,7 @@ class BPETokenizer:
             parts = apply_merges(single_bytes(token), merge_ranks)
             if len(parts) != 2:
                 raise ValueError(f"{path}: token {token!r} (rank {rank}) is not the merge of two tokens of "
-                                 f"lower rank (its lower ranks make {parts!r}), so this is not a BPE ranks file")
+                                 f"lower rank (they make {parts!r}), so this is not a BPE ranks file")
             merge_ranks[tuple(parts)] = len(merges)
             merges.append(tuple(parts))
         return cls(ranks, merges, {END_OF_TEXT: max(ranks.values()) + 1})
@@ -155,9 +159,10 @@ class BPETokenizer:
         made = [self.vocab[left + right] for left, right in self.merges]
         if len(set(made)) != len(made) or made != sorted(made):
             raise ValueError("this tokenizer's ids do not follow its merges' order (or two merges make one "
-                             "token), so a .tiktoken file, whose ranks are ids and priorities both, cannot hold it")
+                             "token), so a .tiktoken file, whose ranks are both ids and priorities, "
+                             "cannot hold it")
         after_last = max(self.vocab.values()) + 1
         if self.special_tokens not in ({}, {END_OF_TEXT: after_last}):
-            raise ValueError(f"special_tokens: a .tiktoken file holds only {END_OF_TEXT!r} = {after_last} (after "
-                             f"the last rank), got {self.special_tokens}")
+            raise ValueError(f"special_tokens: a .tiktoken file holds only {END_OF_TEXT!r} = {after_last} "
+                             f"(after the last rank), got {self.special_tokens}")
         files.write_tiktoken(path, self.vocab)

@@ -138,7 +138,8 @@ def read_tokenizer_json(path):
     merges = [_parse_merge(merge if isinstance(merge, str) else " ".join(merge), f"{path}, merges[{i}]")
               for i, merge in enumerate(model["merges"])]
     added = {token["content"]: token["id"] for token in description.get("added_tokens", [])}
-    written_vocab = {written: token_id for written, token_id in model["vocab"].items() if written not in added}
+    written_vocab = {written: token_id for written, token_id in model["vocab"].items()
+                     if written not in added}
     vocab, special_tokens = _split_vocabulary(written_vocab, merges, f"{path}, model.vocab")
     return vocab, merges, {**special_tokens, **added}
 

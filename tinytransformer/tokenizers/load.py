@@ -37,6 +37,7 @@ def load_tokenizer(directory):
         return BPETokenizer.from_pretrained(directory)
     if "tokenizer.model" in has:
         raise ValueError(f"{directory}: holds a SentencePiece tokenizer.model and no tokenizer.json or "
-                         f"vocab.json + merges.txt; this package reads byte-level BPE only, not SentencePiece")
+                         f"vocab.json + merges.txt; this package reads byte-level BPE only, not "
+                         f"SentencePiece")
     raise FileNotFoundError(f"{directory}: no tokenizer here (looked for {OWN_TOKENIZER_FILE}, vocab.json + "
                             f"merges.txt, tokenizer.json)")
