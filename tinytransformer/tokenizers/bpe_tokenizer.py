@@ -105,7 +105,10 @@ class BPETokenizer:
         and "<|endoftext|>" comes after the last rank (GPT-2's ranks give vocab_size 50257).
 
         The file lists tokens, not merges: each token's merge is found by encoding its own bytes
-        with the merges of lower rank, which must leave exactly two tokens.
+        with the merges of lower rank, which must leave exactly two tokens. (tiktoken itself joins
+        any two neighbours whose concatenation has a rank, lowest first: in principle more than
+        the merges, e.g. (a, bc) where only (ab, c) made "abc". On GPT-2's ranks and on ranks
+        trained here the ids are tested equal to tiktoken's.)
         """
         ranks = files.read_tiktoken(path)
         merges, merge_ranks = [], {}
@@ -123,7 +126,8 @@ class BPETokenizer:
     # --- the tokenizer -----------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        """Text -> ids, special-token strings read as ordinary text."""
+        """Text -> ids, special-token strings read as ordinary text; a lone surrogate is refused
+        (``ValueError`` naming its position)."""
         utf8_bytes(text)                    # refuse a lone surrogate by its place in the text
         ids = []
         for piece in pretokenize(text):
