@@ -179,6 +179,20 @@ def test_bpe_train_refuses_lone_surrogates_and_small_vocab():
         BPETokenizer.train("abc", 255)
 
 
+@pytest.mark.parametrize("kind", ["byte", "char", "bpe"])
+def test_encode_refuses_bytes(kind, trained):
+    tokenizer = {"byte": ByteTokenizer(), "char": CharTokenizer.from_text("abc"), "bpe": trained}[kind]
+    with pytest.raises(TypeError, match="text: expected a str, got bytes"):
+        tokenizer.encode(b"abc")
+
+
+@pytest.mark.parametrize("build", [CharTokenizer.from_text, lambda text: BPETokenizer.train(text, 300)],
+                         ids=["char", "bpe"])
+def test_building_from_bytes_refused(build):
+    with pytest.raises(TypeError, match="text: expected a str, got bytes"):
+        build(b"abc")
+
+
 @pytest.mark.parametrize("tokenizer", [ByteTokenizer(), CharTokenizer.from_text("abc")], ids=["byte", "char"])
 def test_decode_refuses_bad_ids(tokenizer):
     with pytest.raises(ValueError, match=rf"ids\[1\] is {tokenizer.vocab_size}: expected an id in 0 \.\. "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .files import write_own_tokenizer_file
 from .token_ids import check_token_ids
-from .utf8 import describe_character
+from .utf8 import check_text, describe_character
 
 __all__ = ["CharTokenizer"]
 
@@ -37,6 +37,7 @@ class CharTokenizer:
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
         """A tokenizer of the distinct characters of ``text``, in code point order."""
+        check_text(text)
         if not text:
             raise ValueError("text: expected at least one character to build a vocabulary from, got ''")
         return cls(sorted(set(text)))
@@ -46,6 +47,7 @@ class CharTokenizer:
         return len(self.characters)
 
     def encode(self, text: str) -> list[int]:
+        check_text(text)
         try:
             return [self._ids[char] for char in text]
         except KeyError as err:

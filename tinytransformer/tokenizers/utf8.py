@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["describe_character", "utf8_bytes", "utf8_text"]
+__all__ = ["check_text", "describe_character", "utf8_bytes", "utf8_text"]
 
 
 def describe_character(char: str) -> str:
@@ -19,8 +19,15 @@ def describe_character(char: str) -> str:
     return f"{char!r} (U+{ord(char):04X}, {name})"
 
 
+def check_text(text) -> None:
+    """Refuse anything but a str (bytes read from a file in binary mode, say) by its type."""
+    if not isinstance(text, str):
+        raise TypeError(f"text: expected a str, got {type(text).__name__}")
+
+
 def utf8_bytes(text: str) -> bytes:
     """``text.encode("utf-8")``, refusing a lone surrogate by its position in ``text``."""
+    check_text(text)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as err:
