@@ -119,9 +119,9 @@ class TransformerConfig:
                 continue
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) \
                     or not 0 <= value < self.vocab_size:
-                absent = "" if name == "eos_id" else " or None (the vocabulary has none)"
-                raise ValueError(f"TransformerConfig.{name}: expected a token id in "
-                                 f"0..{self.vocab_size - 1} (below vocab_size){absent}, got {value!r}")
+                absent = "" if name == "eos_id" else ", or None (the vocabulary has none)"
+                raise ValueError(f"TransformerConfig.{name}: expected a token id below vocab_size "
+                                 f"(0..{self.vocab_size - 1}){absent}, got {value!r}")
             setattr(self, name, int(value))
         for other in ("bos_id", "eos_id"):
             if self.pad_id is not None and self.pad_id == getattr(self, other):
