@@ -21,13 +21,14 @@ from tinytransformer.train import TrainConfig, check_resume, default_model_confi
 DATA = Path(__file__).parent / "data"
 V = 13
 
-# (pad_id, bos_id, eos_id) layouts a config may have; the first is the toy tasks' (the defaults)
+# special ids a config may have (the first: the toy tasks', the defaults), and the id that then
+# fills a row after its eos: the pad id, or eos where there is no pad
 LAYOUTS = {
-    "toy: pad 0, bos 1, eos 2": dict(),
-    "pad 2, eos 0": dict(pad_id=2, bos_id=1, eos_id=0),
-    "pad 1, bos 0": dict(pad_id=1, bos_id=0, eos_id=2),
-    "pad last, bos 4, eos 3": dict(pad_id=7, bos_id=4, eos_id=3),
-    "GPT-2-like: no pad, bos = eos = last": dict(pad_id=None, bos_id=7, eos_id=7),
+    "toy: pad 0, bos 1, eos 2": (dict(), 0),
+    "pad 2, eos 0": (dict(pad_id=2, bos_id=1, eos_id=0), 2),
+    "pad 1, bos 0": (dict(pad_id=1, bos_id=0, eos_id=2), 1),
+    "pad last, bos 4, eos 3": (dict(pad_id=7, bos_id=4, eos_id=3), 7),
+    "GPT-2-like: no pad, bos = eos = last": (dict(pad_id=None, bos_id=7, eos_id=7), 7),
 }
 
 
@@ -50,12 +51,6 @@ def chain(pad_id=0, bos_id=1, eos_id=2, V=8):
         P[prev, nxt] = 0.5
         P[prev, banned] = 0.6
     return P / P.sum(axis=1, keepdims=True), [s0, s1, s2, eos_id]
-
-
-def fill_of(ids: dict) -> int:
-    """What follows a finished row: the pad id, or eos where there is none."""
-    config = TransformerConfig(vocab_size=8, **ids)
-    return config.eos_id if config.pad_id is None else config.pad_id
 
 
 # ---- the failures of a second source of truth, reproduced -------------------------------------
@@ -88,8 +83,8 @@ def test_train_refuses_a_config_that_disagrees_with_its_batches():
     config = TrainConfig(task="copy", n_symbols=4, max_len=3, batch_size=4, steps=1, eval_every=1,
                          eval_size=4)
     model_config = TransformerConfig(vocab_size=7, d_model=8, n_heads=2, d_ff=8, pad_id=3)
-    with pytest.raises(ValueError, match=r"pad_id: the toy tasks' batches use 0 .* model config has pad_id=3"):
-        train(config, model_config, stream=None)
+    with pytest.raises(ValueError, match=r"pad_id: the toy tasks' batches use 0 .* config has pad_id=3"):
+        train(config, model_config)
     for field, value in (("bos_id", 4), ("eos_id", 5), ("pad_id", None)):
         with pytest.raises(ValueError, match=f"{field}: the toy tasks' batches use"):
             default_model_config(config, **{field: value})
@@ -100,14 +95,14 @@ def test_train_refuses_a_config_that_disagrees_with_its_batches():
 # ---- decoding with any valid config ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ids", LAYOUTS.values(), ids=LAYOUTS.keys())
-def test_greedy_and_beam_follow_the_path_and_fill_finished_rows(ids):
+@pytest.mark.parametrize("ids, fill", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_greedy_and_beam_follow_the_path_and_fill_finished_rows(ids, fill):
     P, path = chain(**ids)
     model = markov_model(Transformer, P, **ids)
     src = np.array([[3, 4, 5], [4, 5, 6]])
     np.testing.assert_array_equal(greedy_decode(model, src, 6), [path, path])
     everything = greedy_decode(model, src, 6, stop_at_eos=False)       # 6 steps: 2 after eos
-    np.testing.assert_array_equal(everything, [path + [fill_of(ids)] * 2] * 2)
+    np.testing.assert_array_equal(everything, [path + [fill] * 2] * 2)
     tokens, log_probs = beam_search(model, src, 6, beam_size=3)
     np.testing.assert_array_equal(tokens, [path, path])
     want = sum(np.log(P[prev, nxt]) for prev, nxt in zip([model.config.bos_id] + path, path))
@@ -115,13 +110,13 @@ def test_greedy_and_beam_follow_the_path_and_fill_finished_rows(ids):
     np.testing.assert_allclose(sequence_log_prob(model, src, everything), want, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("ids", LAYOUTS.values(), ids=LAYOUTS.keys())
-def test_generate_emits_eos_stops_and_fills_finished_rows(ids):
+@pytest.mark.parametrize("ids, fill", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_generate_emits_eos_stops_and_fills_finished_rows(ids, fill):
     P, [s0, s1, s2, eos] = chain(**ids)
     model = markov_model(DecoderOnlyTransformer, P, **ids)
     bos = model.config.bos_id
     prompts = np.array([[bos, s0], [bos, s1]])           # the second row is one step further on
-    np.testing.assert_array_equal(generate(model, prompts, 5), [[s1, s2, eos], [s2, eos, fill_of(ids)]])
+    np.testing.assert_array_equal(generate(model, prompts, 5), [[s1, s2, eos], [s2, eos, fill]])
 
 
 def test_a_gpt2_like_vocabulary_masks_no_token_and_its_cache_agrees():
@@ -187,7 +182,7 @@ def test_a_config_saved_before_these_fields_loads_with_the_ids_decoding_used():
     config = TransformerConfig.from_json(json.dumps(before))
     assert (config.pad_id, config.bos_id, config.eos_id) == (0, 1, 2)
     assert config == TransformerConfig(vocab_size=13, d_model=16, n_heads=2, d_ff=24, max_len=12)
-    # a checkpoint written then (tests/data/README.md) decodes with those ids
+    # a checkpoint written then (tests/data/README.md) loads with those ids
     _, info = load_checkpoint(DATA / "pre_modern_transformer.npz")
     assert (info["config"].pad_id, info["config"].bos_id, info["config"].eos_id) == (0, 1, 2)
 
