@@ -192,7 +192,7 @@ def test_evaluate_scores_exact_match_and_token_accuracy(monkeypatch):
         return out
 
     monkeypatch.setattr(tinytransformer.decode, "greedy_decode", fake_decode)
-    scores = evaluate(None, data)
+    scores = evaluate(Transformer(TransformerConfig(vocab_size=13, **SMALL), np.random.default_rng(0)), data)
     n_tokens = int((data.labels != PAD).sum())
     assert scores["exact_match"] == pytest.approx((60 - n_wrong) / 60)
     assert scores["token_accuracy"] == pytest.approx((n_tokens - n_wrong) / n_tokens)

@@ -53,9 +53,10 @@ from .nn.transformer import TransformerConfig
 from .progress import Progress, StopRequest
 from .rundir import CONFIG_FILE, HISTORY_FILE, PER_STEP, RunDir, read_run_config, resume_last
 from .step import train_step
-from .tasks import EVAL_SEED, PAD, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch, make_lm_batch
+from .tasks import EVAL_SEED, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch, make_lm_batch
 from .threads import threads
-from .train_config import MODEL_KINDS, TrainConfig
+from .train_config import MODEL_DEFAULTS, MODEL_KINDS, TrainConfig
+from .vocab import check_special_ids
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "solved", "default_model_config",
            "held_out", "task_vocab"]
@@ -88,24 +89,19 @@ def longest_input(config: TrainConfig, max_len: int | None = None) -> int:
 
 
 def default_model_config(config: TrainConfig, **overrides) -> TransformerConfig:
-    """The contract's default TransformerConfig with the task's vocab_size; ``overrides`` win.
-
-    A decoder-only model has no encoder, so by default it gets as many blocks as the
-    encoder-decoder has layers in all (2 + 2 = 4): about the same size (202k vs 236k
-    parameters) and depth. With 2 blocks (102k parameters) it also learns reverse,
-    but needed 2,500 steps instead of ~900.
-    """
-    defaults = {"vocab_size": task_vocab(config).size}
-    if config.model == "decoder-only" and "n_decoder_layers" not in overrides:
-        plain = TransformerConfig(vocab_size=1)
-        defaults.update(n_encoder_layers=0,
-                        n_decoder_layers=plain.n_encoder_layers + plain.n_decoder_layers)
+    """TransformerConfig's defaults with the task's vocab_size and the model kind's own
+    fields (``MODEL_DEFAULTS``: a decoder-only model gets 4 blocks and no encoder);
+    ``overrides`` win."""
+    defaults = {"vocab_size": task_vocab(config).size, **MODEL_DEFAULTS[config.model]}
     model_config = TransformerConfig(**{**defaults, **overrides})
     check_model_config(config, model_config)
     return model_config
 
 
 def check_model_config(config: TrainConfig, model_config: TransformerConfig) -> None:
+    """Refuse a model config that does not fit the task: its vocabulary (size and special ids)
+    or its longest sequence."""
+    check_special_ids(model_config)
     vocab = task_vocab(config)
     if model_config.vocab_size != vocab.size:
         raise ValueError(f"vocab_size: the task needs {vocab.size} ({config.n_symbols} symbols + "
@@ -278,7 +274,7 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
     # a LoRA run saves its adapters only, against the trained run's checkpoint
     base = config.init_from if config.lora_rank is not None else None
     schedule = build_schedule(config)
-    crit = CrossEntropyLoss(ignore_index=PAD, label_smoothing=config.label_smoothing)
+    crit = CrossEntropyLoss(ignore_index=model_config.pad_id, label_smoothing=config.label_smoothing)
     eval_data = held_out(config)
     history, step, elapsed, best_state = _new_history(config), 0, 0.0, None
 

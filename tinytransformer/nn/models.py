@@ -2,9 +2,10 @@
 
 Legend: B batch, S source length, T target length, D d_model, V vocabulary size.
 
-Masks come from ``config.pad_id`` (a key is masked where its id is padding)
-unless given. Each model's public methods hold NumPy's BLAS threads themselves
-(``threads.py``), so a learner's own loop runs as fast as ``train()``.
+Masks come from ``config.pad_id`` (a key is masked where its id is padding; none
+is when the vocabulary has no padding, ``pad_id`` None) unless given. Each model's
+public methods hold NumPy's BLAS threads themselves (``threads.py``), so a
+learner's own loop runs as fast as ``train()``.
 """
 
 from __future__ import annotations
@@ -79,10 +80,10 @@ class Transformer(Module):
     embeddings (``config.positional`` "rope", "alibi", "none"); the sqrt(D) scale is left out
     with ``config.embed_scale`` False, and out_proj's bias b with ``config.head_bias`` False.
     ``src_mask``/``tgt_mask`` are (B, S)/(B, T) booleans, True = real token;
-    by default ``ids != config.pad_id``. With ``tie_embeddings`` one (V, D)
-    matrix is the source embedding, the target embedding and the output
-    projection (logits = h @ E^T + b); it is listed once, as ``tgt_embed.weight``,
-    and its gradient is the sum of all three contributions.
+    by default ``ids != config.pad_id`` (all True when ``pad_id`` is None). With
+    ``tie_embeddings`` one (V, D) matrix is the source embedding, the target
+    embedding and the output projection (logits = h @ E^T + b); it is listed once,
+    as ``tgt_embed.weight``, and its gradient is the sum of all three contributions.
     """
 
     def __init__(self, config: TransformerConfig, rng: np.random.Generator | None = None,
