@@ -148,14 +148,22 @@ def test_without_a_bos_the_encoder_decoder_cannot_start_but_a_prompt_can():
     np.testing.assert_array_equal(generate(model, np.array([[s0]]), 4), [[s1, s2, eos]])
 
 
+def test_a_vocabulary_without_special_ids_generates_every_row_to_its_length():
+    """A character model of a text has no pad, bos or eos: nothing is masked, no id is banned,
+    and no row ends early, even when it emits the id the toy tasks call eos."""
+    model = small(DecoderOnlyTransformer, pad_id=None, bos_id=None, eos_id=None)
+    model.out_proj.params["bias"][2] = 5.0                   # id 2 wins every step
+    tokens = generate(model, np.array([[0, 5, 0], [7, 0, 9]]), 6)
+    np.testing.assert_array_equal(tokens, np.full((2, 6), 2))
+
+
 # ---- the config: checks, JSON, what was saved before these fields ------------------------------
 
 
 @pytest.mark.parametrize("ids, match", [
     (dict(pad_id=1), r"pad_id: padding must differ from bos_id .* both are 1"),
     (dict(pad_id=2), r"pad_id: padding must differ from eos_id .* both are 2"),
-    (dict(pad_id=None, bos_id=None, eos_id=None), r"eos_id: expected a token id below vocab_size"),
-    (dict(eos_id=V), r"eos_id: expected a token id below vocab_size \(0..12\), got 13"),
+    (dict(eos_id=V), r"eos_id: expected a token id below vocab_size \(0..12\), or None .*got 13"),
     (dict(bos_id=-1), r"bos_id: expected a token id below vocab_size \(0..12\), or None"),
     (dict(pad_id=True), r"pad_id: expected a token id .* got True"),
     (dict(bos_id=1.0), r"bos_id: expected a token id .* got 1.0"),

@@ -29,7 +29,8 @@ class Letters:
 
 def tiny_model(vocab_size, max_len, seed=0):
     config = TransformerConfig(vocab_size=vocab_size, d_model=12, n_heads=2, d_ff=20,
-                               n_decoder_layers=2, max_len=max_len)
+                               n_decoder_layers=2, max_len=max_len,
+                               pad_id=None, bos_id=None, eos_id=None)    # every id is a character
     return DecoderOnlyTransformer(config, np.random.default_rng(seed), dtype=np.float64)
 
 

@@ -92,8 +92,14 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def fill_id(config: TransformerConfig) -> int:
-    """The id that fills a row after its eos: ``pad_id``, or ``eos_id`` when there is no padding."""
-    return config.eos_id if config.pad_id is None else config.pad_id
+    """The id that fills a row after its eos: ``pad_id``, or ``eos_id`` when there is no padding.
+
+    A vocabulary with neither (a character model of a text) never ends a row early, so
+    nothing is filled; 0 only stands in the places that are about to be written.
+    """
+    if config.pad_id is not None:
+        return config.pad_id
+    return 0 if config.eos_id is None else config.eos_id
 
 
 def never_emitted(model: Module, logits: np.ndarray) -> np.ndarray:

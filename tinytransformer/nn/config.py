@@ -43,7 +43,8 @@ class TransformerConfig:
     ``bos_id``: what the encoder-decoder's decoder is fed first; decoding never emits it
     unless it is also ``eos_id``. None: the vocabulary has none (a decoder-only model is
     given its prompts).
-    ``eos_id``: the end of an output; decoding stops a row when it emits it.
+    ``eos_id``: the end of an output; decoding stops a row when it emits it. None: the
+    vocabulary has none (a character model of a text): decoding runs every row to its length.
     Each is a token id below ``vocab_size``; pad differs from both others, while bos may
     equal eos (GPT-2's one ``<|endoftext|>``). The defaults 0, 1, 2 are the toy tasks'.
     Integer fields are stored as Python ints, whatever integer type was passed in.
@@ -87,7 +88,7 @@ class TransformerConfig:
     tie_embeddings: bool = False
     pad_id: int | None = 0
     bos_id: int | None = 1
-    eos_id: int = 2
+    eos_id: int | None = 2
 
     def __post_init__(self):
         minimum = {"vocab_size": 1, "d_model": 1, "n_heads": 1, "d_ff": 1, "max_len": 1,
@@ -153,13 +154,13 @@ class TransformerConfig:
     def _check_special_ids(self) -> None:
         for name in ("pad_id", "bos_id", "eos_id"):
             value = getattr(self, name)
-            if value is None and name != "eos_id":
+            if value is None:
                 continue
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) \
                     or not 0 <= value < self.vocab_size:
-                absent = "" if name == "eos_id" else ", or None (the vocabulary has none)"
                 raise ValueError(f"TransformerConfig.{name}: expected a token id below vocab_size "
-                                 f"(0..{self.vocab_size - 1}){absent}, got {value!r}")
+                                 f"(0..{self.vocab_size - 1}), or None (the vocabulary has none), "
+                                 f"got {value!r}")
             setattr(self, name, int(value))
         for other in ("bos_id", "eos_id"):
             if self.pad_id is not None and self.pad_id == getattr(self, other):
