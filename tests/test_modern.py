@@ -139,7 +139,7 @@ def test_whole_model_gradient_along_random_directions(cls, variant, norm_first):
             p[...] = 1.0 + 0.3 * np.random.default_rng(5).standard_normal(p.shape)
     src, tgt = batch()
     inputs = (src, tgt) if cls is Transformer else (tgt,)
-    assert directional_gradcheck(model, *inputs, n_directions=2) < 1e-6     # the contract's tolerance
+    assert directional_gradcheck(model, *inputs, n_directions=2) < 1e-6     # the models' end-to-end tolerance
 
 
 def test_the_options_reach_every_layer():

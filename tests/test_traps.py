@@ -1,7 +1,7 @@
-"""API traps a learner falls into (issue 14, items 8, 10, 11, 12, 13): each test fails on the code before.
+"""API traps a learner falls into: each test fails on the code before.
 
-(Item 9, the attention map exposed for plotting, is in test_attention.py; item 13's
-"caches invalidated by inference" messages in test_transformer.py and test_decode.py.)
+(The attention map exposed for plotting is in test_attention.py; the "caches invalidated by
+inference" messages in test_transformer.py and test_decode.py.)
 """
 
 import io

@@ -3,7 +3,7 @@
 Legend: B batch, Ts source time, Tt target time (decoder input and labels),
 T time of a decoder-only sequence, L a sequence's length before padding.
 
-Vocabulary (the contract's ids): PAD = 0, BOS = 1, EOS = 2, and symbol i is
+Vocabulary (fixed ids, the same in every task): PAD = 0, BOS = 1, EOS = 2, and symbol i is
 token id 3 + i. A decoder-only model also needs a separator between the
 source and the target; ``Vocab(n_symbols, with_sep=True)`` adds SEP as the
 id right after the last symbol (3 + n_symbols), so no other id moves.

@@ -2,7 +2,7 @@
 
 Legend: B batch, T time, V vocabulary size.
 
-Every step is the contract's step, in this order:
+Every step is the same five lines (``step.py``), in this order:
 
     model.zero_grad()
     logits = model(src, tgt_in)            # decoder-only: model(ids)
@@ -88,7 +88,7 @@ def longest_input(config: TrainConfig, max_len: int | None = None) -> int:
 
 
 def default_model_config(config: TrainConfig, **overrides) -> TransformerConfig:
-    """The contract's default TransformerConfig with the task's vocab_size; ``overrides`` win.
+    """The reference TransformerConfig with the task's vocab_size; ``overrides`` win.
 
     A decoder-only model has no encoder, so by default it gets as many blocks as the
     encoder-decoder has layers in all (2 + 2 = 4): about the same size (202k vs 236k
