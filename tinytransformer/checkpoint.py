@@ -213,9 +213,9 @@ def frozen_parameters(model: Module) -> list[str]:
 
 def _freeze_as_saved(model: Module, names: list[str], file: Path) -> None:
     """Freeze exactly the parameters ``frozen_parameters`` listed when the model was saved."""
-    modules = list(model.named_modules())
-    unknown = set(names) - {f"{prefix}.{key}" if prefix else key
-                            for prefix, module in modules for key in module.params}
+    modules, names = list(model.named_modules()), set(names)
+    unknown = names - {f"{prefix}.{key}" if prefix else key for prefix, module in modules
+                       for key in module.params}
     if unknown:
         raise CheckpointError(f"{file}: lists frozen parameter(s) {sorted(unknown)[:3]} the model "
                               f"does not have")
@@ -422,9 +422,10 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
     class and config must be the checkpoint's, else a ``CheckpointError`` names
     every field that differs. The model's dropout Generators get their saved states.
 
-    A checkpoint of a model with LoRA adapters gives the model with its adapters (on
-    frozen base weights); one saved with ``base=`` loads that base first (it must be where
-    it was, or at the same place relative to this file, and hold the same weights).
+    A checkpoint of a model with LoRA adapters gives the model with its adapters on the
+    layers that had them; one saved with ``base=`` loads that base first (it must be where
+    it was, or at the same place relative to this file, and hold the same weights). The
+    rebuilt model has the saved model's parameters frozen; a ``model`` given keeps its own.
 
     ``info``: "config" (TransformerConfig), "model_class", "step", "lora" (the adapter
     settings, or None), "task", "extra",
