@@ -303,7 +303,8 @@ def main(argv=None) -> None:
         table = summary_table(results)
         args.out.with_suffix(".md").write_text(header + table + "\n")
         print(header + table)
-        figure(results, args.figure)
+        if not args.costs:              # the figure shows the runs, which --costs leaves as they were
+            figure(results, args.figure)
     print(f"wrote {args.out}" + ("" if args.costs else f", its table and {args.figure}"))
 
 

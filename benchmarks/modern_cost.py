@@ -7,7 +7,7 @@
 Every model is the reference configuration (encoder-decoder, d_model 64, 4 heads,
 d_ff 256, 2 + 2 layers, float32) with one choice changed, or the "modern" preset
 (rope + rmsnorm + swiglu, pre-LN) with all of them; the same 64-sequence batches of
-reverse (lengths 1..16) go through the contract's training step (zero_grad, forward,
+reverse (lengths 1..16) go through the package's training step (zero_grad, forward,
 loss, backward, Adam). The models take turns one step at a time, round after round,
 so that a change in the machine's load hits all of them alike; the table gives each
 one's median step and its ratio to the reference model's median. NumPy is imported
@@ -50,7 +50,7 @@ VARIANTS = {
 
 
 class Run:
-    """One model, its optimizer and loss: the contract's training step."""
+    """One model, its optimizer and loss: the package's training step."""
 
     def __init__(self, options: dict, seed: int = 0):
         config = TransformerConfig(vocab_size=VOCAB.size, **options)

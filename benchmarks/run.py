@@ -125,7 +125,7 @@ class NumpyRunner:
         return batch
 
     def step(self, batch) -> None:
-        """The contract's training step, exactly."""
+        """The package's training step (step.py), exactly."""
         with threads(NumpyRunner.numpy_threads):
             self.model.zero_grad()
             logits = self.model(batch.src, batch.tgt_in)

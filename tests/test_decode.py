@@ -352,7 +352,7 @@ def test_clear_errors():
 
 
 def train_reverse(steps=600, batch=32, lr=5e-3, max_len=5, n_symbols=6, seed=2):
-    """A small reverse model in a few seconds, with the contract's training step."""
+    """A small reverse model in a few seconds, with the package's training step."""
     config = TransformerConfig(vocab_size=3 + n_symbols, d_model=32, n_heads=2, d_ff=64,
                                n_encoder_layers=1, n_decoder_layers=1, max_len=12)
     model = Transformer(config, np.random.default_rng(seed))

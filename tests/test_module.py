@@ -1,4 +1,4 @@
-"""The Module contract: the parameter tree, gradient accumulation, modes, saving, casting, printing.
+"""What every Module does: the parameter tree, gradient accumulation, modes, saving, casting, printing.
 
 Legend: B batch, T time, D d_model, F d_ff (D != F so a transposed shape cannot pass).
 """

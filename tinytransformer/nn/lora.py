@@ -156,8 +156,10 @@ def merge_lora(model: Module) -> Module:
 
 
 def lora_settings(model: Module) -> dict | None:
-    """{"rank", "alpha", "targets"}: the ``add_lora`` call that gives the model its adapters
-    (None without adapters), so a checkpoint can rebuild them."""
+    """{"rank", "alpha", "targets", "layers"}: the adapters' rank and alpha, the attribute names
+    they sit on and the dotted names of the LoRALinear layers themselves (None without adapters),
+    so a checkpoint can rebuild them where they were (``add_lora`` on part of a model adapts
+    that part only)."""
     layers = list(lora_layers(model))
     if not layers:
         return None
@@ -167,4 +169,4 @@ def lora_settings(model: Module) -> dict | None:
                          f"only adapters added by one add_lora call can be saved")
     (rank, alpha), = settings
     targets = sorted({attribute for _, _, attribute, _ in layers})
-    return {"rank": rank, "alpha": alpha, "targets": targets}
+    return {"rank": rank, "alpha": alpha, "targets": targets, "layers": [name for name, *_ in layers]}

@@ -145,7 +145,8 @@ class Transformer(Module):
             embed_backward(self.tgt_embed, self.pos, dy, self.config.embed_scale)
             # dmemory only leads to the encoder's and the source embedding's parameters:
             # when all of them are frozen, nothing below needs a gradient
-            if any(m.has_trainable_parameters() for m in (self.encoder, self.src_embed, self.pos)):
+            if any(m is not None and m.has_trainable_parameters()
+                   for m in (self.encoder, self.src_embed, self.pos)):
                 embed_backward(self.src_embed, self.pos, self.encoder.backward(dmemory),
                                self.config.embed_scale)
         return None
