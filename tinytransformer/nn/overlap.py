@@ -33,7 +33,13 @@ A deferred job reads arrays after ``defer`` returns, so those arrays (a layer's
 saved forward input, its upstream gradient) must not be changed in place before
 the context ends. No backward in this package writes into its upstream gradient,
 nor into the gradient it returns (LearnedPositionalEmbedding returns the very ``dy``
-its job reads): whatever receives a gradient computes a new array from it.
+its job reads): whatever receives a gradient computes a new array from it. A layer
+written outside the package promises nothing of the kind (``dout += f.backward(dout)``
+is natural NumPy), so its backward runs inside ``worker_paused()`` (``Module``
+arranges it): the jobs queued before it finish first, and the jobs of its children run
+at once. Pausing costs the package's own layers nothing; copying what every job reads
+instead measured +2.5 to +5.7 ms on a ~15 ms backward of the reference model (2-core
+AMD EPYC, under load), mostly the operating system handing out fresh memory for the copies.
 NumPy's error settings (``np.errstate``) belong to a thread; the worker takes those
 of the thread that opens the context.
 """
@@ -108,6 +114,23 @@ def _wait_for_worker(errors: list) -> None:
             interrupted = error
     if interrupted is not None:
         raise interrupted
+
+
+@contextmanager
+def worker_paused() -> Iterator[None]:
+    """Within this block ``defer`` runs every job at once, on this thread, once the worker has
+    finished the jobs handed to it before (so the additions keep their order and never run on
+    two threads at once). Outside ``overlap_param_grads()`` it changes nothing."""
+    errors = getattr(_state, "errors", None)
+    if errors is None:
+        yield
+        return
+    _wait_for_worker(errors)
+    _state.errors = None
+    try:
+        yield
+    finally:
+        _state.errors = errors
 
 
 @contextmanager
