@@ -5,7 +5,9 @@ optimizer step (1 for the first update), lr the learning rate, wd weight decay.
 
 An optimizer takes the Module and updates every trainable parameter
 (``model.trainable_parameters()``: frozen ones are left alone) IN PLACE: tied weights (one array in several
-modules, or views of it) stay tied, and are updated once. Its state (momentum,
+modules, or views of it) stay tied, and are updated once. It never updates nothing in silence: a
+model with no trainable parameter is refused, and a step after the model's trainable parameters
+changed (``requires_grad_``, ``add_lora``, ``merge_lora``, a replaced layer, ``astype``) raises. Its state (momentum,
 moments, the step count) lives here, never in the layers. Moment buffers have
 the parameter's dtype, and every scalar is a Python float, so float32 training
 stays float32. Each update is its formula, written per parameter. (Doing Adam's
@@ -118,7 +120,8 @@ class Optimizer:
     def _check_params_unchanged(self) -> None:
         """Refuse a step once the model's trainable parameters are not the ones this optimizer
         holds: it would leave new ones untouched, or update arrays the model no longer uses.
-        (Walking the tree again costs ~0.4 ms, about 1% of a reference step.)"""
+        (Walking the tree again at every step: Adam's step of the reference model measured
+        1.43 -> 1.62 ms, ~0.5% of a ~36 ms training step, on a 2-core AMD EPYC.)"""
         now = self._trainable()
         if [(module, key) for _, module, key in now] != self._owners:
             held = set(self._owners)

@@ -26,7 +26,10 @@ A block inside another keeps the outer block's choice unless it names a number.
 BLAS's thread count belongs to the process, not to a Python thread: while any
 thread is inside a block BLAS is held to one thread, and the count found when the
 first block opened is put back when the last one closes (two Python threads that
-each saved and restored it themselves could leave it at one). Entering the hold
+each saved and restored it themselves could leave it at one). One exception we cannot
+mend from here: OpenBLAS 0.3.30 (NumPy 2.4's) ignores a count set on another thread
+once the main thread has set one, so when the main thread opened the first block and
+another thread closes the last, BLAS stays at one thread (measured). Entering the hold
 costs ~10 us (threadpoolctl's ``threadpool_limits()`` rescans the loaded libraries at
 every call, ~0.9 ms measured; a ``ThreadpoolController`` made once does not).
 """
