@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .functional import scatter_add_rows
-from .module import Module, check_float_input, default_rng
+from .module import Module, check_float_input, require_rng
 
 
 class EmbeddingCache(NamedTuple):
@@ -48,7 +48,7 @@ class Embedding(Module):
     def __init__(self, num_embeddings: int, d_model: int,
                  rng: np.random.Generator | None = None, dtype=np.float32):
         super().__init__()
-        rng = default_rng(rng)
+        rng = require_rng(rng, "Embedding")
         self.num_embeddings, self.d_model = num_embeddings, d_model
         self.add_param("weight", (rng.standard_normal((num_embeddings, d_model))
                                   / np.sqrt(d_model)).astype(dtype))
@@ -131,7 +131,7 @@ class LearnedPositionalEmbedding(Module):
     def __init__(self, max_len: int, d_model: int,
                  rng: np.random.Generator | None = None, dtype=np.float32):
         super().__init__()
-        rng = default_rng(rng)
+        rng = require_rng(rng, "LearnedPositionalEmbedding")
         self.max_len, self.d_model = max_len, d_model
         self.add_param("weight", (rng.standard_normal((max_len, d_model)) / np.sqrt(2.0)).astype(dtype))
 
