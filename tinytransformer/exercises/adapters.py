@@ -1,7 +1,7 @@
 """An exercise on LoRA that the fine-tuning notebook leaves to the reader: the adapter's backward
 with dropout on its input (PEFT's ``lora_dropout``), which the package's LoRALinear does not have.
 
-Legend: B batch, T time, I in features, O out features, r the rank.
+Legend: N batch (B is the adapter's second matrix), T time, I in features, O out features, r the rank.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ def lora_dropout_backward(x, A, B, keep, dy):
     """Forward u = drop(x) = x * keep / (1 - p), h = u A, dy_lora = s h B. Back through each line:
     dB = s h^T dy, dh = s dy B^T, dA = u^T dh (A multiplied the dropped x, not x), du = dh A^T, and
     dropout passes the gradient where it passed the value, scaled alike: dx = du * keep / (1 - p)."""
-    u = _dropped(x, keep)                                   # (B, T, I)
-    h = u @ A                                               # (B, T, r)
-    dh = SCALE * dy @ B.T                                   # (B, T, r)
+    u = _dropped(x, keep)                                   # (N, T, I)
+    h = u @ A                                               # (N, T, r)
+    dh = SCALE * dy @ B.T                                   # (N, T, r)
     return _dropped(dh @ A.T, keep), _rows(u).T @ _rows(dh), SCALE * _rows(h).T @ _rows(dy)
 
 
@@ -39,8 +39,8 @@ LORA_DROPOUT = Exercise(
     "lora_dropout",
     f"""y = s * (drop(x) @ A) @ B, the adapter path of a LoRA layer with dropout on its input (as PEFT's
 lora_dropout): drop(x) = x * keep / (1 - p), keep a fixed boolean mask, p = {P_DROP}, s = {SCALE:g},
-x (B, T, I), A (I, r), B (r, O), keep (B, T, I) -> y (B, T, O).
-dy (B, T, O) is dL/dy. Return (dx, dA, dB), shaped like x, A and B (keep has no gradient).""",
+x (N, T, I), A (I, r), B (r, O), keep (N, T, I) -> y (N, T, O).
+dy (N, T, O) is dL/dy. Return (dx, dA, dB), shaped like x, A and B (keep has no gradient).""",
     forward=_lora_dropout,
     solution=lora_dropout_backward,
     build=lambda rng: (rng.standard_normal((2, 3, 5)), rng.standard_normal((5, 2)), rng.standard_normal((2, 7)),

@@ -172,15 +172,15 @@ def _alibi_asymmetric(scores, m_back, m_ahead):
     return softmax(scores + asymmetric_bias(m_back, m_ahead, scores.shape[-1]))
 
 
-def alibi_asymmetric_backward(scores, m_back, m_ahead, dout):
+def alibi_asymmetric_backward(S, m_back, m_ahead, dout):
     """Forward Z = S + bias, A = softmax(Z) over the keys, bias[h, i, j] = -m_back[h] (i - j) for
     j < i and -m_ahead[h] (j - i) for j > i. The softmax backward gives dZ = A * (dout - sum_j(dout * A)),
     and dS = dZ (the bias is added). m_back[h] reaches Z[b, h, i, j] with the factor -(i - j) for every
     key behind, so dm_back[h] = -sum over b, i, j < i of (i - j) dZ[b, h, i, j]; dm_ahead likewise over
     the keys ahead."""
-    A = _alibi_asymmetric(scores, m_back, m_ahead)                 # (B, H, T, T)
+    A = _alibi_asymmetric(S, m_back, m_ahead)                      # (B, H, T, T)
     dZ = A * (dout - (dout * A).sum(-1, keepdims=True))            # (B, H, T, T)
-    behind, ahead = _distances(scores.shape[-1])
+    behind, ahead = _distances(S.shape[-1])
     return dZ, -(dZ * behind).sum((0, 2, 3)), -(dZ * ahead).sum((0, 2, 3))
 
 
