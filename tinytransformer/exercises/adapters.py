@@ -7,6 +7,7 @@ Legend: N batch (B is the adapter's second matrix), T time, I in features, O out
 from __future__ import annotations
 
 from .grading import Exercise, Mistake
+from .modern import rows
 
 SCALE = 2.0     # s = alpha / r: not 1, so that a forgotten s shows
 P_DROP = 0.25   # dropout probability: 1 / (1 - p) = 4/3
@@ -15,10 +16,6 @@ P_DROP = 0.25   # dropout probability: 1 / (1 - p) = 4/3
 def _dropped(x, keep):
     """Inverted dropout with a given mask: x * keep / (1 - p)."""
     return x * keep / (1.0 - P_DROP)
-
-
-def _rows(a):
-    return a.reshape(-1, a.shape[-1])
 
 
 def _lora_dropout(x, A, B, keep):
@@ -32,7 +29,7 @@ def lora_dropout_backward(x, A, B, keep, dy):
     u = _dropped(x, keep)                                   # (N, T, I)
     h = u @ A                                               # (N, T, r)
     dh = SCALE * dy @ B.T                                   # (N, T, r)
-    return _dropped(dh @ A.T, keep), _rows(u).T @ _rows(dh), SCALE * _rows(h).T @ _rows(dy)
+    return _dropped(dh @ A.T, keep), rows(u).T @ rows(dh), SCALE * rows(h).T @ rows(dy)
 
 
 LORA_DROPOUT = Exercise(
@@ -50,7 +47,7 @@ dy (N, T, O) is dL/dy. Return (dx, dA, dB), shaped like x, A and B (keep has no 
         Mistake("dx", lambda x, A, B, keep, dy: SCALE * dy @ B.T @ A.T,
                 "x reached A through dropout: on the way back the same mask and the same 1 / (1 - p) "
                 "apply, dx = (dh A^T) * keep / (1 - p)"),
-        Mistake("dA", lambda x, A, B, keep, dy: _rows(x).T @ _rows(SCALE * dy @ B.T),
+        Mistake("dA", lambda x, A, B, keep, dy: rows(x).T @ rows(SCALE * dy @ B.T),
                 "A multiplied the dropped input, not x: dA = drop(x)^T dh"),
     ),
     factor_hint="a constant factor here comes from s = alpha / r or from inverted dropout's 1 / (1 - p), "

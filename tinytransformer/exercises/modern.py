@@ -14,12 +14,7 @@ from ..nn.functional import softmax
 from .grading import Exercise, Mistake
 
 
-def _T(a):
-    """The last two axes swapped: a^T for every leading index."""
-    return a.swapaxes(-1, -2)
-
-
-def _rows(a):
+def rows(a):
     """(..., n) -> (N, n): every leading axis flattened, for the weight gradients."""
     return a.reshape(-1, a.shape[-1])
 
@@ -47,8 +42,8 @@ def swiglu_backward(x, W1, W3, W2, dy):
     dh = dy @ W2.T                                  # (B, T, F)
     da = dh * up * (s * (1.0 + a * (1.0 - s)))      # (B, T, F)
     dup = dh * gate                                 # (B, T, F)
-    return (da @ W1.T + dup @ W3.T, _rows(x).T @ _rows(da), _rows(x).T @ _rows(dup),
-            _rows(gate * up).T @ _rows(dy))
+    return (da @ W1.T + dup @ W3.T, rows(x).T @ rows(da), rows(x).T @ rows(dup),
+            rows(gate * up).T @ rows(dy))
 
 
 def _swiglu_wrong(x, W1, W3, W2, dy, silu_slope=None, swap_product=False):
@@ -82,14 +77,14 @@ dy (B, T, D) is dL/dy. Return (dx, dW1, dW3, dW2), shaped like x, W1, W3 and W2.
         Mistake("dx", lambda x, W1, W3, W2, dy: _swiglu_wrong(x, W1, W3, W2, dy)[1] @ W3.T,
                 "a path is missing: x feeds the gate too, so dx = da W1^T + dup W3^T, da through silu'"),
         Mistake("dW1", lambda x, W1, W3, W2, dy:
-                _rows(x).T @ _rows(_swiglu_wrong(x, W1, W3, W2, dy, silu_slope="sigmoid")[0]), SILU_SLOPE),
+                rows(x).T @ rows(_swiglu_wrong(x, W1, W3, W2, dy, silu_slope="sigmoid")[0]), SILU_SLOPE),
         Mistake("dx", lambda x, W1, W3, W2, dy:
                 _swiglu_wrong(x, W1, W3, W2, dy, silu_slope="sigmoid")[0] @ W1.T
                 + _swiglu_wrong(x, W1, W3, W2, dy)[1] @ W3.T, SILU_SLOPE),
         Mistake("dW1", lambda x, W1, W3, W2, dy:
-                _rows(x).T @ _rows(_swiglu_wrong(x, W1, W3, W2, dy, swap_product=True)[0]), SWAPPED_PRODUCT),
+                rows(x).T @ rows(_swiglu_wrong(x, W1, W3, W2, dy, swap_product=True)[0]), SWAPPED_PRODUCT),
         Mistake("dW3", lambda x, W1, W3, W2, dy:
-                _rows(x).T @ _rows(_swiglu_wrong(x, W1, W3, W2, dy, swap_product=True)[1]), SWAPPED_PRODUCT),
+                rows(x).T @ rows(_swiglu_wrong(x, W1, W3, W2, dy, swap_product=True)[1]), SWAPPED_PRODUCT),
     ),
 )
 
