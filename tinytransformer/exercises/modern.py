@@ -46,13 +46,13 @@ def swiglu_backward(x, W1, W3, W2, dy):
             rows(gate * up).T @ rows(dy))
 
 
-def _swiglu_wrong(x, W1, W3, W2, dy, silu_slope=None, swap_product=False):
+def _swiglu_wrong(x, W1, W3, W2, dy, sigmoid_slope=False, swap_product=False):
     """The pieces of swiglu_backward with a classic slip: silu's slope taken as sigmoid(a), or the
     product rule's factors swapped (dgate = dh * gate, dup = dh * up)."""
     a, s, gate, up = _swiglu_parts(x, W1, W3)
     dh = dy @ W2.T
     dgate, dup = (dh * gate, dh * up) if swap_product else (dh * up, dh * gate)
-    da = dgate * (s if silu_slope == "sigmoid" else s * (1.0 + a * (1.0 - s)))
+    da = dgate * (s if sigmoid_slope else s * (1.0 + a * (1.0 - s)))
     return da, dup
 
 
@@ -77,9 +77,9 @@ dy (B, T, D) is dL/dy. Return (dx, dW1, dW3, dW2), shaped like x, W1, W3 and W2.
         Mistake("dx", lambda x, W1, W3, W2, dy: _swiglu_wrong(x, W1, W3, W2, dy)[1] @ W3.T,
                 "a path is missing: x feeds the gate too, so dx = da W1^T + dup W3^T, da through silu'"),
         Mistake("dW1", lambda x, W1, W3, W2, dy:
-                rows(x).T @ rows(_swiglu_wrong(x, W1, W3, W2, dy, silu_slope="sigmoid")[0]), SILU_SLOPE),
+                rows(x).T @ rows(_swiglu_wrong(x, W1, W3, W2, dy, sigmoid_slope=True)[0]), SILU_SLOPE),
         Mistake("dx", lambda x, W1, W3, W2, dy:
-                _swiglu_wrong(x, W1, W3, W2, dy, silu_slope="sigmoid")[0] @ W1.T
+                _swiglu_wrong(x, W1, W3, W2, dy, sigmoid_slope=True)[0] @ W1.T
                 + _swiglu_wrong(x, W1, W3, W2, dy)[1] @ W3.T, SILU_SLOPE),
         Mistake("dW1", lambda x, W1, W3, W2, dy:
                 rows(x).T @ rows(_swiglu_wrong(x, W1, W3, W2, dy, swap_product=True)[0]), SWAPPED_PRODUCT),
