@@ -2,16 +2,17 @@
 
     python benchmarks/modern_cost.py                  # ~1-2 minutes on 2 cores
     python benchmarks/modern_cost.py --rounds 20      # shorter, noisier
+    python benchmarks/modern_cost.py --table          # the table again from the saved results
 
 Every model is the reference configuration (encoder-decoder, d_model 64, 4 heads,
 d_ff 256, 2 + 2 layers, float32) with one choice changed, or the "modern" preset
 (rope + rmsnorm + swiglu, pre-LN) with all of them; the same 64-sequence batches of
-reverse (lengths 1..16) go through the contract's training step (zero_grad, forward,
+reverse (lengths 1..16) go through the package's training step (zero_grad, forward,
 loss, backward, Adam). The models take turns one step at a time, round after round,
 so that a change in the machine's load hits all of them alike; the table gives each
 one's median step and its ratio to the reference model's median. NumPy is imported
 first and the package holds its threads itself (two, as in `tinytransformer train`).
-Results: printed as a Markdown table and written to benchmarks/results/modern_cost.json.
+Results: benchmarks/results/modern_cost.json, and its Markdown table modern_cost.md (also printed).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT))          # the package of this checkout
 from tinytransformer import PRESETS, Adam, CrossEntropyLoss, Transformer, TransformerConfig  # noqa: E402
 from tinytransformer.tasks import PAD, Vocab, make_batch  # noqa: E402
 
-from machine import cpu_name  # noqa: E402  (benchmarks/, the script's own folder)
+from machine import commit, cpu_name, stated  # noqa: E402  (benchmarks/, the script's own folder)
 
 VOCAB = Vocab(10)
 VARIANTS = {
@@ -49,7 +50,7 @@ VARIANTS = {
 
 
 class Run:
-    """One model, its optimizer and loss: the contract's training step."""
+    """One model, its optimizer and loss: the package's training step."""
 
     def __init__(self, options: dict, seed: int = 0):
         config = TransformerConfig(vocab_size=VOCAB.size, **options)
@@ -67,12 +68,37 @@ class Run:
         return time.perf_counter() - start
 
 
+def table(result: dict) -> str:
+    """The Markdown table of one measurement, under the line that states where it ran."""
+    machine = f"{result['machine']}, Python {result['python']}, NumPy {result['numpy']}"
+    load = result.get("load_average")     # (before, after): the machine is often shared; older results lack it
+    during = (f" Load average (1 minute) {load[0]:.1f} before, {load[1]:.1f} after." if load
+              else " Load average not recorded.")
+    lines = [f"{stated(machine, result.get('commit'))} Median of {result['rounds']} interleaved steps each."
+             + during,
+             "", "| model | parameters | step (ms) | / reference |", "|---|---:|---:|---:|"]
+    lines += [f"| {row['model']} | {row['parameters']:,} | {row['median_ms']:.1f} | {row['ratio']:.2f} |"
+              for row in result["rows"]]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=60, help="timed steps per model (default 60)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per model first")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "modern_cost.json")
+    parser.add_argument("--table", action="store_true", help="measure nothing: write the table from --out")
     args = parser.parse_args(argv)
+    result = json.loads(args.out.read_text()) if args.table else measure(args)
+    text = table(result)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+    return result
+
+
+def measure(args) -> dict:
+    """Every variant's training step, the variants taking turns; written to ``args.out``."""
+    load_before = os.getloadavg()[0]
     rng = np.random.default_rng(1)
     batches = [make_batch("reverse", VOCAB, 64, 1, 16, rng) for _ in range(16)]
     runs = {name: Run(options) for name, options in VARIANTS.items()}
@@ -90,12 +116,8 @@ def main(argv=None) -> dict:
         rows.append({"model": name, "parameters": run.model.num_parameters(), "median_ms": 1e3 * median,
                      "ratio": median / reference, "samples_s": [round(s, 6) for s in samples[name]]})
     result = {"rows": rows, "rounds": args.rounds, "numpy": np.__version__, "python": platform.python_version(),
-              "machine": f"{cpu_name()}, {os.cpu_count()} cores ({platform.machine()})"}
-    print(f"NumPy {np.__version__}, Python {result['python']}, {result['machine']}; "
-          f"median of {args.rounds} interleaved steps each\n")
-    print("| model | parameters | step (ms) | / reference |\n|---|---:|---:|---:|")
-    for row in rows:
-        print(f"| {row['model']} | {row['parameters']:,} | {row['median_ms']:.1f} | {row['ratio']:.2f} |")
+              "machine": f"{cpu_name()}, {os.cpu_count()} cores ({platform.machine()})", "commit": commit(),
+              "load_average": [load_before, os.getloadavg()[0]]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     return result

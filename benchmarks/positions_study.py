@@ -3,6 +3,7 @@
     python benchmarks/positions_study.py                                  # the whole study (hours)
     python benchmarks/positions_study.py --tasks reverse --seeds 0        # a slice of it
     python benchmarks/positions_study.py --quick                          # a smoke run (seconds)
+    python benchmarks/positions_study.py --table                          # the table from the results
 
 For each model kind (encoder-decoder, decoder-only), task (copy, reverse), positional
 choice (sinusoidal, learned, rope, alibi, none) and seed, ``tinytransformer.train`` runs
@@ -32,9 +33,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))          # the package of this checkout
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]   # the package of this checkout, machine.py
 
 from tinytransformer import threads  # noqa: E402
+from machine import commit, describe, stated  # noqa: E402
 from tinytransformer.train import (TrainConfig, default_model_config, evaluate, held_out,  # noqa: E402
                                    longest_input, train)
 
@@ -56,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run, written to --out only")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "positions_study.json")
     parser.add_argument("--figure", type=Path, default=None, help="also draw the per-length figure here")
+    parser.add_argument("--table", action="store_true", help="run nothing: write the table again from --out")
     return parser.parse_args(argv)
 
 
@@ -138,15 +141,28 @@ def draw(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def header(results: dict) -> str:
+    """The line that states where the study ran, and what the table's columns are."""
+    runs = results["runs"]
+    machine = results.get("machine", f"a machine not recorded, NumPy {results['numpy']}")
+    per_length = (f"{results['per_length']} sequences per evaluation length" if "per_length" in results
+                  else "sequences per evaluation length not recorded (the default is 200)")
+    return (f"{stated(machine, results.get('commit'))} Seeds {sorted({r['seed'] for r in runs})}, step "
+            f"budgets {sorted({r.get('budget') for r in runs}, key=str)}, {per_length}. Exact match: "
+            f"mean over the seeds (over a range of lengths: of each seed's mean over them); steps: "
+            f"median over the seeds that solved the task.\n\n")
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.quick:
         args.eval_max, args.per_length = 6, 4
-    runs = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+    runs = results["runs"]
     for r in runs:                                # JSON keys are strings
         r["by_length"] = {int(k): v for k, v in r["by_length"].items()}
     done = {(r["model"], r["task"], r["positional"], r["seed"]) for r in runs}
-    for model_kind in args.models:
+    for model_kind in args.models if not args.table else ():
         for task in args.tasks:
             for positional in args.positionals:
                 for seed in args.seeds:
@@ -157,17 +173,13 @@ def main(argv=None) -> list[dict]:
                     print(f"{model_kind} {task} {positional} seed {seed}: "
                           f"{'solved at step ' + str(run['best_step']) if run['solved'] else 'not solved'}, "
                           f"{run['seconds']:.0f} s", flush=True)
+                    results.update(numpy=np.__version__, machine=describe(), commit=commit(),
+                                   per_length=args.per_length)
                     args.out.parent.mkdir(parents=True, exist_ok=True)
-                    args.out.write_text(json.dumps({"numpy": np.__version__, "runs": runs}, indent=1))
-    table = summary_table(runs, runs[0]["trained_max_len"] if runs else 16)
-    seeds = sorted({r["seed"] for r in runs})
-    budgets = sorted({r.get("budget") for r in runs}, key=str)
-    header = (f"Runs so far: seeds {seeds}, step budgets {budgets}, {args.per_length} sequences per "
-              f"evaluation length, NumPy {np.__version__}. Exact match: mean over the seeds (over a "
-              f"range of lengths: of each seed's mean over them); steps: median over the seeds that "
-              f"solved the task.\n\n")
-    print(header + table)
-    args.out.with_suffix(".md").write_text(header + table + "\n")
+                    args.out.write_text(json.dumps(results, indent=1))
+    table = header(results) + summary_table(runs, runs[0]["trained_max_len"] if runs else 16)
+    print(table)
+    args.out.with_suffix(".md").write_text(table + "\n")
     if args.figure is not None and runs:
         draw(runs, args.figure)
     return runs

@@ -35,6 +35,7 @@ from tinytransformer import optim  # noqa: E402
 from tinytransformer.nn.loss import CrossEntropyLoss  # noqa: E402
 from tinytransformer.tasks import PAD, make_batch  # noqa: E402
 from tinytransformer.train_config import TrainConfig  # noqa: E402
+from machine import commit, describe, stated  # noqa: E402
 
 train_module = importlib.import_module("tinytransformer.train")
 
@@ -102,7 +103,7 @@ def sweep_run(name: str, seed: int, steps: int, every: int) -> dict:
             if step % every == 0:
                 evals.append([step, exact_match_by_length(model, sets)])
     return {"recipe": name, "config": config.to_dict(), "seed": seed, "evals": evals,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, "machine": describe(), "commit": commit()}
 
 
 def first_solved(evals, overall=TrainConfig.target, worst=TrainConfig.target_worst):
@@ -129,8 +130,16 @@ def is_default(name: str) -> bool:
     return all(getattr(default, key) == value for key, value in RECIPES[name].items())
 
 
+def where(result: dict) -> str:
+    """Where a run was measured; the first runs recorded it in one sentence, without versions."""
+    if "machine" in result:
+        return stated(result["machine"], result["commit"])
+    return f"Measured on {result['measured']}; NumPy version not recorded."
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| recipe | seeds | solved | first solved: median / worst step | swings below 95% "
+    lines = [" ".join(sorted({where(r) for r in results})), "",
+             "| recipe | seeds | solved | first solved: median / worst step | swings below 95% "
              "| after solving: lowest exact match / lowest worst length |",
              "|---|---:|---:|---:|---:|---:|"]
     for name in RECIPES:
@@ -155,7 +164,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--every", type=int, default=50)
-    parser.add_argument("--table", action="store_true", help="only print the table of existing results")
+    parser.add_argument("--table", action="store_true",
+                        help="only write the table of existing results (benchmarks/results/recipe_sweep.md)")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.table:
@@ -167,7 +177,9 @@ def main(argv=None) -> None:
                     path.write_text(json.dumps(result) + "\n")
                     print(f"{name} seed {seed}: first solved at {first_solved(result['evals'])}",
                           file=sys.stderr, flush=True)
-    print(table([json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]))
+    text = table([json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))])
+    OUT.with_suffix(".md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

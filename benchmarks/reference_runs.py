@@ -44,7 +44,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]          # the package of this checkout, and torch_reference
 
 from tinytransformer.tasks import PAD, eval_set, lm_eval_set  # noqa: E402
-from machine import cpu_name  # noqa: E402
+from machine import commit, cpu_name, stated  # noqa: E402
 
 # the module, not the function that tinytransformer re-exports under the same name
 train_module = importlib.import_module("tinytransformer.train")
@@ -67,7 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test: lengths 1..3, 40 steps (not a measurement; give --out)")
     parser.add_argument("--table", action="store_true",
-                        help="run nothing: print one table of every saved result (the README's)")
+                        help="run nothing: write the tables again from every saved result, and "
+                             "one table of them all (reference_runs-all.md, in docs/reference-runs.md)")
     return parser.parse_args(argv)
 
 
@@ -246,8 +247,8 @@ def plot(results: dict, path: Path) -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"## {results['task']} ({results['model']}): seeds {results['seeds'][0]}-{results['seeds'][-1]}", "",
-             f"Machine: {results['machine']}.", "",
+    lines = [f"### {results['task']} ({results['model']}): seeds {results['seeds'][0]}-{results['seeds'][-1]}", "",
+             stated(results["machine"], results.get("commit")), "",
              "| | solved | swings | steps: median / worst | seconds: median / worst | training s (median) "
              "| fresh exact match: lowest | fresh worst length: lowest |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -264,21 +265,21 @@ def markdown(results: dict) -> str:
 
 
 def combined_table(paths: list[Path]) -> str:
-    """One Markdown row per saved result and side: the README's table of the reference runs."""
-    lines = ["| task (model) | side | seeds solved | relapses below 95% | steps: median / worst "
+    """One Markdown row per saved result and side, under the line that states where each ran."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    where = {stated(results["machine"], results.get("commit")) for results in runs}
+    lines = [" ".join(sorted(where)), "",
+             "| task (model) | side | seeds solved | relapses below 95% | steps: median / worst "
              "| seconds: median / worst | fresh sequences: lowest exact match / lowest at a length |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    machines = set()
-    for path in paths:
-        results = json.loads(path.read_text())
-        machines.add(results["machine"])
+    for results in runs:
         for side, s in results["summary"].items():
             lines.append(f"| {results['task']} ({results['model']}) | {side} | {s['solved']}/{s['runs']} "
                          f"| {s['swings']} | {s['steps_median']:.0f} / {s['steps_worst']} "
                          f"| {s['seconds_median']:.0f} / {s['seconds_worst']:.0f} "
                          + (f"| {s['fresh_exact_match_min']:.4f} / {s['fresh_worst_length_min']:.3f} |"
                             if "fresh_exact_match_min" in s else "| n/a |"))
-    return "\n".join(lines) + "\n\nMachine: " + "; ".join(sorted(machines)) + ".\n"
+    return "\n".join(lines) + "\n"
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -286,7 +287,11 @@ def main(args: argparse.Namespace) -> dict:
     if args.table:
         paths = sorted((HERE / "results").glob("reference_runs*.json"),
                        key=lambda path: (path.stem != "reference_runs", path.stem))   # reverse first
-        print(combined_table(paths), end="")
+        for path in paths:
+            path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))
+        text = combined_table(paths)
+        (HERE / "results" / "reference_runs-all.md").write_text(text)
+        print(text, end="")
         return {}
     quick = dict(max_len=3, steps=40, eval_every=20, eval_size=30) if args.quick else {}
     config = train_module.TrainConfig(task=args.task, model=args.model, **quick)
@@ -303,6 +308,7 @@ def main(args: argparse.Namespace) -> dict:
                + (f", PyTorch {torch.__version__}" if with_torch else "")
                + f", {args.threads} threads each")
     results = {"task": args.task, "model": args.model, "seeds": args.seeds, "machine": machine,
+               "commit": commit(),
                "recipe": config.to_dict(), "runs": {"NumPy": []}}
     if with_torch:
         results["runs"]["PyTorch"] = []

@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=str, default=None,
                         help="directory for the JSON and Markdown results (default benchmarks/results, "
                              "or a temporary directory with --quick)")
+    parser.add_argument("--table", action="store_true",
+                        help="run nothing: write the Markdown results again from the JSON in --out")
     parser.add_argument("--figure", type=str, default=None,
                         help="path of the scaling figure (default figures/benchmark_scaling.png, or "
                              "<out>/benchmark_scaling.png with --quick)")
@@ -87,7 +89,7 @@ from tinytransformer.nn.loss import CrossEntropyLoss  # noqa: E402
 from tinytransformer.nn.module import Module  # noqa: E402
 from tinytransformer.nn.transformer import Transformer, TransformerConfig  # noqa: E402
 from tinytransformer.tasks import PAD, Vocab, make_batch  # noqa: E402
-from machine import cpu_name  # noqa: E402
+from machine import commit, cpu_name, stated  # noqa: E402
 
 try:
     import torch
@@ -123,7 +125,7 @@ class NumpyRunner:
         return batch
 
     def step(self, batch) -> None:
-        """The contract's training step, exactly."""
+        """The package's training step (step.py), exactly."""
         with threads(NumpyRunner.numpy_threads):
             self.model.zero_grad()
             logits = self.model(batch.src, batch.tgt_in)
@@ -491,16 +493,9 @@ def machine_info(threads: int, with_torch: bool) -> dict:
         info["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
     except Exception:        # the layout of show_config differs between NumPy versions
         pass
-    try:       # the commit measured (and whether the working tree differed from it)
-        import subprocess
-        git = ["git", "-C", str(ROOT)]
-        commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(git + ["status", "--porcelain", "--", "tinytransformer", "benchmarks"],
-                               capture_output=True, text=True)
-        if commit.returncode == 0:
-            info["commit"] = commit.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
-    except OSError:
-        pass
+    measured_at = commit()       # the commit measured (and whether the working tree differed from it)
+    if measured_at:
+        info["commit"] = measured_at
     if with_torch:
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
@@ -523,17 +518,22 @@ def _mb(n) -> str:
 
 
 def markdown(results: dict) -> str:
+    """benchmarks/results/README.md: a title over the tables."""
+    title = "# Benchmark results" + (" (quick mode: tiny, not for quoting)" if results["quick"] else "")
+    return title + "\n\n" + tables(results)
+
+
+def tables(results: dict) -> str:
+    """Every table of a benchmark run, under the line that states its machine, versions and commit."""
     m = results["machine"]
     has_torch = "PyTorch" in results["step"]["step"]
-    lines = [f"# Benchmark results{' (quick mode: tiny, not for quoting)' if results['quick'] else ''}", "",
-             f"Machine: {m['cpu']}, {m['cpu_count']} cores; {m['threads']} thread(s) for NumPy"
-             + (" and PyTorch" if has_torch else "")
+    lines = [stated(f"{m['cpu']}, {m['cpu_count']} cores, Python {m['python']}, NumPy {m['numpy']}"
+                    + (f" ({m['numpy_blas']})" if "numpy_blas" in m else "")
+                    + (f", PyTorch {m['torch']}" if has_torch else ""), m.get("commit"))
+             + f" {m['threads']} thread(s) for NumPy" + (" and PyTorch" if has_torch else "")
              + (" (NumPy: one BLAS thread and the parameter-gradient worker)" if m["threads"] >= 2 else "")
-             + f"; Python {m['python']}, NumPy {m['numpy']}"
-             + (f" ({m['numpy_blas']})" if "numpy_blas" in m else "")
-             + (f", PyTorch {m['torch']}" if has_torch else "")
              + (f"; load average at the start {m['load_average'][0]:.2f}" if m.get("load_average") else "")
-             + (f"; commit {m['commit']}" if "commit" in m else "") + ".",
+             + ".",
              "", f"Reproduce: `{results['command']}`", ""]
     if "same_model_check" in results:
         c = results["same_model_check"]
@@ -550,7 +550,7 @@ def markdown(results: dict) -> str:
         ["| | NumPy |", "|---|---:|"]
     s = results["step"]
     setup = results["setup"]
-    lines += ["## Training step, " + ("the tiny --quick configuration" if results["quick"] else
+    lines += ["### Training step, " + ("the tiny --quick configuration" if results["quick"] else
                                        "reference configuration"), "",
               f"{setup['sizes']}, batch {setup['batch_size']}, lengths 1..{setup['max_len']} (mean "
               f"{s['tokens_per_batch']:.0f} target tokens per batch), float32, median over interleaved "
@@ -567,11 +567,11 @@ def markdown(results: dict) -> str:
                      s["step"].get("PyTorch", {}).get("tokens_per_s"), fmt=lambda v: f"{v:,.0f}" if v else "-",
                      ratio=False))
 
-    lines += ["", "### The phases of a step (median ms)", ""] + header
+    lines += ["", "#### The phases of a step (median ms)", ""] + header
     for phase in results["phases"]["NumPy"]:
         lines.append(row(phase, results["phases"]["NumPy"][phase], results["phases"].get("PyTorch", {}).get(phase)))
 
-    lines += ["", "### Where the NumPy step goes", "",
+    lines += ["", "#### Where the NumPy step goes", "",
               "Each module's forward and backward, exclusive of its children, summed by layer type "
               "(timing wrappers add a little overhead). Measured on one thread, the gradient worker "
               "off, so every layer's parameter gradients count in its own backward.", "", "| part | ms / step | share |", "|---|---:|---:|"]
@@ -584,7 +584,7 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['op']} | {r['ms']:.2f} | {100 * r['share']:.0f}% | {r['calls_per_step']:.0f} |")
 
     d = results["decode"]
-    lines += ["", f"## Greedy decoding, {d['batch']} sequences (median seconds of {d['repeats']}, "
+    lines += ["", f"### Greedy decoding, {d['batch']} sequences (median seconds of {d['repeats']}, "
               f"the two sides taking turns)", ""]
     if has_torch:
         lines += ["| length | NumPy cached | NumPy uncached | NumPy speedup | PyTorch cached | PyTorch uncached "
@@ -603,7 +603,7 @@ def markdown(results: dict) -> str:
     sc = results["scaling"]
     for key, label, note in (("length", "sequence length", "every sequence of this length, d_model 64"),
                              ("d_model", "d_model", "d_ff = 4 d_model, 4 heads, lengths 1..16")):
-        lines += ["", f"## Step time against {label} (median ms; {note})", "",
+        lines += ["", f"### Step time against {label} (median ms; {note})", "",
                   f"| {label} | NumPy |" + (" PyTorch | NumPy / PyTorch |" if has_torch else ""),
                   "|---:|---:|" + ("---:|---:|" if has_torch else "")]
         for r in sc[key]:
@@ -611,7 +611,7 @@ def markdown(results: dict) -> str:
                          (f" {_ms(r['PyTorch'])} | {_ratio(r['NumPy'], r['PyTorch'])} |" if has_torch else ""))
 
     mem = results["memory"]
-    lines += ["", "## Memory of a training step (MB)", "",
+    lines += ["", "### Memory of a training step (MB)", "",
               "Peak: tracemalloc's peak of NumPy allocations during one step, above what was allocated "
               "before it (PyTorch's allocations are invisible to tracemalloc: n/a). Held between forward "
               "and backward: every array in a module's cache / every tensor autograd saves, each "
@@ -621,7 +621,7 @@ def markdown(results: dict) -> str:
         lines.append(row(label, mem["NumPy"][key], mem.get("PyTorch", {}).get(key), fmt=_mb,
                          ratio=key != "peak_step_bytes"))
 
-    lines += ["", "## Notes", "",
+    lines += ["", "### Notes", "",
               "- Wall-clock medians; NumPy and PyTorch run in the same process, with the same batches and "
               "thread count, taking turns in blocks, so a change of machine load hits both.",
               "- PyTorch side (benchmarks/torch_reference.py): the same architecture in torch.nn modules, "
@@ -635,6 +635,46 @@ def markdown(results: dict) -> str:
               "- Tokens are target tokens (non-PAD labels), the ones the loss counts.",
               "- Figure: figures/benchmark_scaling.png."]
     return "\n".join(lines) + "\n"
+
+
+# how the before-and-after breakdown groups layer_breakdown's parts; the rest is "everything else"
+BREAKDOWN_GROUPS = {
+    "Linear backward": ["Linear backward"],
+    "Linear forward": ["Linear forward"],
+    "attention (scores, softmax, weights) backward": ["ScaledDotProductAttention backward"],
+    "attention forward": ["ScaledDotProductAttention forward"],
+    "LayerNorm backward": ["LayerNorm backward"],
+    "LayerNorm forward": ["LayerNorm forward"],
+    "Adam update": ["Adam update"],
+    "head split and merge, both ways": ["MultiHeadAttention forward", "MultiHeadAttention backward"],
+    "ReLU, both ways": ["ReLU forward", "ReLU backward"],
+    "model glue (masks, embedding scale, residual sums)": ["model glue (masks, embedding scale, residual sums)"],
+}
+
+
+def before_after_table(saved: dict) -> str:
+    """layers_before_after.md: two checkouts' per-layer breakdowns side by side, grouped."""
+    before, after = saved["before"], saved["after"]
+    lines = [stated(saved["machine"], f"{before['commit']} (before) and {after['commit']} (now)")
+             + f" What: {saved['what']}.", "",
+             "| part | before (ms) | now (ms) |", "|---|---:|---:|"]
+    for label, parts in BREAKDOWN_GROUPS.items():
+        lines.append(f"| {label} | {sum(before['ms'][p] for p in parts):.2f} "
+                     f"| {sum(after['ms'][p] for p in parts):.2f} |")
+    grouped = {p for parts in BREAKDOWN_GROUPS.values() for p in parts}
+    rest = [sum(v for p, v in side["ms"].items() if p not in grouped) for side in (before, after)]
+    lines.append(f"| everything else (embedding, loss, zero_grad, ...) | {rest[0]:.2f} | {rest[1]:.2f} |")
+    lines.append(f"| **total** | **{sum(before['ms'].values()):.1f}** | **{sum(after['ms'].values()):.1f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(results: dict, out_dir: Path) -> str:
+    """README.md (titled) and benchmark.md (the tables alone, which docs/performance.md includes)."""
+    text = markdown(results)
+    (out_dir / "README.md").write_text(text)
+    (out_dir / "benchmark.md").write_text(tables(results))
+    print(f"wrote {out_dir / 'README.md'} and {out_dir / 'benchmark.md'}", file=sys.stderr)
+    return text
 
 
 def plot_scaling(results: dict, path: Path) -> None:
@@ -687,6 +727,14 @@ def main(args: argparse.Namespace) -> dict:
         return reference_runs.main(reference_runs.parse_args(
             ["--seeds", *map(str, args.seeds), "--threads", str(args.threads)]
             + ([] if with_torch else ["--no-torch"])))
+    if args.table:
+        out_dir = Path(args.out) if args.out else HERE / "results"
+        results = json.loads((out_dir / "benchmark.json").read_text())
+        write_markdown(results, out_dir)
+        saved = out_dir / "layers_before_after.json"        # written by hand from two checkouts' runs
+        if saved.is_file():
+            saved.with_suffix(".md").write_text(before_after_table(json.loads(saved.read_text())))
+        return results
     q = args.quick
     # --quick writes to a temporary directory unless told: it must never replace real results
     out_dir = Path(args.out) if args.out else \
@@ -737,8 +785,7 @@ def main(args: argparse.Namespace) -> dict:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "benchmark.json").write_text(json.dumps(results, indent=1) + "\n")
-    text = markdown(results)
-    (out_dir / "README.md").write_text(text)
+    text = write_markdown(results, out_dir)
     plot_scaling(results, figure)
     print(text)
     say(f"wrote {out_dir / 'benchmark.json'}, {out_dir / 'README.md'} and {figure}")

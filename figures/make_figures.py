@@ -1,4 +1,4 @@
-"""Regenerate the README's figures from a seeded reference run.
+"""Regenerate the figures of the README and docs/ from a seeded reference run.
 
     python figures/make_figures.py            # trains the reference run (seed 0) if needed, ~1 min
     python figures/make_figures.py --retrain  # train it again even if runs/figures-reference exists

@@ -1,4 +1,10 @@
-"""Shared fixtures: a seeded Generator and a gradient-check assertion that prints the table on failure."""
+"""Shared fixtures: a seeded Generator, a gradient-check assertion that prints the table on failure,
+and a check that the suite leaves the repository as it found it."""
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,3 +27,40 @@ def _assert_gradcheck(module, *inputs, **kwargs):
 def assert_gradcheck():
     """assert_gradcheck(module, *inputs, **gradcheck_kwargs) -> the passing GradcheckResult."""
     return _assert_gradcheck
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# written by Python and pytest themselves, never by the code under test
+CACHES = ("__pycache__", ".pytest_cache", ".egg-info")
+
+
+def tree_state(root: Path) -> dict[str, str] | None:
+    """Every path ``git status`` reports as changed, untracked or ignored (caches aside), mapped to
+    its status and a hash of its content; None where there is no git or no repository."""
+    if shutil.which("git") is None:
+        return None
+    proc = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--ignored",
+                           "--untracked-files=all"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    state = {}
+    for line in proc.stdout.splitlines():
+        status, path = line[:2], line[3:]
+        if any(cache in path for cache in CACHES):
+            continue
+        file = root / path
+        state[path] = status + (hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else "")
+    return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_left_clean():
+    """No test, notebook or benchmark run by a test may write into the repository (tmp_path is
+    theirs): the paths git reports before the suite are the paths, with the contents, it reports after."""
+    before = tree_state(ROOT)
+    yield
+    if before is None:
+        return
+    after = tree_state(ROOT)
+    changed = sorted(path for path in set(before) | set(after) if before.get(path) != after.get(path))
+    assert not changed, f"the tests wrote into the repository {ROOT}: {changed}"

@@ -1,12 +1,15 @@
 """Checkpoints: round trip, resuming state, atomic writes, clear errors for broken or mismatched files."""
 
+import json
 import os
 
 import numpy as np
 import pytest
 
-from tinytransformer import checkpoint
+from tinytransformer import add_lora, checkpoint
 from tinytransformer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tinytransformer.finetune import freeze
+from tinytransformer.nn.lora import lora_layers
 from tinytransformer.nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig
 from tinytransformer.optim import Adam
 
@@ -120,8 +123,9 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path, damage):
     data = bytearray(path.read_bytes())
     if damage == "truncate":
         data = data[:len(data) * 2 // 3]
-    elif damage == "flip":
-        data[len(data) // 2] ^= 0xFF                      # inside some parameter's bytes
+    elif damage == "flip":                                # inside a parameter's bytes (not a header
+        weight = model.out_proj.params["weight"].tobytes()   # field, which no check covers)
+        data[data.find(weight) + len(weight) // 2] ^= 0xFF
     else:
         data = bytearray(b"not a checkpoint at all")
     path.write_bytes(bytes(data))
@@ -155,3 +159,67 @@ def test_loading_into_a_model_copies_in_place(tmp_path):
     assert returned is target and target.encoder.layers[0].ff.linear1.params["weight"] is weight
     for (_, a, _), (_, b, _) in zip(source.named_parameters(), target.named_parameters()):
         np.testing.assert_array_equal(a, b)
+
+
+def frozen_names(model):
+    return [name for name, _, _ in model.named_parameters()
+            if name not in {n for n, _, _ in model.trainable_parameters()}]
+
+
+def test_adapters_on_part_of_a_model_come_back_in_the_same_places(tmp_path, rng):
+    model = Transformer(small_config(), rng=np.random.default_rng(3))
+    add_lora(model.decoder, 2, alpha=3.0, rng=np.random.default_rng(4))     # the decoder's only
+    trained_a_little(model, rng)
+    save_checkpoint(tmp_path / "m.npz", model)
+    loaded, _ = load_checkpoint(tmp_path / "m.npz")
+    assert [name for name, *_ in lora_layers(loaded)] == [name for name, *_ in lora_layers(model)] == \
+        [f"decoder.layers.{i}.{attn}.{w}" for i in (0, 1) for attn in ("self_attn", "cross_attn")
+         for w in ("w_q", "w_v")]
+    assert all(layer.alpha == 3.0 for *_, layer in lora_layers(loaded))
+    assert frozen_names(loaded) == frozen_names(model)        # the encoder trains, as it did
+    src, tgt = ids(rng, (2, 5)), ids(rng, (2, 4))
+    np.testing.assert_array_equal(loaded(src, tgt), model(src, tgt))
+
+
+@pytest.mark.parametrize("cls,tie", [(Transformer, False), (Transformer, True),
+                                     (DecoderOnlyTransformer, True)])
+def test_frozen_parameters_stay_frozen_after_a_round_trip(tmp_path, cls, tie):
+    model = cls(small_config(tie_embeddings=tie), rng=np.random.default_rng(3))
+    freeze(model, ["decoder", "embeddings"])
+    frozen = frozen_names(model)
+    assert frozen and len(frozen) < len(list(model.named_parameters()))
+    save_checkpoint(tmp_path / "m.npz", model)
+    loaded, _ = load_checkpoint(tmp_path / "m.npz")
+    assert frozen_names(loaded) == frozen
+    assert checkpoint.frozen_parameters(loaded) == checkpoint.frozen_parameters(model)  # tied copies too
+
+
+def test_a_checkpoint_from_before_adapter_places_and_freezing_were_recorded_loads_as_then(tmp_path):
+    """A file without "frozen" and the adapters' "layers": adapters on every target, the rest frozen."""
+    model = add_lora(Transformer(small_config(), rng=np.random.default_rng(3)), 2)
+    path = save_checkpoint(tmp_path / "m.npz", model)
+    meta, arrays, _ = checkpoint.read_checkpoint(path)
+    del meta["frozen"], meta["lora"]["layers"]
+    arrays[checkpoint.META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    np.savez(path, **arrays)
+    loaded, _ = load_checkpoint(path)
+    assert [name for name, *_ in lora_layers(loaded)] == [name for name, *_ in lora_layers(model)]
+    assert frozen_names(loaded) == frozen_names(model)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("frozen", ["encoder.nowhere.weight"], r"lists frozen parameter\(s\) \['encoder.nowhere.weight'\] "
+                                            r"the model does not have"),
+    ("frozen", "encoder", r"metadata 'frozen' should list dotted names, got 'encoder'"),
+    ("layers", ["decoder.nowhere.w_q"], r"holds LoRA adapters under \['decoder.nowhere'\], which the "
+                                        r"model does not have"),
+    ("layers", [3], r"metadata 'lora layers' should list dotted names, got \[3\]")])
+def test_a_bad_record_of_adapters_or_frozen_parameters_is_a_clear_error(tmp_path, key, value, message):
+    path = save_checkpoint(tmp_path / "m.npz", add_lora(Transformer(small_config(),
+                                                                    rng=np.random.default_rng(3)), 2))
+    meta, arrays, _ = checkpoint.read_checkpoint(path)
+    (meta["lora"] if key == "layers" else meta)[key] = value
+    arrays[checkpoint.META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)

@@ -230,13 +230,15 @@ def test_beam_search_cache_equals_recompute_with_every_positional_choice(name):
 A, B_, C, D, E = 3, 4, 5, 6, 7      # symbols of the hand-made models
 
 
-def markov_model(cls, P):
+def markov_model(cls, P, **special_ids):
     """A model whose next-token distribution is row P[previous token] of a known matrix:
     no layers, one-hot embeddings (E = I / sqrt(V), scaled by sqrt(D) = sqrt(V)), zero
-    positions, out_proj weight log P. Then logits = log P[prev] and softmax(logits) = P[prev]."""
+    positions, out_proj weight log P. Then logits = log P[prev] and softmax(logits) = P[prev].
+    ``special_ids``: the config's pad_id, bos_id, eos_id, if not the default 0, 1, 2."""
     V = len(P)
     config = TransformerConfig(vocab_size=V, d_model=V, n_heads=1, d_ff=4, n_encoder_layers=0,
-                               n_decoder_layers=0, norm_first=False, positional="learned", max_len=8)
+                               n_decoder_layers=0, norm_first=False, positional="learned", max_len=8,
+                               **special_ids)
     model = cls(config, np.random.default_rng(0)).astype(np.float64)
     embed = model.tgt_embed if cls is Transformer else model.embed
     embed.params["weight"][...] = np.eye(V) / np.sqrt(V)
@@ -350,7 +352,7 @@ def test_clear_errors():
 
 
 def train_reverse(steps=600, batch=32, lr=5e-3, max_len=5, n_symbols=6, seed=2):
-    """A small reverse model in a few seconds, with the contract's training step."""
+    """A small reverse model in a few seconds, with the package's training step."""
     config = TransformerConfig(vocab_size=3 + n_symbols, d_model=32, n_heads=2, d_ff=64,
                                n_encoder_layers=1, n_decoder_layers=1, max_len=12)
     model = Transformer(config, np.random.default_rng(seed))

@@ -5,6 +5,7 @@ The base is a tiny copy model (d_model 32, one layer each side, lengths 1..5), t
 for the module; the new task is reverse on the same symbols.
 """
 
+import dataclasses
 import io
 import shutil
 
@@ -13,7 +14,7 @@ import pytest
 
 from tinytransformer import (CheckpointError, DecoderOnlyTransformer, Transformer, TransformerConfig, cli, evaluate,
                              load_checkpoint, save_checkpoint)
-from tinytransformer.finetune import freeze
+from tinytransformer.finetune import freeze, start_from
 from tinytransformer.nn.lora import LoRALinear, lora_settings
 from tinytransformer.train import TrainConfig, held_out, train
 
@@ -135,6 +136,19 @@ def test_a_decoder_only_model_freezes_its_blocks_or_embeddings_and_has_no_encode
     with pytest.raises(ValueError, match=r"freeze: expected one of \['decoder', 'embeddings'\] for a "
                                          r"DecoderOnlyTransformer, got 'encoder'"):
         freeze(model, ["encoder"])
+
+
+@pytest.mark.parametrize("positional", ["rope", "alibi", "none"])
+@pytest.mark.parametrize("cls", [Transformer, DecoderOnlyTransformer])
+def test_the_embeddings_of_a_model_without_a_positional_module_freeze(cls, positional, tmp_path):
+    """--freeze embeddings on a run whose positions are not added to the embeddings (pos is None)."""
+    save_checkpoint(tmp_path / "base.npz", cls(dataclasses.replace(TINY, positional=positional),
+                                                   np.random.default_rng(0)))
+    model = start_from(tmp_path / "base.npz", np.random.default_rng(1), frozen_parts=["embeddings"])
+    frozen = {name for name, _, _ in model.named_parameters()} - \
+        {name for name, _, _ in model.trainable_parameters()}
+    assert frozen == ({"embed.weight"} if cls is DecoderOnlyTransformer else
+                      {"src_embed.weight", "tgt_embed.weight"})
 
 
 def test_cli_fine_tunes_evaluates_plots_and_merges(base, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Faults and bad state (issue 14, items 1-7): kills at exact points, malformed and diverged
+"""Faults and bad state: kills at exact points, malformed and diverged
 checkpoints, unusable run directories, a full disk, two trainers, Ctrl-C at awkward moments.
 
 A kill is placed exactly, never by timing: a subprocess runs the command line with one

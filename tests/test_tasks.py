@@ -21,7 +21,7 @@ def rows(batch):
 # ---- vocabulary ---------------------------------------------------------------------------
 
 
-def test_vocab_ids_follow_the_contract():
+def test_vocab_ids_are_pad_bos_eos_then_the_symbols():
     v = Vocab(10)
     assert (PAD, BOS, EOS) == (0, 1, 2)
     assert v.size == 13 and v.sep is None

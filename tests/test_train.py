@@ -192,7 +192,7 @@ def test_evaluate_scores_exact_match_and_token_accuracy(monkeypatch):
         return out
 
     monkeypatch.setattr(tinytransformer.decode, "greedy_decode", fake_decode)
-    scores = evaluate(None, data)
+    scores = evaluate(Transformer(TransformerConfig(vocab_size=13, **SMALL), np.random.default_rng(0)), data)
     n_tokens = int((data.labels != PAD).sum())
     assert scores["exact_match"] == pytest.approx((60 - n_wrong) / 60)
     assert scores["token_accuracy"] == pytest.approx((n_tokens - n_wrong) / n_tokens)
@@ -240,3 +240,54 @@ def test_held_out_takes_a_seed_of_its_own():
         assert np.array_equal(default.labels, make("reverse", task_vocab(config), 50, 1, 5).labels)
         assert default.labels.shape[0] == fresh.labels.shape[0] == 50
         assert not np.array_equal(default.labels, fresh.labels)
+
+
+class HeldOutLossTask:
+    """Another kind of task than the toy tasks' exact match: copy, judged by the cross-entropy on
+    a fixed held-out batch (as text is judged by bits per character), solved below a loss."""
+
+    def __init__(self, config):
+        self.config, self.vocab = config, Vocab(config.n_symbols)
+        self.held_out = make_batch("copy", self.vocab, 32, config.min_len, config.max_len,
+                                   np.random.default_rng(99))
+
+    def summary(self):
+        return "copy, judged by its held-out loss"
+
+    def info(self):
+        return {"name": "copy", "judged_by": "held-out loss"}
+
+    def batch(self, rng):
+        c = self.config
+        return make_batch("copy", self.vocab, c.batch_size, c.min_len, c.max_len, rng)
+
+    def judge(self, model):
+        model.eval()
+        loss = CrossEntropyLoss(ignore_index=PAD)(model(self.held_out.src, self.held_out.tgt_in),
+                                                  self.held_out.labels)
+        model.train()
+        return {"held_out_loss": float(loss)}
+
+    def better(self, entry, best):
+        return best is None or entry["held_out_loss"] < best["held_out_loss"]
+
+    def solved(self, entry):
+        return entry["held_out_loss"] < 2.0
+
+    def describe(self, entry):
+        return f"held-out loss {entry['held_out_loss']:.3f}"
+
+
+def test_another_kind_of_task_plugs_into_the_loop(tmp_path, monkeypatch):
+    """The loop asks the task for its batches, its evaluation and its stop rule, nothing else."""
+    config = TrainConfig(task="copy", max_len=5, steps=400, eval_every=20, seed=0, log_every=1000)
+    monkeypatch.setattr(train_module, "task_for", HeldOutLossTask)
+    stream = io.StringIO()
+    result = train(config, default_model_config(config, **SMALL), out_dir=tmp_path / "run", stream=stream)
+    losses = [entry["held_out_loss"] for entry in result.history["eval"]]
+    assert result.stopped == "target" and losses[-1] < 2.0 <= min(losses[:-1])
+    assert "on copy, judged by its held-out loss, seed 0" in stream.getvalue()
+    assert f"eval at step {result.steps}: held-out loss {losses[-1]:.3f}" in stream.getvalue()
+    best, info = load_checkpoint(tmp_path / "run", which="best")
+    assert info["task"] == {"name": "copy", "judged_by": "held-out loss"}
+    assert info["extra"]["eval"]["held_out_loss"] == min(losses)

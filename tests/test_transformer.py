@@ -146,7 +146,7 @@ def test_reference_config_parameter_count():
     assert Transformer(c, np.random.default_rng(0)).num_parameters() == closed_form_count(c) == 236_237
 
 
-def test_dotted_parameter_names_follow_the_contract():
+def test_dotted_parameter_names_are_the_attribute_paths():
     names = [n for n, _, _ in Transformer(config(), np.random.default_rng(0)).named_parameters()]
     for expected in ["src_embed.weight", "tgt_embed.weight", "encoder.layers.0.self_attn.w_q.weight",
                      "decoder.layers.1.cross_attn.w_v.bias", "decoder.layers.0.norm3.weight",

@@ -23,6 +23,7 @@ from .optim import SGD, Adam, AdamW, clip_grad_norm, warmup_inverse_sqrt
 from .pretrained import load_pretrained, save_pretrained
 from .tasks import BOS, EOS, PAD, Vocab, eval_set, make_batch
 from .threads import threads
+from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, load_tokenizer
 from .train import TrainConfig, TrainResult, evaluate, train
 
 __version__ = "0.1.0"
@@ -33,5 +34,6 @@ __all__ = list(_nn_all) + [
     "greedy_decode", "beam_search", "generate", "sequence_log_prob", "KVCache",
     "save_checkpoint", "load_checkpoint", "CheckpointError",
     "TrainConfig", "TrainResult", "train", "evaluate", "threads", "exercises",
+    "CharTokenizer", "ByteTokenizer", "BPETokenizer", "load_tokenizer",
     "load_pretrained", "save_pretrained",
 ]

@@ -24,8 +24,10 @@ Ctrl-C in the middle leaves the previous checkpoint untouched. A truncated or
 corrupted file fails to load with a ``CheckpointError`` (the zip format keeps a
 CRC-32 of every member, checked on reading).
 
-A model with LoRA adapters (``add_lora``) is saved with its adapter settings, so
-loading rebuilds the adapters. Saved with ``base=`` (the checkpoint its frozen
+A model with LoRA adapters (``add_lora``) is saved with its adapter settings and the
+dotted names of the layers that carry them, and every checkpoint lists the parameters
+that are frozen, so loading rebuilds the adapters where they were and freezes what was
+frozen. Saved with ``base=`` (the checkpoint its frozen
 weights came from), the file holds the adapters alone, the base's path and a
 fingerprint of the base weights (a SHA-256 of their names, dtypes, shapes and
 bytes): a few kilobytes. Loading it loads the base first, and refuses a base
@@ -200,6 +202,50 @@ def _base_state(record: dict, file: Path) -> dict[str, np.ndarray]:
     return state
 
 
+# ---- where the adapters are, what is frozen -------------------------------------------------
+
+
+def frozen_parameters(model: Module) -> list[str]:
+    """Dotted names of every module's frozen parameters (a tied matrix under each of its names)."""
+    return [f"{prefix}.{key}" if prefix else key for prefix, module in model.named_modules()
+            for key in module.params if key in module.frozen]
+
+
+def _freeze_as_saved(model: Module, names: list[str], file: Path) -> None:
+    """Freeze exactly the parameters ``frozen_parameters`` listed when the model was saved."""
+    modules, names = list(model.named_modules()), set(names)
+    unknown = names - {f"{prefix}.{key}" if prefix else key for prefix, module in modules
+                       for key in module.params}
+    if unknown:
+        raise CheckpointError(f"{file}: lists frozen parameter(s) {sorted(unknown)[:3]} the model "
+                              f"does not have")
+    for prefix, module in modules:
+        module.frozen = {key for key in module.params if (f"{prefix}.{key}" if prefix else key) in names}
+
+
+def _add_saved_adapters(model: Module, lora: dict, file: Path) -> None:
+    """Put adapters where the saved model had them: on the layers ``lora["layers"]`` names, or
+    (a file written before it was recorded) on every layer named like one of ``lora["targets"]``."""
+    if lora.get("layers") is None:
+        places = [(model, tuple(lora["targets"]))]
+    else:
+        modules = dict(model.named_modules())
+        by_parent: dict[str, list[str]] = {}
+        for name in lora["layers"]:
+            parent, _, attribute = name.rpartition(".")
+            by_parent.setdefault(parent, []).append(attribute)
+        missing = sorted(set(by_parent) - set(modules))
+        if missing:
+            raise CheckpointError(f"{file}: holds LoRA adapters under {missing[:3]}, which the "
+                                  f"model does not have")
+        places = [(modules[parent], tuple(attributes)) for parent, attributes in by_parent.items()]
+    try:
+        for module, targets in places:
+            add_lora(module, lora["rank"], lora["alpha"], targets)
+    except ValueError as err:
+        raise CheckpointError(f"{file}: its LoRA settings do not fit its model: {err}") from None
+
+
 # ---- save and load ------------------------------------------------------------------------
 
 
@@ -248,6 +294,7 @@ def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, task=Non
         "dtype": np.dtype(model.dtype).name,
         "params": list(params),
         "lora": lora,
+        "frozen": frozen_parameters(model),
         "step": int(step),
         "task": _split_arrays(task, "task", arrays),
         "extra": _split_arrays(extra, "extra", arrays),
@@ -311,8 +358,9 @@ def read_checkpoint(path, which: str | None = None) -> tuple[dict, dict[str, np.
 _META_FIELDS = {"config": (dict, "an object"), "dtype": (str, "a dtype name"),
                 "params": (list, "a list of names"), "step": (int, "an integer"),
                 "model_rng_states": (list, "a list of Generator states")}
-# a checkpoint of a model with adapters: {"rank", "alpha", "targets", "base": null or
-# {"path", "relative", "fingerprint"}}; null (or absent, in older files) without adapters
+# a checkpoint of a model with adapters: {"rank", "alpha", "targets", "layers", "base": null or
+# {"path", "relative", "fingerprint"}}; null (or absent, in older files) without adapters;
+# "layers" is absent in files written before it was recorded (adapters on every target)
 _LORA_FIELDS = {"rank": int, "alpha": (int, float), "targets": list}
 
 
@@ -324,6 +372,7 @@ def _check_meta(meta: dict, file: Path) -> None:
             raise CheckpointError(f"{file}: malformed checkpoint, metadata {key!r} should be "
                                   f"{what}, got {meta[key]!r:.60}")
     _check_lora_meta(meta.get("lora"), file)
+    _check_names("frozen", meta.get("frozen"), file)     # absent in files written before it was
     if meta["step"] < 0:
         raise CheckpointError(f"{file}: malformed checkpoint, step {meta['step']} is negative")
     if not all(isinstance(name, str) for name in meta["params"]):
@@ -348,6 +397,14 @@ def _check_lora_meta(lora, file: Path) -> None:
                                                                 for key in ("path", "fingerprint")))):
         raise CheckpointError(f"{file}: malformed checkpoint, metadata 'lora' should hold rank, "
                               f"alpha, targets and base, got {lora!r:.80}")
+    _check_names("lora layers", lora.get("layers"), file)
+
+
+def _check_names(key: str, names, file: Path) -> None:
+    """A list of dotted names, or None (not recorded)."""
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{file}: malformed checkpoint, metadata {key!r} should list dotted "
+                              f"names, got {names!r:.60}")
 
 
 def _config_differences(saved: TransformerConfig, config: TransformerConfig) -> list[str]:
@@ -365,9 +422,10 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
     class and config must be the checkpoint's, else a ``CheckpointError`` names
     every field that differs. The model's dropout Generators get their saved states.
 
-    A checkpoint of a model with LoRA adapters gives the model with its adapters (on
-    frozen base weights); one saved with ``base=`` loads that base first (it must be where
-    it was, or at the same place relative to this file, and hold the same weights).
+    A checkpoint of a model with LoRA adapters gives the model with its adapters on the
+    layers that had them; one saved with ``base=`` loads that base first (it must be where
+    it was, or at the same place relative to this file, and hold the same weights). The
+    rebuilt model has the saved model's parameters frozen; a ``model`` given keeps its own.
 
     ``info``: "config" (TransformerConfig), "model_class", "step", "lora" (the adapter
     settings, or None), "task", "extra",
@@ -384,10 +442,9 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
     if model is None:
         model = cls(config, rng=np.random.default_rng(0), dtype=np.dtype(meta["dtype"]))
         if lora is not None:
-            try:
-                add_lora(model, lora["rank"], lora["alpha"], tuple(lora["targets"]))
-            except ValueError as err:
-                raise CheckpointError(f"{file}: its LoRA settings do not fit its model: {err}") from None
+            _add_saved_adapters(model, lora, file)
+        if meta.get("frozen") is not None:
+            _freeze_as_saved(model, meta["frozen"], file)
     else:
         if type(model) is not cls:
             raise CheckpointError(f"{file}: holds a {cls.__name__}, cannot load it into a "

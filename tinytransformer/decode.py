@@ -13,13 +13,20 @@ changes either, so the cross-attention keys and values are computed once. Both
 ways give the same logits (the tests hold them to 1e-10 in float64);
 ``use_cache=False`` is there to show it.
 
+Special token ids are the model's own, from ``model.config``: the encoder-decoder's
+output starts from ``bos_id``; a row ends when it emits ``eos_id`` and is filled
+after it with ``pad_id``, or with ``eos_id`` again where the vocabulary has no
+padding (``pad_id`` None, as GPT-2's). Decoding never emits the pad id, nor the bos
+id unless it is also the eos id (GPT-2's one ``<|endoftext|>`` is both).
+
 One step by hand, and what the cache holds after it (B 2, H 4, dk 16, S 5):
 
 >>> from tinytransformer import Transformer, TransformerConfig
 >>> model = Transformer(TransformerConfig(vocab_size=13), np.random.default_rng(0)).eval()
->>> memory, src_keys = model.encode(np.array([[3, 4, 5, 6, 7], [8, 9, 10, PAD, PAD]]))
+>>> pad, bos = model.config.pad_id, model.config.bos_id
+>>> memory, src_keys = model.encode(np.array([[3, 4, 5, 6, 7], [8, 9, 10, pad, pad]]))
 >>> cache = model.init_cache(memory, src_keys, capacity=8)
->>> model.decode_step(np.full((2, 1), BOS), cache).shape      # logits of the token after BOS
+>>> model.decode_step(np.full((2, 1), bos), cache).shape      # logits of the token after BOS
 (2, 1, 13)
 >>> cache
 KVCache(length=1, capacity=8, batch=2)
@@ -40,9 +47,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .nn.kv_cache import AttentionCache, KVCache
+from .nn.masks import real_tokens
 from .nn.module import Module
-from .nn.transformer import DecoderOnlyTransformer, Transformer
-from .tasks import BOS, EOS, PAD
+from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig
 from .threads import threads
 
 __all__ = ["greedy_decode", "generate", "beam_search", "sequence_log_prob", "Decoded",
@@ -53,7 +60,8 @@ __all__ = ["greedy_decode", "generate", "beam_search", "sequence_log_prob", "Dec
 class Decoded:
     """What ``greedy_decode`` and ``generate`` return when asked for more than the tokens.
 
-    tokens     (B, n) int64       the generated tokens, each row ending at its EOS, then PAD
+    tokens     (B, n) int64       the generated tokens, each row ending at its eos, then filled
+                                  (``fill_id``: the pad id, or eos where there is none)
     logits     (B, n, V) or None  the logits each token was chosen from
     attention  (L, B, H, n, S) or None   cross-attention weights over the source of the
                                   query that chose each token (``greedy_decode`` only)
@@ -83,12 +91,33 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def fill_id(config: TransformerConfig) -> int:
+    """The id that fills a row after its eos: ``pad_id``, or ``eos_id`` when there is no padding.
+
+    A vocabulary with neither (a character model of a text) never ends a row early, so
+    nothing is filled; 0 only stands in the places that are about to be written.
+    """
+    if config.pad_id is not None:
+        return config.pad_id
+    return 0 if config.eos_id is None else config.eos_id
+
+
 def never_emitted(model: Module, logits: np.ndarray) -> np.ndarray:
-    """``logits`` (..., V) with padding (``config.pad_id``) and BOS at -inf: decoding never
-    chooses them (the logits themselves, as returned, are the model's own)."""
+    """``logits`` (..., V) with the pad id and the bos id at -inf, bos only where it is not
+    also eos: decoding never chooses them (the logits themselves, as returned, are the
+    model's own)."""
+    c = model.config
     out = logits.copy()
-    out[..., [model.config.pad_id, BOS]] = -np.inf
+    out[..., [i for i in (c.pad_id, c.bos_id) if i is not None and i != c.eos_id]] = -np.inf
     return out
+
+
+def start_id(model: Module, function: str) -> int:
+    """The id an encoder-decoder's output starts from: ``config.bos_id``, which must exist."""
+    if model.config.bos_id is None:
+        raise ValueError(f"{function}: the decoder's input starts with bos_id, and the model's "
+                         f"config has none (bos_id=None); give it one")
+    return model.config.bos_id
 
 
 def _next_logits(model: Module, use_cache: bool, capacity: int, batch: int,
@@ -125,28 +154,30 @@ def _check_count(name: str, value, low: int, high: int, why: str) -> None:
 def greedy_decode(model: Transformer, src_ids: np.ndarray, max_len: int, use_cache: bool = True,
                   stop_at_eos: bool = True, return_logits: bool = False,
                   return_attention: bool = False):
-    """Pick the most likely next token, one step at a time, from BOS.
+    """Pick the most likely next token, one step at a time, from bos (``config.bos_id``).
 
-    Returns (B, <= max_len) generated token ids without the BOS: each row ends at
-    its EOS and is PAD after it (a finished row is fed PAD while the others go
-    on). The encoder runs once. Decoding stops when every row has its EOS, or
-    after ``max_len`` tokens; ``stop_at_eos=False`` always runs ``max_len`` steps.
+    Returns (B, <= max_len) generated token ids without the bos: each row ends at
+    its eos and is filled after it (``fill_id``: pad, or eos where the vocabulary has
+    no padding; a finished row is fed that while the others go on). The encoder runs
+    once. Decoding stops when every row has its eos (``config.eos_id``), or after
+    ``max_len`` tokens; ``stop_at_eos=False`` always runs ``max_len`` steps.
     With ``return_logits`` or ``return_attention``, returns a ``Decoded`` instead.
     """
     _check_model(model, Transformer, "greedy_decode", "use generate() for a DecoderOnlyTransformer")
     _check_count("max_len", max_len, 1, model.config.max_len, "the model's max_len")
+    bos, eos, fill = start_id(model, "greedy_decode"), model.config.eos_id, fill_id(model.config)
     step_logits, step_attention = [], []
     with inference(model):
         memory, src_keys = model.encode(src_ids)                 # (B, S, D)
         B = len(memory)
-        tokens = np.full((B, 1 + max_len), PAD, dtype=np.int64)  # BOS, then what is generated
-        tokens[:, 0] = BOS
+        tokens = np.full((B, 1 + max_len), fill, dtype=np.int64)  # bos, then what is generated
+        tokens[:, 0] = bos
         finished = np.zeros(B, dtype=bool)
         next_logits, _ = _next_logits(model, use_cache, max_len, B, memory, src_keys)
         for t in range(max_len):
             logits = next_logits(tokens[:, :t + 1])              # (B, V)
-            tokens[:, t + 1] = np.where(finished, PAD, never_emitted(model, logits).argmax(axis=-1))
-            finished |= tokens[:, t + 1] == EOS
+            tokens[:, t + 1] = np.where(finished, fill, never_emitted(model, logits).argmax(axis=-1))
+            finished |= tokens[:, t + 1] == eos
             if return_logits:
                 step_logits.append(logits)
             if return_attention:   # the newest query's row of each layer's cross-attention
@@ -180,19 +211,20 @@ def _choose(logits: np.ndarray, temperature: float, top_k: int | None,
     return (cumulative <= u).sum(axis=-1)        # the first token whose cumulative weight exceeds u
 
 
-def _prompt_lengths(prompt_ids) -> np.ndarray:
-    """Lengths (B,) of right-padded prompts; a clear error for a PAD inside or an empty prompt."""
+def _prompt_lengths(prompt_ids, pad_id: int | None) -> np.ndarray:
+    """Lengths (B,) of right-padded prompts; a clear error for a pad inside or an empty prompt.
+    Without a pad id (``pad_id`` None) every prompt is its whole row."""
     if not isinstance(prompt_ids, np.ndarray) or prompt_ids.ndim != 2 or prompt_ids.dtype.kind not in "iu":
         got = (f"{prompt_ids.dtype.name} array of shape {prompt_ids.shape}"
                if isinstance(prompt_ids, np.ndarray) else type(prompt_ids).__name__)
         raise ValueError(f"prompt_ids: expected a (B, T) integer array, got {got}")
-    real = prompt_ids != PAD
+    real = real_tokens(prompt_ids, pad_id)                                # (B, T)
     lengths = real.sum(axis=1)
-    inside = real & (np.arange(real.shape[1]) >= lengths[:, None])        # a token after a PAD
+    inside = real & (np.arange(real.shape[1]) >= lengths[:, None])        # a token after a pad
     if inside.any() or (lengths == 0).any():
         row = int(np.flatnonzero(inside.any(axis=1) | (lengths == 0))[0])
-        raise ValueError(f"prompt_ids[{row}]: expected a non-empty prompt followed only by PAD "
-                         f"(right padding), got {prompt_ids[row].tolist()}")
+        raise ValueError(f"prompt_ids[{row}]: expected a non-empty prompt followed only by the pad "
+                         f"id {pad_id} (right padding), got {prompt_ids[row].tolist()}")
     return lengths
 
 
@@ -201,14 +233,15 @@ def generate(model: DecoderOnlyTransformer, prompt_ids: np.ndarray, max_new_toke
              rng: np.random.Generator | None = None, stop_at_eos: bool = True,
              return_logits: bool = False):
     """Continue each prompt by up to ``max_new_tokens`` tokens; returns the new tokens
-    (B, <= max_new_tokens), each row ending at its EOS and PAD after it, or a ``Decoded``
-    with ``return_logits``.
+    (B, <= max_new_tokens), each row ending at its eos and filled after it (``fill_id``:
+    pad, or eos where the vocabulary has no padding), or a ``Decoded`` with ``return_logits``.
 
     ``temperature`` 0 is greedy. Above 0, each token is drawn from
     softmax(logits / temperature), over the ``top_k`` most likely tokens if given,
     with ``rng`` (a seeded ``np.random.Generator``; required, nothing is global).
 
-    Prompts are right-padded (each prompt, then PAD), as ``LMBatch.prompt``.
+    Prompts are right-padded (each prompt, then the pad id), as ``LMBatch.prompt``; where
+    the model's vocabulary has no padding (``pad_id`` None), every prompt is its whole row.
     Every row moves one position per step, so each token sits at its true
     position and one offset serves the whole batch: a row still inside its
     prompt is fed its next prompt token (its prediction is not used), a row past
@@ -216,7 +249,7 @@ def generate(model: DecoderOnlyTransformer, prompt_ids: np.ndarray, max_new_toke
     has, the shortest prompt's length, at once.
     """
     _check_model(model, DecoderOnlyTransformer, "generate", "use greedy_decode() for a Transformer")
-    lengths = _prompt_lengths(prompt_ids)
+    lengths = _prompt_lengths(prompt_ids, model.config.pad_id)
     first, last = int(lengths.min()), int(lengths.max())
     _check_count("max_new_tokens", max_new_tokens, 1, model.config.max_len + 1 - last,
                  f"the longest prompt has {last} tokens and the model's max_len is {model.config.max_len}")
@@ -228,11 +261,11 @@ def generate(model: DecoderOnlyTransformer, prompt_ids: np.ndarray, max_new_toke
     if temperature > 0 and not isinstance(rng, np.random.Generator):
         raise TypeError("rng: sampling (temperature > 0) needs a np.random.Generator, "
                         "e.g. np.random.default_rng(0)")
-    B = len(prompt_ids)
-    seq = np.full((B, total), PAD, dtype=np.int64)   # (B, total) prompt, then the answer
+    B, eos = len(prompt_ids), model.config.eos_id
+    seq = np.full((B, total), fill_id(model.config), dtype=np.int64)   # (B, total) prompt, then the answer
     seq[:, :last] = prompt_ids[:, :last]
-    n_new = np.zeros(B, dtype=np.int64)              # tokens generated per row, EOS included
-    finished = np.zeros(B, dtype=bool)               # has its EOS
+    n_new = np.zeros(B, dtype=np.int64)              # tokens generated per row, eos included
+    finished = np.zeros(B, dtype=bool)               # has its eos
     step_logits = []
     with inference(model):
         next_logits, _ = _next_logits(model, use_cache, total - 1, B)   # the last token is never fed
@@ -242,7 +275,7 @@ def generate(model: DecoderOnlyTransformer, prompt_ids: np.ndarray, max_new_toke
             active = (t >= lengths) & ~finished & (n_new < max_new_tokens)
             seq[active, t] = token[active]
             n_new += active
-            finished |= active & (token == EOS)
+            finished |= active & (token == eos)
             if return_logits:
                 step_logits.append(logits)
             if stop_at_eos and (finished | (n_new == max_new_tokens)).all():
@@ -264,18 +297,19 @@ def beam_search(model: Transformer, src_ids: np.ndarray, max_len: int, beam_size
                 length_penalty: float = 0.0, use_cache: bool = True):
     """Keep the ``beam_size`` best hypotheses per source at every step; return the best.
 
-    Returns ``(tokens, log_probs)``: tokens (B, <= max_len) without BOS, each row
-    ending at its EOS and PAD after it; log_probs (B,) float64, each row's
-    log-probability sum_i log p(y_i | y_<i, source), EOS included.
+    Returns ``(tokens, log_probs)``: tokens (B, <= max_len) without bos, each row
+    ending at its eos and filled after it (``fill_id``: pad, or eos where there is
+    none); log_probs (B,) float64, each row's log-probability
+    sum_i log p(y_i | y_<i, source), eos included.
 
     A step extends every hypothesis of a source by each of the V tokens and
     keeps the K best of the K * V candidates. A finished hypothesis (it ended
-    with EOS) stays finished: its only continuation is PAD, at no cost, so it
+    with eos) stays finished: its only continuation is the fill, at no cost, so it
     stays in the beam until K better ones push it out; and the best finished
     hypothesis is also kept aside, so being pushed out never loses it.
 
     Ranking: score = log_prob / length ** length_penalty, with length the number
-    of tokens up to and including EOS. ``length_penalty=0`` ranks by the
+    of tokens up to and including eos. ``length_penalty=0`` ranks by the
     log-probability itself, which favours short outputs (every token multiplies
     in a probability below 1); 1 ranks by the mean log-probability per token.
     Unfinished hypotheses always have the same length, so the penalty only
@@ -294,12 +328,13 @@ def beam_search(model: Transformer, src_ids: np.ndarray, max_len: int, beam_size
     V = model.config.vocab_size
     _check_count("beam_size", beam_size, 1, V, "the first step has only vocab_size candidates")
     K = beam_size
+    bos, eos, fill = start_id(model, "beam_search"), model.config.eos_id, fill_id(model.config)
     with inference(model):
         memory, src_keys = model.encode(src_ids)                   # (B, S, D)
         B = len(memory)
         sources = np.arange(B)
-        tokens = np.full((B * K, 1 + max_len), PAD, dtype=np.int64)   # beam j of source b: row b*K + j
-        tokens[:, 0] = BOS
+        tokens = np.full((B * K, 1 + max_len), fill, dtype=np.int64)  # beam j of source b: row b*K + j
+        tokens[:, 0] = bos
         log_prob = np.full((B, K), -np.inf)
         log_prob[:, 0] = 0.0           # one live start per source: K copies of BOS would repeat it
         length = np.zeros((B, K), dtype=np.int64)
@@ -309,10 +344,10 @@ def beam_search(model: Transformer, src_ids: np.ndarray, max_len: int, beam_size
         memory, src_keys = np.repeat(memory, K, axis=0), np.repeat(src_keys, K, axis=0)
         next_logits, cache = _next_logits(model, use_cache, max_len, B * K, memory, src_keys)
         for t in range(max_len):
-            # the model's log-probabilities, with padding and BOS never chosen
+            # the model's log-probabilities, with pad and bos never chosen (never_emitted)
             logp = never_emitted(model, log_softmax(next_logits(tokens[:, :t + 1]))).reshape(B, K, V)
-            logp[finished] = -np.inf           # a finished hypothesis continues with PAD only,
-            logp[finished, PAD] = 0.0          # at no cost
+            logp[finished] = -np.inf           # a finished hypothesis continues with the fill only,
+            logp[finished, fill] = 0.0         # at no cost
             candidate_log_prob = (log_prob[:, :, None] + logp).reshape(B, K * V)
             candidate_length = np.repeat(length + ~finished, V, axis=1)           # (B, K * V)
             score = candidate_log_prob / candidate_length ** length_penalty
@@ -320,7 +355,7 @@ def beam_search(model: Transformer, src_ids: np.ndarray, max_len: int, beam_size
             parent, token = np.divmod(best, V)
             log_prob = np.take_along_axis(candidate_log_prob, best, axis=1)
             length = np.take_along_axis(candidate_length, best, axis=1)
-            finished = np.take_along_axis(finished, parent, axis=1) | (token == EOS)
+            finished = np.take_along_axis(finished, parent, axis=1) | (token == eos)
             rows = (sources[:, None] * K + parent).reshape(-1)                    # (B * K,)
             tokens = tokens[rows]              # each hypothesis takes its parent's tokens ...
             tokens[:, t + 1] = token.reshape(-1)
@@ -347,16 +382,18 @@ def beam_search(model: Transformer, src_ids: np.ndarray, max_len: int, beam_size
 
 
 def sequence_log_prob(model: Transformer, src_ids: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """log p(tokens | source) (B,) float64, summed up to and including each row's first EOS.
+    """log p(tokens | source) (B,) float64, summed up to and including each row's first eos.
 
-    Scores an output (without BOS, as the decoders here return it) with one
-    teacher-forced forward: position i is fed BOS y_1 .. y_{i-1} and scored on y_i.
+    Scores an output (without bos, as the decoders here return it) with one
+    teacher-forced forward: position i is fed bos y_1 .. y_{i-1} and scored on y_i
+    (bos and eos are the model's ``config.bos_id`` and ``config.eos_id``).
     """
     _check_model(model, Transformer, "sequence_log_prob", "it scores encoder-decoder outputs")
-    tgt_in = np.concatenate([np.full((len(tokens), 1), BOS, dtype=tokens.dtype), tokens[:, :-1]], axis=1)
+    bos = start_id(model, "sequence_log_prob")
+    tgt_in = np.concatenate([np.full((len(tokens), 1), bos, dtype=tokens.dtype), tokens[:, :-1]], axis=1)
     with inference(model):
         logp = log_softmax(model(src_ids, tgt_in))                              # (B, T, V)
     picked = np.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]     # (B, T)
-    is_eos = tokens == EOS
+    is_eos = tokens == model.config.eos_id
     counted = np.cumsum(is_eos, axis=1) - is_eos == 0               # no EOS before this position
     return np.where(counted, picked, 0.0).sum(axis=1)

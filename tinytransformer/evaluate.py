@@ -11,6 +11,7 @@ import numpy as np
 from . import decode
 from .nn.module import Module
 from .tasks import PAD, Batch, LMBatch
+from .vocab import check_special_ids
 
 __all__ = ["evaluate", "solved", "eval_rank"]
 
@@ -35,7 +36,9 @@ def evaluate(model: Module, data: Batch | LMBatch) -> dict:
     worst_length, worst: the length with the lowest exact match (the shortest of any tie)
                     and that exact match.
     Examples are decoded in groups of equal source length, so no group waits for a longer one.
+    The model's special ids (``model.config``) must be the toy tasks' (a clear error otherwise).
     """
+    check_special_ids(model.config)
     answer = data.answer if isinstance(data, LMBatch) else data.labels       # (N, Ta)
     lengths = (data.prompt_mask if isinstance(data, LMBatch) else data.src_mask).sum(1)
     correct_tokens = exact = 0

@@ -27,7 +27,8 @@ FREEZE_PARTS = ("encoder", "decoder", "embeddings")
 
 
 def _part(model: Module, part: str) -> list[Module]:
-    """The modules a ``--freeze`` part names. The output projection belongs to no part."""
+    """The modules a ``--freeze`` part names. The output projection belongs to no part; a
+    model whose positions are not added to the embeddings (RoPE, ALiBi, none) has no ``pos``."""
     if isinstance(model, DecoderOnlyTransformer):
         parts = {"decoder": [*model.layers] + ([model.norm] if hasattr(model, "norm") else []),
                  "embeddings": [model.embed, model.pos]}
@@ -37,7 +38,7 @@ def _part(model: Module, part: str) -> list[Module]:
     if part not in parts:
         raise ValueError(f"freeze: expected one of {sorted(parts)} for a {type(model).__name__}, "
                          f"got {part!r}")
-    return parts[part]
+    return [module for module in parts[part] if module is not None]
 
 
 def freeze(model: Module, parts) -> Module:

@@ -1,4 +1,4 @@
-"""One training step: the contract's five lines, and nothing else.
+"""One training step: five lines, always the same, and nothing else.
 
     model.zero_grad()
     logits = model(src, tgt_in)            # decoder-only: model(ids)

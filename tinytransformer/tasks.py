@@ -3,10 +3,13 @@
 Legend: B batch, Ts source time, Tt target time (decoder input and labels),
 T time of a decoder-only sequence, L a sequence's length before padding.
 
-Vocabulary (the contract's ids): PAD = 0, BOS = 1, EOS = 2, and symbol i is
-token id 3 + i. A decoder-only model also needs a separator between the
-source and the target; ``Vocab(n_symbols, with_sep=True)`` adds SEP as the
-id right after the last symbol (3 + n_symbols), so no other id moves.
+Vocabulary: PAD = 0, BOS = 1, EOS = 2, and symbol i is token id 3 + i. A
+decoder-only model also needs a separator between the source and the target;
+``Vocab(n_symbols, with_sep=True)`` adds SEP as the id right after the last
+symbol (3 + n_symbols), so no other id moves. A model reads its special ids from
+its own config (``pad_id``, ``bos_id``, ``eos_id``); one trained or judged on these
+tasks must have these three (``train`` and ``evaluate`` refuse others:
+``vocab.check_special_ids``).
 
 A task maps a source (1-D array of symbol token ids) to its target:
 copy (the same), reverse (back to front), sort (ascending). Every batch is

@@ -2,7 +2,7 @@
 
 Legend: B batch, T time, V vocabulary size.
 
-Every step is the contract's step, in this order:
+Every step is the same five lines (``step.py``), in this order:
 
     model.zero_grad()
     logits = model(src, tgt_in)            # decoder-only: model(ids)
@@ -27,6 +27,11 @@ never shifts the training stream. How the run directory stays consistent
 under kills (the history inside last.npz, best.npz written after it, a lock
 against a second trainer) is ``rundir.py``'s.
 
+The loop itself (``_train``) is a dozen lines over named steps: ``ToyTask`` says where
+batches come from and how a model is judged (another kind of task gives the same methods),
+and ``TrainingRun`` (``training_run.py``) carries the run's state from step to step and does
+each step: restore or create the run directory, train one step, evaluate, save, finish.
+
 Seeds: ``seed`` is split (``SeedSequence.spawn``) into two independent streams,
 one for the model (initial weights, then dropout masks) and one for the
 training batches.
@@ -35,41 +40,28 @@ training batches.
 from __future__ import annotations
 
 import sys
-import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import optim
-from .atomic import save_json
-from .checkpoint import BEST, LAST, load_checkpoint, non_finite, read_checkpoint, save_checkpoint
+from .checkpoint import read_checkpoint
 from .evaluate import eval_rank, evaluate, solved
 from .finetune import start_from
 from .nn.loss import CrossEntropyLoss
 from .nn.module import Module
 from .nn.transformer import TransformerConfig
-from .progress import Progress, StopRequest
-from .rundir import CONFIG_FILE, HISTORY_FILE, PER_STEP, RunDir, read_run_config, resume_last
-from .step import train_step
-from .tasks import EVAL_SEED, PAD, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch, make_lm_batch
+from .progress import StopRequest
+from .rundir import RunDir
+from .tasks import EVAL_SEED, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch, make_lm_batch
 from .threads import threads
-from .train_config import MODEL_KINDS, TrainConfig
+from .train_config import MODEL_DEFAULTS, MODEL_KINDS, TrainConfig
+from .training_run import TrainingRun, TrainResult, check_resume   # noqa: F401 (re-exported)
+from .vocab import check_special_ids
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "solved", "default_model_config",
            "held_out", "task_vocab"]
-
-@dataclass
-class TrainResult:
-    """What ``train`` returns. ``model`` holds the best evaluation's parameters (best.npz)."""
-    model: Module
-    history: dict
-    best: dict | None            # {"step", "exact_match", "token_accuracy"} of the best evaluation
-    steps: int                   # optimizer steps taken, over all sessions of the run
-    seconds: float               # wall-clock time of the run, over all sessions
-    stopped: str                 # "target", "budget" or "interrupted"
-    out_dir: Path | None
 
 
 # ---- building the pieces ------------------------------------------------------------------
@@ -88,24 +80,19 @@ def longest_input(config: TrainConfig, max_len: int | None = None) -> int:
 
 
 def default_model_config(config: TrainConfig, **overrides) -> TransformerConfig:
-    """The contract's default TransformerConfig with the task's vocab_size; ``overrides`` win.
-
-    A decoder-only model has no encoder, so by default it gets as many blocks as the
-    encoder-decoder has layers in all (2 + 2 = 4): about the same size (202k vs 236k
-    parameters) and depth. With 2 blocks (102k parameters) it also learns reverse,
-    but needed 2,500 steps instead of ~900.
-    """
-    defaults = {"vocab_size": task_vocab(config).size}
-    if config.model == "decoder-only" and "n_decoder_layers" not in overrides:
-        plain = TransformerConfig(vocab_size=1)
-        defaults.update(n_encoder_layers=0,
-                        n_decoder_layers=plain.n_encoder_layers + plain.n_decoder_layers)
+    """TransformerConfig's defaults with the task's vocab_size and the model kind's own
+    fields (``MODEL_DEFAULTS``: a decoder-only model gets 4 blocks and no encoder);
+    ``overrides`` win."""
+    defaults = {"vocab_size": task_vocab(config).size, **MODEL_DEFAULTS[config.model]}
     model_config = TransformerConfig(**{**defaults, **overrides})
     check_model_config(config, model_config)
     return model_config
 
 
 def check_model_config(config: TrainConfig, model_config: TransformerConfig) -> None:
+    """Refuse a model config that does not fit the task: its vocabulary (size and special ids)
+    or its longest sequence."""
+    check_special_ids(model_config)
     vocab = task_vocab(config)
     if model_config.vocab_size != vocab.size:
         raise ValueError(f"vocab_size: the task needs {vocab.size} ({config.n_symbols} symbols + "
@@ -163,15 +150,6 @@ def build_model(config: TrainConfig, model_config: TransformerConfig,
     return start_from(config.init_from, rng, config.lora_rank, config.lora_alpha, config.freeze)
 
 
-def finetuning_note(config: TrainConfig) -> str:
-    """How a fine-tuning run trains, for the progress header ('' for a run from scratch)."""
-    if config.init_from is None:
-        return ""
-    how = (f"LoRA rank {config.lora_rank} on w_q and w_v" if config.lora_rank is not None else
-           f"{' and '.join(config.freeze)} frozen" if config.freeze else "every weight")
-    return f"; fine-tuning {config.init_from}, {how}"
-
-
 def build_optimizer(config: TrainConfig, model: Module) -> optim.Optimizer:
     if config.optimizer == "sgd":
         return optim.SGD(model, lr=config.lr, momentum=config.momentum,
@@ -222,27 +200,6 @@ def task_info(config: TrainConfig) -> dict:
             "format": "lm" if config.model == "decoder-only" else "seq2seq"}
 
 
-def _new_history(config: TrainConfig) -> dict:
-    return {"step": [], "loss": [], "lr": [], "grad_norm": [], "eval": [], "target": config.target,
-            "target_worst": config.target_worst,
-            "task": config.task, "model": config.model, "best": None, "stopped": None, "seconds": 0.0}
-
-
-def check_resume(out_dir, config: TrainConfig, model_config: TransformerConfig) -> None:
-    """Raise unless the run in ``out_dir`` was started with these configs (only ``steps`` may differ)."""
-    saved = read_run_config(out_dir)
-    # a run saved before a model field existed (norm, rope_base) has that field's default
-    had = {"train": saved["train"], "model": TransformerConfig.from_dict(saved["model"]).to_dict()}
-    differences = []
-    for kind, asked in (("train", config.to_dict()), ("model", model_config.to_dict())):
-        for key in sorted(set(had[kind]) | set(asked)):
-            if key not in ("steps", "log_every") and had[kind].get(key) != asked.get(key):
-                differences.append(f"{key} {asked.get(key)!r} (the run has {had[kind].get(key)!r})")
-    if differences:
-        raise ValueError(f"cannot resume {out_dir} with a different configuration: "
-                         + "; ".join(differences) + ". Only steps may change on resume")
-
-
 def train(config: TrainConfig | None = None, model_config: TransformerConfig | None = None,
           out_dir=None, resume: bool = False, stream=None) -> TrainResult:
     """Train a model on a toy task; see the module docstring for what happens each step.
@@ -271,151 +228,80 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
 
 def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path | None,
            resume: bool, stream, stop: StopRequest) -> TrainResult:
-    vocab = task_vocab(config)
+    """The loop: train a step, evaluate when it is due, until the task is solved, the budget is
+    spent or Ctrl-C asks to stop; then save and return. ``TrainingRun`` holds the helpers."""
+    task = task_for(config)
     model_rng, data_rng = seeded_generators(config.seed)
     model = build_model(config, model_config, model_rng)
-    opt = build_optimizer(config, model)
-    # a LoRA run saves its adapters only, against the trained run's checkpoint
-    base = config.init_from if config.lora_rank is not None else None
-    schedule = build_schedule(config)
-    crit = CrossEntropyLoss(ignore_index=PAD, label_smoothing=config.label_smoothing)
-    eval_data = held_out(config)
-    history, step, elapsed, best_state = _new_history(config), 0, 0.0, None
-
-    if resume:
-        check_resume(out_dir, config, model_config)
-        state = resume_last(out_dir, model, opt, {"data": data_rng}, base=base)
-        if state is None:
-            stream.write(f"{out_dir} holds no {LAST}: the run was stopped before its first "
-                         f"checkpoint, so it starts again from step 0\n")
-            resume = False
-    if resume:
-        step, elapsed, history = state["step"], state["seconds"], state["history"]
-        history["target"], history["target_worst"] = config.target, config.target_worst
-        if (out_dir / BEST).is_file():
-            best_state = load_checkpoint(out_dir, which="best")[0].state_dict()
-        if history["stopped"] == "target":
-            stream.write(f"{out_dir}: already reached the target at step {history['best']['step']}; "
-                         f"nothing to do\n")
-            model.load_state_dict(best_state)
-            return TrainResult(model, history, history["best"], step, elapsed, "target", out_dir)
-        if step >= config.steps:
-            stream.write(f"{out_dir}: the run is already at step {step}, its budget is "
-                         f"{config.steps}: give a larger steps (--steps) to continue it\n")
-    elif out_dir is not None:
-        if (out_dir / LAST).exists():
-            raise FileExistsError(f"{out_dir} already holds a run: continue it with resume "
-                                  f"(--resume), or choose another directory")
-        save_json(out_dir / CONFIG_FILE, {"train": config.to_dict(), "model": model_config.to_dict(),
-                                          "model_class": type(model).__name__})
-
-    progress = Progress(stream, config.steps, config.log_every, step, elapsed)
-    progress.print(f"{'Resuming' if resume else 'Training'} the {config.model} model (training "
-                   f"{model.num_parameters(trainable_only=True):,} of {model.num_parameters():,} "
-                   f"parameters{finetuning_note(config)}) on {config.task}, {config.n_symbols} "
-                   f"symbols, lengths {config.min_len}..{config.max_len}, seed {config.seed}"
-                   + (f", from step {step}" if resume else "")
-                   + (f"; run directory {out_dir}" if out_dir else ""))
-
-    def check_finite() -> None:
-        diverged = non_finite(model.state_dict())
-        if diverged:
-            raise FloatingPointError(f"parameter(s) {diverged[:3]}{' ...' if len(diverged) > 3 else ''}"
-                                     f" hold inf or NaN after the update; nothing is saved")
-
-    def save_last(best_improved: bool = False) -> None:
-        """last.npz (with the history), then the copies derived from it (see rundir.py)."""
-        nonlocal saved_step
-        if out_dir is None:
-            return
-        check_finite()
-        history["seconds"] = round(progress.elapsed(), 3)
-        save_checkpoint(out_dir / LAST, model, opt, step=step, task=task_info(config),
-                        extra={"seconds": history["seconds"], "history": history},
-                        rng_states={"data": data_rng.bit_generator.state}, base=base)
-        saved_step = step
-        if best_improved:
-            save_checkpoint(out_dir / BEST, model, step=step, task=task_info(config),
-                            extra={"eval": history["best"]}, base=base)
-        save_json(out_dir / HISTORY_FILE, history)
-
-    def resume_hint() -> str:
-        if saved_step is None:
-            return ""
-        return (f" {out_dir / LAST} holds step {saved_step}; continue with: tinytransformer "
-                f"train --out {out_dir} --resume")
-
-    def run_eval() -> bool:
-        """Evaluate at ``step``; keep the best; True when the target is reached."""
-        nonlocal best_state
-        check_finite()
-        t0 = time.perf_counter()
-        scores = evaluate(model, eval_data)
-        entry = {"step": step, "exact_match": scores["exact_match"], "worst": scores["worst"],
-                 "worst_length": scores["worst_length"], "token_accuracy": scores["token_accuracy"],
-                 "seconds": round(progress.elapsed(), 3)}
-        history["eval"].append(entry)
-        improved = history["best"] is None or \
-            eval_rank(entry, config) > eval_rank(history["best"], config)
-        if improved:
-            history["best"] = entry
-            best_state = model.state_dict()
-        note = f"  (best so far, saved to {BEST})" if out_dir is not None else "  (best so far)"
-        progress.print(f"eval at step {step}: exact match {entry['exact_match']:.4f}, worst length "
-                       f"{entry['worst_length']}: {entry['worst']:.3f}, token accuracy "
-                       f"{entry['token_accuracy']:.4f}{note if improved else ''}"
-                       f"  [{time.perf_counter() - t0:.1f} s]")
-        save_last(best_improved=improved)
-        return solved(entry, config)
-
-    stopped = "budget"
-    data_state, drawn = None, step
-    saved_step = step if resume else None           # the step last.npz holds
+    crit = CrossEntropyLoss(ignore_index=model_config.pad_id, label_smoothing=config.label_smoothing)
+    run = TrainingRun(config, model_config, task, model, build_optimizer(config, model),
+                      build_schedule(config), crit, data_rng, out_dir, stream)
+    resumed = resume and run.restore()
+    if resumed and run.history["stopped"] == "target":
+        return run.already_solved()
+    if not resumed:
+        run.create()
+    run.announce(resumed)
     try:
-        with stop.reporting_to(progress), threads():      # BLAS held once for the whole loop
-            # a resumed run whose evaluation at this step was cut short does it now
-            if step and step % config.eval_every == 0 and \
-                    not any(e["step"] == step for e in history["eval"]) and run_eval():
-                stopped = "target"
-            while stopped == "budget" and step < config.steps:
+        with stop.reporting_to(run.progress), threads():      # BLAS held once for the whole loop
+            if run.evaluation_cut_short():
+                run.evaluate()
+            while run.stopped == "budget" and run.step < config.steps:
                 if stop.requested:
-                    stopped = "interrupted"
+                    run.stopped = "interrupted"
                     break
-                data_state, drawn = data_rng.bit_generator.state, step + 1
-                t0 = time.perf_counter()
-                batch = draw_batch(config, vocab, data_rng)
-                opt.lr = schedule(step + 1)
-                loss, grad_norm = train_step(model, crit, opt, batch, config.clip)   # step.py
-                step += 1
-                # ---- bookkeeping ----
-                for key, value in zip(PER_STEP, (step, loss, opt.lr, grad_norm)):
-                    history[key].append(value)
-                progress.step(step, loss, opt.lr, grad_norm, batch.n_tokens, time.perf_counter() - t0)
-                if (step % config.eval_every == 0 or step == config.steps) and run_eval():
-                    stopped = "target"
+                run.train_one_step()
+                if run.evaluation_due():
+                    run.evaluate()
     except KeyboardInterrupt:
         # Ctrl-C outside the main thread, or a second Ctrl-C: the step in flight is dropped
-        updating = opt.step_count != step        # opt.step() began: an update in flight
-        if updating or stop.aborted:
-            progress.print(("Interrupted inside an update: the parameters are half-updated, so "
-                            "they are not saved." if updating else "Aborted without saving.")
-                           + resume_hint())
+        if not run.drop_step_in_flight(aborted=stop.aborted):
             raise
-        if step != drawn:                      # the unfinished step's batch was drawn: undraw it
-            data_rng.bit_generator.state = data_state
-        kept = min(len(history[key]) for key in PER_STEP)
-        for key in PER_STEP:
-            del history[key][kept:]
-        stopped = "interrupted"
     except FloatingPointError as err:
-        progress.end_line()
-        raise FloatingPointError(f"training diverged at step {drawn}: {err}. Try a lower --lr, "
-                                 f"a longer --warmup or --clip 1.0") from None
+        raise run.diverged(err) from None
+    return run.finish()
 
-    history["stopped"], history["seconds"] = stopped, progress.elapsed()
-    save_last()
-    if stopped == "interrupted":
-        progress.print(f"Stopped at step {step}." + resume_hint())
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return TrainResult(model, history, history["best"], step, history["seconds"], stopped, out_dir)
+
+def task_for(config: TrainConfig) -> ToyTask:
+    """The task object the loop trains on and judges by (the toy tasks are the one kind so far)."""
+    return ToyTask(config)
+
+
+class ToyTask:
+    """What the training loop needs of a toy task: where its batches come from and how a
+    model is judged on the fixed held-out set (greedy decoding, exact match).
+
+    Another kind of task plugs into the loop by giving the same methods: ``batch(rng)``,
+    ``judge(model)`` (a dict of scores, recorded as the evaluation), ``better``, ``solved``,
+    ``describe`` (one evaluation, for the progress line), ``summary`` and ``info`` (what a
+    checkpoint records about it).
+    """
+
+    def __init__(self, config: TrainConfig):
+        self.config, self.vocab = config, task_vocab(config)
+        self.eval_data = held_out(config)
+
+    def summary(self) -> str:
+        c = self.config
+        return f"{c.task}, {c.n_symbols} symbols, lengths {c.min_len}..{c.max_len}"
+
+    def info(self) -> dict:
+        return task_info(self.config)
+
+    def batch(self, rng: np.random.Generator) -> Batch | LMBatch:
+        return draw_batch(self.config, self.vocab, rng)
+
+    def judge(self, model: Module) -> dict:
+        scores = evaluate(model, self.eval_data)
+        return {key: scores[key] for key in ("exact_match", "worst", "worst_length", "token_accuracy")}
+
+    def better(self, entry: dict, best: dict | None) -> bool:
+        """Whether evaluation ``entry`` beats ``best`` (None: there is none yet)."""
+        return best is None or eval_rank(entry, self.config) > eval_rank(best, self.config)
+
+    def solved(self, entry: dict) -> bool:
+        return solved(entry, self.config)
+
+    def describe(self, entry: dict) -> str:
+        return (f"exact match {entry['exact_match']:.4f}, worst length {entry['worst_length']}: "
+                f"{entry['worst']:.3f}, token accuracy {entry['token_accuracy']:.4f}")

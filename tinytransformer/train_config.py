@@ -12,9 +12,20 @@ from .finetune import FREEZE_PARTS
 from .nn.transformer import DecoderOnlyTransformer, Transformer, config_from_dict
 from .tasks import TASKS
 
-__all__ = ["TrainConfig", "MODEL_KINDS", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "MODEL_KINDS", "MODEL_DEFAULTS", "OPTIMIZERS"]
 
 MODEL_KINDS = {"encoder-decoder": Transformer, "decoder-only": DecoderOnlyTransformer}
+# The model fields a training run of each kind sets over TransformerConfig's own defaults,
+# unless given (train.default_model_config; `tinytransformer train --help` shows them).
+# A model's number of blocks is always its config's n_decoder_layers; a decoder-only model
+# has no encoder, so a run gives it as many blocks as the encoder-decoder has layers in all
+# (2 + 2 = 4): about the same size (202k vs 236k parameters) and depth. With 2 blocks
+# (102k parameters, TransformerConfig's own default) it also learns reverse, but needed
+# 2,500 steps instead of ~900.
+MODEL_DEFAULTS = {
+    "encoder-decoder": {},
+    "decoder-only": {"n_encoder_layers": 0, "n_decoder_layers": 4},
+}
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -23,7 +34,7 @@ class TrainConfig:
     """Everything about a run except the model's sizes (those are a TransformerConfig).
 
     The defaults are the reference run: reverse, 10 symbols, lengths 1..16, and
-    the recipe that solves it on every seed measured (README, "The recipe"):
+    the recipe that solves it on every seed measured (docs/reference-runs.md, "The recipe"):
     batch 64; Adam (0.9, 0.98, eps 1e-9); the learning rate rises linearly to 2e-3 over
     100 steps, then falls along half a cosine to 1e-4 at step 800 and stays there;
     gradients clipped to a global norm of 1.0; label smoothing 0.1; an evaluation every

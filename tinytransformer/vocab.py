@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PAD", "BOS", "EOS", "FIRST_SYMBOL", "Vocab"]
+__all__ = ["PAD", "BOS", "EOS", "FIRST_SYMBOL", "Vocab", "check_special_ids"]
 
 PAD, BOS, EOS = 0, 1, 2
 FIRST_SYMBOL = 3          # symbol i is token id FIRST_SYMBOL + i
+# the model config's field for each special id, and the id the toy tasks use for it
+SPECIAL_IDS = {"pad_id": PAD, "bos_id": BOS, "eos_id": EOS}
 
 _SPECIAL_NAMES = {PAD: "<pad>", BOS: "<bos>", EOS: "<eos>"}
 _SEPARATORS = re.compile(r"[\s,]+")
@@ -144,6 +146,17 @@ class Vocab:
             raise ValueError(f"token id {int(ids[bad[0]])} out of range for vocab_size "
                              f"{self.size} (ids[{int(bad[0])}])")
         return [int(i) for i in ids]
+
+
+def check_special_ids(config) -> None:
+    """Refuse a model config (a ``TransformerConfig``) whose pad, bos or eos id is not the toy
+    tasks' (PAD 0, BOS 1, EOS 2): their batches are padded, started and ended with these ids,
+    so a model that reads others would mask, ignore and stop at the wrong tokens."""
+    for name, task_id in SPECIAL_IDS.items():
+        if getattr(config, name) != task_id:
+            raise ValueError(f"{name}: the toy tasks' batches use {task_id} (PAD {PAD}, BOS {BOS}, "
+                             f"EOS {EOS}), the model config has {name}={getattr(config, name)!r}; "
+                             f"a model for these tasks needs {name}={task_id}")
 
 
 def as_vocab(vocab) -> Vocab:

@@ -1,6 +1,6 @@
 """The command line: ``tinytransformer <command>`` or ``python -m tinytransformer <command>``.
 
-    train      train a model on a toy task (defaults: the contract's reference run)
+    train      train a model on a toy task (defaults: the reference run)
     eval       exact match of a trained run on held-out sequences (longer ones if asked)
     generate   the model's output for a sequence you type
     plot       attention maps of every head for one example, and the training curves

@@ -10,7 +10,7 @@ import numpy as np
 from ..checkpoint import CheckpointError, save_checkpoint
 from ..nn.lora import lora_settings, merge_lora
 from ..rundir import RunDirError, read_history
-from ..tasks import BOS, EOS, get_task, lm_prompt
+from ..tasks import get_task, lm_prompt
 from ..train import evaluate, held_out, longest_input, task_vocab
 from .common import PROG, UsageError, load_run, model_output
 
@@ -54,8 +54,9 @@ def cmd_generate(args) -> int:
     text = vocab.decode(out)
     expected = vocab.decode(get_task(config.task)(src))
     print(text)
-    verdict = "correct" if text == expected and EOS in out else f"expected {expected}"
-    if EOS not in out:
+    ended = model.config.eos_id in out
+    verdict = "correct" if text == expected and ended else f"expected {expected}"
+    if not ended:
         verdict += "; the model did not end its output with <eos>"
     if not (config.min_len <= len(src) <= config.max_len):
         verdict += f"; trained on lengths {config.min_len}..{config.max_len}"
@@ -82,7 +83,8 @@ def write_plots(run_dir, example: str | None = None, out_dir=None, which=None) -
         raise UsageError(f"plot: {err}") from None
     out_dir = Path(out_dir) if out_dir is not None else Path(info["path"]).parent / "figures"
     output = model_output(model, config, src)
-    n_out = int(np.argmax(output == EOS)) if EOS in output else len(output)
+    eos = model.config.eos_id
+    n_out = int(np.argmax(output == eos)) if eos in output else len(output)
     n_out = min(n_out, model.config.max_len - (len(src) + 1 if config.model == "decoder-only" else 1))
     # the decoder input that produced the output: BOS (or the prompt) then the output before EOS
     saved = []
@@ -95,7 +97,7 @@ def write_plots(run_dir, example: str | None = None, out_dir=None, which=None) -
         plot_attention_grid(model.attention_maps(), "self", tgt_tokens=tokens, save=path)
         saved.append(path)
     else:
-        tgt_in = np.concatenate([[BOS], output[:n_out]])[None]                   # (1, 1 + n_out)
+        tgt_in = np.concatenate([[model.config.bos_id], output[:n_out]])[None]   # (1, 1 + n_out)
         model(src[None], tgt_in)
         src_tokens = [vocab.token_name(i) for i in src]
         tgt_tokens = [vocab.token_name(i) for i in tgt_in[0]]

@@ -13,7 +13,7 @@ from ..nn.transformer import PRESETS, TransformerConfig
 from ..rundir import HISTORY_FILE, RunDirError, read_run_config
 from ..tasks import TASKS
 from ..train import check_resume, checkpoint_model_kind, default_model_config, init_model_config, train
-from ..train_config import MODEL_KINDS, OPTIMIZERS, TrainConfig
+from ..train_config import MODEL_DEFAULTS, MODEL_KINDS, OPTIMIZERS, TrainConfig
 from .common import PROG, UsageError, os_error
 from .runs import write_plots
 
@@ -29,7 +29,7 @@ TRAIN_OPTIONS = [
     ("--d-ff", "model", "d_ff", int, "feed-forward hidden width"),
     ("--n-encoder-layers", "model", "n_encoder_layers", int, "encoder layers"),
     ("--n-decoder-layers", "model", "n_decoder_layers", int,
-     "decoder layers; the blocks of a decoder-only model (then 4 by default)"),
+     "decoder layers; a decoder-only model's blocks"),
     ("--dropout", "model", "dropout", float, "dropout probability"),
     ("--model-max-len", "model", "max_len", int, "longest sequence the model accepts"),
     ("--activation", "model", "activation", str,
@@ -60,9 +60,15 @@ TRAIN_OPTIONS = [
 ]
 
 
-def _default(config: str, name: str):
+def _default(config: str, name: str) -> str:
+    """The default an option's help states: its config field's, and a model kind's own where
+    that kind's runs set the field (``MODEL_DEFAULTS``)."""
     cls = TrainConfig if config == "train" else TransformerConfig
-    return next(f.default for f in fields(cls) if f.name == name)
+    text = f"default: {next(f.default for f in fields(cls) if f.name == name)}"
+    if config == "model":
+        text += "".join(f"; with --model {kind}: {own[name]}"
+                        for kind, own in MODEL_DEFAULTS.items() if name in own)
+    return text
 
 
 def add_train(sub) -> None:
@@ -75,10 +81,10 @@ def add_train(sub) -> None:
                                    "to 2e-3 over 100 steps then cosine down to 1e-4 at step 800, "
                                    "clipping at 1.0, label smoothing 0.1. On the same NumPy/BLAS build "
                                    "a seed gives the same run bit for bit; another build takes another, "
-                                   "equally good path (README: the measured range over seeds).")
+                                   "equally good path (docs/reference-runs.md: the range over seeds).")
     for flag, config, name, kind, text in TRAIN_OPTIONS:
         p.add_argument(flag, type=kind, dest=f"{config}.{name}", metavar=name.upper(),
-                       help=f"{text} (default: {_default(config, name)})")
+                       help=f"{text} ({_default(config, name)})")
     p.add_argument("--betas", type=float, nargs=2, dest="train.betas", metavar=("BETA1", "BETA2"),
                    help="Adam betas (default: 0.9 0.98)")
     p.add_argument("--preset", choices=sorted(PRESETS),

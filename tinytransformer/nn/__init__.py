@@ -9,7 +9,7 @@ from .feedforward import FeedForward
 from .linear import Linear
 from .lora import LoRALinear, add_lora, merge_lora
 from .loss import CrossEntropyLoss
-from .masks import causal_mask, causal_padding_mask, padding_mask
+from .masks import causal_mask, causal_padding_mask, padding_mask, real_tokens
 from .module import Module
 from .normalization import LayerNorm, RMSNorm
 from .rotary import RotaryEmbedding
@@ -19,5 +19,5 @@ __all__ = [
     "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
     "ReLU", "GELU", "SiLU", "Softmax", "LayerNorm", "RMSNorm", "Dropout", "FeedForward",
     "CrossEntropyLoss", "ScaledDotProductAttention", "MultiHeadAttention", "RotaryEmbedding", "ALiBiBias",
-    "causal_mask", "padding_mask", "causal_padding_mask",
+    "causal_mask", "padding_mask", "causal_padding_mask", "real_tokens",
 ]

@@ -34,8 +34,19 @@ def config_from_dict(cls, data: dict):
 class TransformerConfig:
     """Sizes and choices of a model; serialisable to JSON (``to_json`` / ``from_json``).
 
-    ``pad_id`` is the token id of padding: the models derive their key masks from it
-    (a key is masked where its id is ``pad_id``) and decoding never emits it.
+    Special token ids live here, and only here: everything that runs a model reads them from
+    ``model.config`` (masks, the training loss, decoding, checkpoints).
+    ``pad_id``: padding. The models derive their key masks from it (a key is masked where its
+    id is ``pad_id``), the training loss ignores it, decoding never emits it and fills a
+    finished row with it. None means the vocabulary has no padding (GPT-2): no token id is
+    masked, and a finished row is filled with ``eos_id`` instead.
+    ``bos_id``: what the encoder-decoder's decoder is fed first; decoding never emits it
+    unless it is also ``eos_id``. None: the vocabulary has none (a decoder-only model is
+    given its prompts).
+    ``eos_id``: the end of an output; decoding stops a row when it emits it. None: the
+    vocabulary has none (a character model of a text): decoding runs every row to its length.
+    Each is a token id below ``vocab_size``; pad differs from both others, while bos may
+    equal eos (GPT-2's one ``<|endoftext|>``). The defaults 0, 1, 2 are the toy tasks'.
     Integer fields are stored as Python ints, whatever integer type was passed in.
 
     ``positional``: "sinusoidal" or "learned" add a vector to the scaled token embeddings;
@@ -45,7 +56,8 @@ class TransformerConfig:
     ``norm``: "layernorm" or "rmsnorm", for every norm of the model.
     ``activation``: "relu", "gelu" (exact), "gelu_tanh", or "swiglu" (a gated feed-forward
     with a third projection). A config saved before ``norm`` and ``rope_base`` existed loads
-    with their defaults: the same model as then.
+    with their defaults: the same model as then; so does one saved before ``bos_id`` and
+    ``eos_id``, with 0, 1, 2 for pad, bos, eos, the ids decoding then took from the tasks.
 
     What a pre-trained decoder (GPT-2, LLaMA) needs; each default keeps the model as it was:
     ``n_kv_heads``: key/value heads of every attention (None: n_heads; fewer, dividing n_heads,
@@ -74,11 +86,13 @@ class TransformerConfig:
     embed_scale: bool = True
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
-    pad_id: int = 0
+    pad_id: int | None = 0
+    bos_id: int | None = 1
+    eos_id: int | None = 2
 
     def __post_init__(self):
         minimum = {"vocab_size": 1, "d_model": 1, "n_heads": 1, "d_ff": 1, "max_len": 1,
-                   "n_encoder_layers": 0, "n_decoder_layers": 0, "pad_id": 0}
+                   "n_encoder_layers": 0, "n_decoder_layers": 0}
         for name, low in minimum.items():
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
@@ -88,9 +102,7 @@ class TransformerConfig:
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"TransformerConfig: d_model ({self.d_model}) must be divisible by "
                              f"n_heads ({self.n_heads})")
-        if self.pad_id >= self.vocab_size:
-            raise ValueError(f"TransformerConfig.pad_id: expected a token id below vocab_size "
-                             f"({self.vocab_size}), got {self.pad_id}")
+        self._check_special_ids()
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TransformerConfig.dropout: expected a value in [0, 1), got {self.dropout}")
         self.dropout = float(self.dropout)
@@ -138,6 +150,22 @@ class TransformerConfig:
     def kv_heads(self) -> int:
         """The number of key/value heads of every attention: ``n_kv_heads``, or n_heads when None."""
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    def _check_special_ids(self) -> None:
+        for name in ("pad_id", "bos_id", "eos_id"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) \
+                    or not 0 <= value < self.vocab_size:
+                raise ValueError(f"TransformerConfig.{name}: expected a token id below vocab_size "
+                                 f"(0..{self.vocab_size - 1}), or None (the vocabulary has none), "
+                                 f"got {value!r}")
+            setattr(self, name, int(value))
+        for other in ("bos_id", "eos_id"):
+            if self.pad_id is not None and self.pad_id == getattr(self, other):
+                raise ValueError(f"TransformerConfig.pad_id: padding must differ from {other} (a padded "
+                                 f"key is masked, a finished row is padded), both are {self.pad_id}")
 
     @property
     def attention_positional(self) -> str | None:

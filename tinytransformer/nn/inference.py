@@ -18,6 +18,7 @@ from .config import check_model_ids
 from .embedding import Embedding, embed_forward
 from .kv_cache import AttentionCache, KVCache
 from .layers import DecoderLayer, EncoderLayer, residual_forward
+from .masks import real_tokens
 from .module import Module
 
 
@@ -58,7 +59,7 @@ def step_inputs(model: Module, embed: Embedding, name: str, ids: np.ndarray, cac
         raise ValueError(f"{name}: positions {start}..{end - 1} do not fit the cache's capacity "
                          f"{cache.capacity}")
     x = embed_forward(embed, model.pos, ids, offset=start, scale=model.config.embed_scale)   # (B, Tn, D)
-    cache.token_mask[:, start:end] = ids != model.config.pad_id
+    cache.token_mask[:, start:end] = real_tokens(ids, model.config.pad_id)
     cache.length = end
     # new token i sits at position start + i: it sees keys 0 .. start + i
     self_mask = np.tri(ids.shape[1], end, start, dtype=bool) & cache.token_mask[:, None, None, :end]

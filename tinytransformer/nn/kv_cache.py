@@ -85,8 +85,8 @@ class KVCache:
                    so far, each an ``AttentionCache``; every step appends the new position's
     cross_attn[l]  decoder layer l's cross-attention keys and values (B, H, S, dk) of the encoder
                    memory, computed once by ``init_cache`` (an empty list for a decoder-only model)
-    token_mask     (B, capacity) bool, True where the fed token is not PAD: PAD keys are masked
-                   exactly as the full forward masks them
+    token_mask     (B, capacity) bool, True where the fed token is not padding (the model's
+                   ``config.pad_id``): padded keys are masked exactly as the full forward masks them
     src_keys       (B, 1, 1, S) the source key mask of cross-attention (None for decoder-only)
     length         t, the number of positions fed so far: the position (offset) of the next token
     """

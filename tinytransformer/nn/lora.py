@@ -18,7 +18,7 @@ import numpy as np
 
 from .functional import column_sum, matmul_2d
 from .linear import Linear, xavier_uniform
-from .module import Module, check_float_input, check_upstream, default_rng
+from .module import Module, check_float_input, check_upstream, default_rng, require_rng
 
 ADAPTERS = ("lora_a", "lora_b")       # the parameter names LoRALinear adds to the base's
 
@@ -62,7 +62,8 @@ class LoRALinear(Module):
             self.params[name], self.grads[name] = base.params[name], base.grads[name]
         self.frozen = set(base.params)
         dtype = base.params["weight"].dtype
-        self.add_param("lora_a", xavier_uniform(default_rng(rng), self.in_features, self.rank, dtype))
+        rng = require_rng(rng, "LoRALinear")
+        self.add_param("lora_a", xavier_uniform(rng, self.in_features, self.rank, dtype))
         self.add_param("lora_b", np.zeros((self.rank, self.out_features), dtype=dtype))
 
     def extra_repr(self) -> str:
@@ -156,8 +157,10 @@ def merge_lora(model: Module) -> Module:
 
 
 def lora_settings(model: Module) -> dict | None:
-    """{"rank", "alpha", "targets"}: the ``add_lora`` call that gives the model its adapters
-    (None without adapters), so a checkpoint can rebuild them."""
+    """{"rank", "alpha", "targets", "layers"}: the adapters' rank and alpha, the attribute names
+    they sit on and the dotted names of the LoRALinear layers themselves (None without adapters),
+    so a checkpoint can rebuild them where they were (``add_lora`` on part of a model adapts
+    that part only)."""
     layers = list(lora_layers(model))
     if not layers:
         return None
@@ -167,4 +170,4 @@ def lora_settings(model: Module) -> dict | None:
                          f"only adapters added by one add_lora call can be saved")
     (rank, alpha), = settings
     targets = sorted({attribute for _, _, attribute, _ in layers})
-    return {"rank": rank, "alpha": alpha, "targets": targets}
+    return {"rank": rank, "alpha": alpha, "targets": targets, "layers": [name for name, *_ in layers]}

@@ -3,7 +3,9 @@
 Legend: B batch, H heads, T time, Tq query positions, Tk key positions.
 
 Only keys are masked: a query at a padded position is computed like any other
-(the loss ignores it). Masks combine with ``&``.
+(the loss ignores it). Masks combine with ``&``. Padding is the token id ``pad_id``
+(a model passes its ``config.pad_id``); ``pad_id=None`` means the vocabulary has no
+padding, and no key is masked for it.
 """
 
 from __future__ import annotations
@@ -22,17 +24,29 @@ def causal_mask(T: int) -> np.ndarray:
     return np.tril(np.ones((T, T), dtype=bool))
 
 
-def padding_mask(ids: np.ndarray, pad_id: int = 0) -> np.ndarray:
-    """(B, 1, 1, T) boolean, True where the key is a real token (ids != pad_id).
+def real_tokens(ids: np.ndarray, pad_id: int | None) -> np.ndarray:
+    """(B, T) boolean, True where the token is not padding: ids != pad_id, or all True when
+    pad_id is None (no id is padding).
+
+    >>> real_tokens(np.array([[5, 6, 0]]), pad_id=0).astype(int)
+    array([[1, 1, 0]])
+    >>> real_tokens(np.array([[5, 6, 0]]), pad_id=None).astype(int)
+    array([[1, 1, 1]])
+    """
+    return np.ones(ids.shape, dtype=bool) if pad_id is None else ids != pad_id
+
+
+def padding_mask(ids: np.ndarray, pad_id: int | None = 0) -> np.ndarray:
+    """(B, 1, 1, T) boolean, True where the key is a real token (``real_tokens``).
 
     >>> padding_mask(np.array([[5, 6, 0], [7, 0, 0]])).astype(int)[:, 0, 0]
     array([[1, 1, 0],
            [1, 0, 0]])
     """
-    return (ids != pad_id)[:, None, None, :]
+    return real_tokens(ids, pad_id)[:, None, None, :]
 
 
-def causal_padding_mask(ids: np.ndarray, pad_id: int = 0) -> np.ndarray:
+def causal_padding_mask(ids: np.ndarray, pad_id: int | None = 0) -> np.ndarray:
     """(B, 1, T, T): the decoder's self-attention mask, causal AND not padding.
 
     >>> causal_padding_mask(np.array([[5, 6, 0]])).astype(int)[0, 0]
@@ -58,10 +72,11 @@ def check_mask(mask, scores_shape: tuple) -> None:
                          f"is (B, 1, 1, Tk) (see padding_mask), a 2-D mask is (Tq, Tk)")
 
 
-def key_mask(name: str, token_mask, ids: np.ndarray, pad_id: int) -> np.ndarray:
-    """(B, T) 'True = real token' -> (B, 1, 1, T) key mask; ``ids != pad_id`` when ``token_mask`` is None."""
+def key_mask(name: str, token_mask, ids: np.ndarray, pad_id: int | None) -> np.ndarray:
+    """(B, T) 'True = real token' -> (B, 1, 1, T) key mask; ``real_tokens(ids, pad_id)`` when
+    ``token_mask`` is None (every key, when pad_id is None)."""
     if token_mask is None:
-        token_mask = ids != pad_id
+        token_mask = real_tokens(ids, pad_id)
     elif not isinstance(token_mask, np.ndarray) or token_mask.dtype != bool or token_mask.shape != ids.shape:
         got = (f"{token_mask.dtype.name} array of shape {token_mask.shape}"
                if isinstance(token_mask, np.ndarray) else type(token_mask).__name__)

@@ -2,9 +2,12 @@
 
 Legend: B batch, S source length, T target length, D d_model, V vocabulary size.
 
-Masks come from ``config.pad_id`` (a key is masked where its id is padding)
-unless given. Each model's public methods hold NumPy's BLAS threads themselves
-(``threads.py``), so a learner's own loop runs as fast as ``train()``.
+Masks come from ``config.pad_id`` (a key is masked where its id is padding; none
+is when the vocabulary has no padding, ``pad_id`` None) unless given. A model's
+``backward`` differentiates its last forward, once: it uses up what that forward kept,
+and a second backward without a new forward raises. Each model's public methods hold
+NumPy's BLAS threads themselves (``threads.py``), so a
+learner's own loop runs as fast as ``train()``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from .kv_cache import KVCache
 from .layers import EncoderLayer
 from .linear import Linear
 from .masks import causal_mask, key_mask
-from .module import InvalidatedByInference, Module, check_upstream, default_rng
+from .module import InvalidatedByInference, Module, UsedByBackward, check_upstream, default_rng
 from .normalization import make_norm
 from .overlap import overlap_param_grads
 from .stacks import Decoder, Encoder
@@ -79,10 +82,10 @@ class Transformer(Module):
     embeddings (``config.positional`` "rope", "alibi", "none"); the sqrt(D) scale is left out
     with ``config.embed_scale`` False, and out_proj's bias b with ``config.head_bias`` False.
     ``src_mask``/``tgt_mask`` are (B, S)/(B, T) booleans, True = real token;
-    by default ``ids != config.pad_id``. With ``tie_embeddings`` one (V, D)
-    matrix is the source embedding, the target embedding and the output
-    projection (logits = h @ E^T + b); it is listed once, as ``tgt_embed.weight``,
-    and its gradient is the sum of all three contributions.
+    by default ``ids != config.pad_id`` (all True when ``pad_id`` is None). With
+    ``tie_embeddings`` one (V, D) matrix is the source embedding, the target
+    embedding and the output projection (logits = h @ E^T + b); it is listed once,
+    as ``tgt_embed.weight``, and its gradient is the sum of all three contributions.
     """
 
     def __init__(self, config: TransformerConfig, rng: np.random.Generator | None = None,
@@ -138,13 +141,15 @@ class Transformer(Module):
     @holds_threads
     def backward(self, dlogits: np.ndarray) -> None:
         check_upstream("dlogits", dlogits, self._saved().logits_shape)
+        self.cache = UsedByBackward()        # one backward per forward: a second would add it all again
         # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
         with overlap_param_grads():
             dy, dmemory = self.decoder.backward(self.out_proj.backward(dlogits))
             embed_backward(self.tgt_embed, self.pos, dy, self.config.embed_scale)
             # dmemory only leads to the encoder's and the source embedding's parameters:
             # when all of them are frozen, nothing below needs a gradient
-            if any(m.has_trainable_parameters() for m in (self.encoder, self.src_embed, self.pos)):
+            if any(m is not None and m.has_trainable_parameters()
+                   for m in (self.encoder, self.src_embed, self.pos)):
                 embed_backward(self.src_embed, self.pos, self.encoder.backward(dmemory),
                                self.config.embed_scale)
         return None
@@ -212,6 +217,7 @@ class DecoderOnlyTransformer(Module):
     @holds_threads
     def backward(self, dlogits: np.ndarray) -> None:
         check_upstream("dlogits", dlogits, self._saved().logits_shape)
+        self.cache = UsedByBackward()        # one backward per forward: a second would add it all again
         # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
         with overlap_param_grads():
             dx = self.out_proj.backward(dlogits)
