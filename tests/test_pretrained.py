@@ -12,15 +12,14 @@ computed in float64 on both sides here (transformers' ``labels=`` loss upcasts t
 """
 
 import json
-import pathlib
 import struct
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 
-from tinytransformer import (CrossEntropyLoss, DecoderOnlyTransformer, Transformer, TransformerConfig,
-                             add_lora, load_pretrained, save_pretrained)
+from tinytransformer import (BPETokenizer, CrossEntropyLoss, DecoderOnlyTransformer, Transformer,
+                             TransformerConfig, add_lora, load_pretrained, load_tokenizer, save_pretrained)
 from tinytransformer.pretrained import PretrainedError, SafetensorsError, read_safetensors, write_safetensors
 from tinytransformer.pretrained import gpt2, llama
 from tinytransformer.pretrained.namemap import rows_for
@@ -359,12 +358,12 @@ def test_lora_adapters_must_be_merged_first(tmp_path):
 
 
 def test_tokenizer_is_saved_beside(tmp_path):
-    class Tokenizer:
-        def save(self, path):
-            (pathlib.Path(path) / "vocab.json").write_text("{}")
-
-    save_pretrained(our_model("gpt2_untied"), tmp_path, tokenizer=Tokenizer())
+    """save_pretrained calls the tokenizer's save(path); load_tokenizer reads it back."""
+    text = "the cat sat on the mat; the cat ate the rat."
+    tokenizer = BPETokenizer.train(text, vocab_size=262)
+    save_pretrained(our_model("gpt2_untied"), tmp_path, tokenizer=tokenizer)
     assert (tmp_path / "vocab.json").exists() and (tmp_path / "config.json").exists()
+    assert load_tokenizer(tmp_path).encode(text) == tokenizer.encode(text)
 
 
 # ---- against transformers -------------------------------------------------------------------
