@@ -55,9 +55,9 @@ def freeze(model: Module, parts) -> Module:
 
 
 def start_from(init_from, rng: np.random.Generator, lora_rank: int | None = None,
-               lora_alpha: float | None = None, frozen_parts=()) -> Module:
+               lora_alpha: float | None = None, frozen_parts=(), lora_targets=("w_q", "w_v")) -> Module:
     """The model of a trained run (its best checkpoint), ready to train on: with LoRA
-    adapters on w_q and w_v (drawn from ``rng``) and the rest frozen, or with ``frozen_parts``
+    adapters on the ``lora_targets`` Linears (drawn from ``rng``) and the rest frozen, or with ``frozen_parts``
     frozen, or (neither) all of it trainable. A run that was itself fine-tuned with LoRA
     starts from its merged weights.
 
@@ -69,7 +69,7 @@ def start_from(init_from, rng: np.random.Generator, lora_rank: int | None = None
         merge_lora(model)
     model.requires_grad_(True)
     if lora_rank is not None:
-        add_lora(model, lora_rank, lora_alpha, rng=rng)
+        add_lora(model, lora_rank, lora_alpha, lora_targets, rng=rng)
     freeze(model, frozen_parts)
     for generator in model_generators(model):
         generator.bit_generator.state = rng.bit_generator.state

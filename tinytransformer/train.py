@@ -47,6 +47,7 @@ from .atomic import save_json
 from .checkpoint import BEST, LAST, load_checkpoint, non_finite, read_checkpoint, save_checkpoint
 from .evaluate import eval_rank, evaluate, solved
 from .finetune import start_from
+from .nn.lora import lora_layers
 from .nn.loss import CrossEntropyLoss
 from .nn.module import Module
 from .nn.transformer import TransformerConfig
@@ -160,14 +161,17 @@ def build_model(config: TrainConfig, model_config: TransformerConfig,
     """A new model drawn from ``rng``, or, with ``init_from``, the trained one to fine-tune."""
     if config.init_from is None:
         return MODEL_KINDS[config.model](model_config, rng=rng)
-    return start_from(config.init_from, rng, config.lora_rank, config.lora_alpha, config.freeze)
+    return start_from(config.init_from, rng, config.lora_rank, config.lora_alpha, config.freeze,
+                      config.lora_targets)
 
 
-def finetuning_note(config: TrainConfig) -> str:
+def finetuning_note(config: TrainConfig, model: Module) -> str:
     """How a fine-tuning run trains, for the progress header ('' for a run from scratch)."""
     if config.init_from is None:
         return ""
-    how = (f"LoRA rank {config.lora_rank} on w_q and w_v" if config.lora_rank is not None else
+    adapted = {attribute for _, _, attribute, _ in lora_layers(model)}    # the targets the model has
+    how = (f"LoRA rank {config.lora_rank} on {', '.join(t for t in config.lora_targets if t in adapted)}"
+           if config.lora_rank is not None else
            f"{' and '.join(config.freeze)} frozen" if config.freeze else "every weight")
     return f"; fine-tuning {config.init_from}, {how}"
 
@@ -231,8 +235,9 @@ def _new_history(config: TrainConfig) -> dict:
 def check_resume(out_dir, config: TrainConfig, model_config: TransformerConfig) -> None:
     """Raise unless the run in ``out_dir`` was started with these configs (only ``steps`` may differ)."""
     saved = read_run_config(out_dir)
-    # a run saved before a model field existed (norm, rope_base) has that field's default
-    had = {"train": saved["train"], "model": TransformerConfig.from_dict(saved["model"]).to_dict()}
+    # a run saved before a field existed (norm, rope_base, lora_targets) has that field's default
+    had = {"train": TrainConfig.from_dict(saved["train"]).to_dict(),
+           "model": TransformerConfig.from_dict(saved["model"]).to_dict()}
     differences = []
     for kind, asked in (("train", config.to_dict()), ("model", model_config.to_dict())):
         for key in sorted(set(had[kind]) | set(asked)):
@@ -312,7 +317,7 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
     progress = Progress(stream, config.steps, config.log_every, step, elapsed)
     progress.print(f"{'Resuming' if resume else 'Training'} the {config.model} model (training "
                    f"{model.num_parameters(trainable_only=True):,} of {model.num_parameters():,} "
-                   f"parameters{finetuning_note(config)}) on {config.task}, {config.n_symbols} "
+                   f"parameters{finetuning_note(config, model)}) on {config.task}, {config.n_symbols} "
                    f"symbols, lengths {config.min_len}..{config.max_len}, seed {config.seed}"
                    + (f", from step {step}" if resume else "")
                    + (f"; run directory {out_dir}" if out_dir else ""))

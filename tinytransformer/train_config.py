@@ -12,10 +12,14 @@ from .finetune import FREEZE_PARTS
 from .nn.transformer import DecoderOnlyTransformer, Transformer, config_from_dict
 from .tasks import TASKS
 
-__all__ = ["TrainConfig", "MODEL_KINDS", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "MODEL_KINDS", "OPTIMIZERS", "LORA_TARGETS", "LORA_ALPHA"]
 
 MODEL_KINDS = {"encoder-decoder": Transformer, "decoder-only": DecoderOnlyTransformer}
 OPTIMIZERS = ("adam", "adamw", "sgd")
+
+# LoRA's defaults for a fine-tuning run (--lora-rank), measured by benchmarks/lora_defaults.py
+LORA_TARGETS = ("w_q", "w_k", "w_v", "w_o", "linear1", "linear2", "linear3")
+LORA_ALPHA = 16.0
 
 
 @dataclass
@@ -63,8 +67,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 100                 # progress line period when the output is not a terminal
     init_from: str | None = None         # fine-tuning: a trained run (directory or .npz) to start from
-    lora_rank: int | None = None         # ...with LoRA adapters of this rank on w_q and w_v
-    lora_alpha: float | None = None      # ...scaled by lora_alpha / lora_rank (None: alpha = rank)
+    lora_rank: int | None = None         # ...with LoRA adapters of this rank...
+    lora_targets: tuple = LORA_TARGETS   # ...on the Linears of these attribute names...
+    lora_alpha: float | None = LORA_ALPHA    # ...scaled by lora_alpha / lora_rank (None: alpha = rank)
     freeze: tuple = ()                   # ...or with these parts frozen: encoder, decoder, embeddings
 
     def __post_init__(self):
@@ -114,12 +119,19 @@ class TrainConfig:
         unknown = [part for part in self.freeze if part not in FREEZE_PARTS]
         if unknown:
             raise ValueError(f"freeze: expected parts among {list(FREEZE_PARTS)}, got {unknown}")
+        self.lora_targets = (self.lora_targets,) if isinstance(self.lora_targets, str) \
+            else tuple(self.lora_targets)
+        if not self.lora_targets or not all(isinstance(name, str) for name in self.lora_targets):
+            raise ValueError(f"lora_targets: expected attribute names of Linear layers (such as "
+                             f"'w_q', 'linear1'), got {self.lora_targets!r}")
         rank = self.lora_rank
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))
                                  or rank < 1):
             raise ValueError(f"lora_rank: expected an integer >= 1 (at most d_model), got {rank!r}")
-        if self.lora_alpha is not None and rank is None:
-            raise ValueError("lora_alpha: scales LoRA adapters, so it needs lora_rank (--lora-rank)")
+        for name, given in (("lora_alpha", self.lora_alpha not in (None, LORA_ALPHA)),
+                            ("lora_targets", self.lora_targets != LORA_TARGETS)):
+            if given and rank is None:
+                raise ValueError(f"{name}: sets LoRA adapters, so it needs lora_rank (--lora-rank)")
         if rank is not None and self.freeze:
             raise ValueError(f"lora_rank and freeze: LoRA already freezes every trained weight (only "
                              f"its adapters train), so freezing {', '.join(self.freeze)} as well means "
@@ -131,6 +143,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["betas"], data["freeze"] = list(self.betas), list(self.freeze)
+        data["lora_targets"] = list(self.lora_targets)
         return data
 
     @classmethod
