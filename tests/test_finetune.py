@@ -73,7 +73,8 @@ def test_lora_rank_alone_adapts_every_projection_with_alpha_fixed_at_16(base, ra
     config = cli.train_configs(args)[0]
     model = build_model(config, None, np.random.default_rng(0))
     adapters = [(attribute, layer) for _, _, attribute, layer in lora_layers(model)]
-    assert sorted({attribute for attribute, _ in adapters}) == ["linear1", "linear2", "w_k", "w_o", "w_q", "w_v"]
+    assert sorted({attribute for attribute, _ in adapters}) == \
+        ["linear1", "linear2", "w_k", "w_o", "w_q", "w_v"]
     assert len(adapters) == 3 * 4 + 2 * 2          # 3 attentions x 4, 2 feed-forwards x 2
     assert all(layer.rank == rank and layer.alpha == 16.0 and layer.scaling == 16.0 / rank
                for _, layer in adapters)
