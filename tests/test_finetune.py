@@ -183,6 +183,10 @@ def test_cli_fine_tunes_evaluates_plots_and_merges(base, tmp_path, capsys):
     (["--lora-rank", "33"], "lora_rank: expected an integer from 1 to min(in_features, out_features) "
                             "= d_model = 32 for the attention projections of the model in"),
     (["--lora-rank", "0"], "lora_rank: expected an integer >= 1 (at most d_model), got 0"),
+    (["--lora-rank", "2", "--lora-targets", "w_q", "w_x"],
+     "lora_targets: expected names among ['w_q', 'w_k', 'w_v', 'w_o', 'linear1', 'linear2', 'linear3', "
+     "'out_proj'], got ['w_q', 'w_x']"),
+    (["--lora-targets", "w_q"], "lora_targets: sets LoRA adapters, so it needs lora_rank (--lora-rank)"),
     (["--n-symbols", "12"], "does not fit reverse with 12 symbols, lengths 1..5: vocab_size: the task "
                             "needs 15 (12 symbols + PAD/BOS/EOS), the model config has 13"),
     (["--d-model", "64"], "the model is the trained run's, its options cannot change it; drop d_model"),

@@ -23,6 +23,7 @@ from .optim import SGD, Adam, AdamW, clip_grad_norm, warmup_inverse_sqrt
 from .tasks import BOS, EOS, PAD, Vocab, eval_set, make_batch
 from .threads import threads
 from .train import TrainConfig, TrainResult, evaluate, train
+from .train_config import LORA_ALPHA, LORA_TARGETS
 
 __version__ = "0.1.0"
 __all__ = list(_nn_all) + [
@@ -32,4 +33,5 @@ __all__ = list(_nn_all) + [
     "greedy_decode", "beam_search", "generate", "sequence_log_prob", "KVCache",
     "save_checkpoint", "load_checkpoint", "CheckpointError",
     "TrainConfig", "TrainResult", "train", "evaluate", "threads", "exercises",
+    "LORA_TARGETS", "LORA_ALPHA",
 ]

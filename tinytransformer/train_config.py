@@ -136,9 +136,9 @@ class TrainConfig:
             raise ValueError(f"freeze: expected parts among {list(FREEZE_PARTS)}, got {unknown}")
         self.lora_targets = (self.lora_targets,) if isinstance(self.lora_targets, str) \
             else tuple(self.lora_targets)
-        if not self.lora_targets or not all(isinstance(name, str) for name in self.lora_targets):
-            raise ValueError(f"lora_targets: expected attribute names of Linear layers (such as "
-                             f"'w_q', 'linear1'), got {self.lora_targets!r}")
+        if not self.lora_targets or not set(self.lora_targets) <= {*LORA_TARGETS, "out_proj"}:
+            raise ValueError(f"lora_targets: expected names among {[*LORA_TARGETS, 'out_proj']}, "
+                             f"got {list(self.lora_targets)}")
         rank = self.lora_rank
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))
                                  or rank < 1):
