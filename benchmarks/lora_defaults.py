@@ -160,14 +160,14 @@ def experiment(args, results: dict) -> None:
 def summary_table(results: dict, rank: int) -> str:
     """One row per configuration and pair, over the seeds measured, named by its candidates."""
     defaults = identity(TrainConfig(task="reverse", init_from="BASE", lora_rank=rank))
-    lines = ["| candidate | pair | targets | alpha | lr (peak, decay to step); budget | trained | solved | "
-             "steps to solve | best exact match (mean) | worst length (min) | fresh: exact match (min) / "
-             "worst length (min) |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| candidate | pair | rank | targets | alpha | lr (peak, decay to step); budget | trained | "
+             "solved | steps to solve | best exact match (mean) | worst length (min) | fresh: exact match "
+             "(min) / worst length (min) |",
+             "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---|"]
     configs = {json.dumps(r["config"], sort_keys=True): r["config"] for r in results["runs"]}
     for config in configs.values():
         names = sorted({r["candidate"] for r in results["runs"] if r["config"] == config} - {"defaults"})
-        name = " = ".join(names) + (" (the defaults)" if config == defaults else "")
+        name = " = ".join(names) + (f" (the defaults at rank {rank})" if config == defaults else "")
         for pair in PAIRS:
             runs = sorted((r for r in results["runs"] if r["pair"] == pair and r["config"] == config),
                           key=lambda r: r["seed"])
@@ -176,8 +176,9 @@ def summary_table(results: dict, rank: int) -> str:
             steps = sorted(r["best"]["step"] for r in runs if r["solved"])
             steps_text = "-" if not steps else f"{int(np.median(steps))} ({steps[0]}-{steps[-1]})"
             lines.append(
-                f"| {name or 'defaults'} | {pair.replace(':', ' -> ')} | {' '.join(config['lora_targets'])} | "
-                f"{config['lora_alpha'] if config['lora_alpha'] is not None else rank:g} | "
+                f"| {name or 'defaults'} | {pair.replace(':', ' -> ')} | {config['lora_rank']} | "
+                f"{' '.join(config['lora_targets'])} | "
+                f"{config['lora_alpha'] if config['lora_alpha'] is not None else config['lora_rank']:g} | "
                 f"{config['lr']:g}, {config['schedule']} to {config['decay_steps']}; {config['steps']} | "
                 f"{runs[0]['trainable']:,} | "
                 f"{len(steps)}/{len(runs)} (seeds {', '.join(str(r['seed']) for r in runs)}) | "
@@ -192,7 +193,7 @@ def summary_table(results: dict, rank: int) -> str:
 def header(results: dict, rank: int) -> str:
     machines = {json.dumps(r["machine"], sort_keys=True) for r in results["runs"]}
     commits = sorted({r["commit"] for r in results["runs"]})
-    return (f"`train --init-from BASE --task NEW --lora-rank {rank} --seed S` plus each candidate's "
+    return (f"`train --init-from BASE --task NEW --lora-rank R --seed S` plus each candidate's "
             f"options; BASE: the reference recipe's run on the old task, same seed. Solved: held-out exact "
             f"match >= 0.995 overall and at every length 1..16 (3,200 sequences, 200 a length), judged every "
             f"100 steps; steps to solve: median (range) over the solved runs; best: the kept evaluation; "
