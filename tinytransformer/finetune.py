@@ -59,8 +59,8 @@ def start_from(init_from, rng: np.random.Generator, lora_rank: int | None = None
                lora_targets=("w_q", "w_v")) -> Module:
     """The model of a trained run (its best checkpoint), ready to train on: with LoRA
     adapters on the Linears named ``lora_targets`` (drawn from ``rng``) and the rest frozen, or
-    with ``frozen_parts`` frozen, or (neither) all of it trainable. A run that was itself fine-tuned with LoRA
-    starts from its merged weights.
+    with ``frozen_parts`` frozen, or (neither) all of it trainable. A run that was itself
+    fine-tuned with LoRA starts from its merged weights.
 
     The dropout masks continue from ``rng``, as in a model built from scratch, which draws
     its weights and then its masks from one Generator: the new run's seed decides them.
