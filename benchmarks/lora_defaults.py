@@ -124,7 +124,8 @@ def measure(argv: list[str], config: TrainConfig) -> dict:
 def commit() -> str:
     git = ["git", "-C", str(ROOT)]
     head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(git + ["status", "--porcelain", "--", "tinytransformer", "benchmarks"],
+    dirty = subprocess.run(git + ["status", "--porcelain", "--", "tinytransformer", "benchmarks",
+                                  ":!benchmarks/results"],           # the results this script writes
                            capture_output=True, text=True)
     return head.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
 
@@ -157,9 +158,8 @@ def experiment(args, results: dict) -> None:
                       f"{run['seconds']:.0f} s", flush=True)
 
 
-def summary_table(results: dict, rank: int) -> str:
+def summary_table(results: dict) -> str:
     """One row per configuration and pair, over the seeds measured, named by its candidates."""
-    defaults = identity(TrainConfig(task="reverse", init_from="BASE", lora_rank=rank))
     lines = ["| candidate | pair | rank | targets | alpha | lr (peak, decay to step); budget | trained | "
              "solved | steps to solve | best exact match (mean) | worst length (min) | fresh: exact match "
              "(min) / worst length (min) |",
@@ -167,7 +167,10 @@ def summary_table(results: dict, rank: int) -> str:
     configs = {json.dumps(r["config"], sort_keys=True): r["config"] for r in results["runs"]}
     for config in configs.values():
         names = sorted({r["candidate"] for r in results["runs"] if r["config"] == config} - {"defaults"})
-        name = " = ".join(names) + (f" (the defaults at rank {rank})" if config == defaults else "")
+        defaults = identity(TrainConfig(task="reverse", init_from="BASE", lora_rank=config["lora_rank"]))
+        name = " = ".join(names)
+        if config == defaults:
+            name = f"{name} (the defaults)" if name else "the defaults"
         for pair in PAIRS:
             runs = sorted((r for r in results["runs"] if r["pair"] == pair and r["config"] == config),
                           key=lambda r: r["seed"])
@@ -176,7 +179,7 @@ def summary_table(results: dict, rank: int) -> str:
             steps = sorted(r["best"]["step"] for r in runs if r["solved"])
             steps_text = "-" if not steps else f"{int(np.median(steps))} ({steps[0]}-{steps[-1]})"
             lines.append(
-                f"| {name or 'defaults'} | {pair.replace(':', ' -> ')} | {config['lora_rank']} | "
+                f"| {name} | {pair.replace(':', ' -> ')} | {config['lora_rank']} | "
                 f"{' '.join(config['lora_targets'])} | "
                 f"{config['lora_alpha'] if config['lora_alpha'] is not None else config['lora_rank']:g} | "
                 f"{config['lr']:g}, {config['schedule']} to {config['decay_steps']}; {config['steps']} | "
@@ -190,7 +193,7 @@ def summary_table(results: dict, rank: int) -> str:
     return "\n".join(lines)
 
 
-def header(results: dict, rank: int) -> str:
+def header(results: dict) -> str:
     machines = {json.dumps(r["machine"], sort_keys=True) for r in results["runs"]}
     commits = sorted({r["commit"] for r in results["runs"]})
     return (f"`train --init-from BASE --task NEW --lora-rank R --seed S` plus each candidate's "
@@ -208,7 +211,7 @@ def main(argv=None) -> None:
     if not args.table:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         experiment(args, results)
-    text = header(results, args.rank) + summary_table(results, args.rank) + "\n"
+    text = header(results) + summary_table(results) + "\n"
     args.out.with_suffix(".md").write_text(text)
     print(text)
 

@@ -43,16 +43,20 @@ class TrainConfig:
     name is in ``lora_targets``, by default every attention projection (w_q, w_k, w_v,
     w_o) and every feed-forward Linear (linear1, linear2, and SwiGLU's linear3), each
     adding s * (x @ A) @ B with s = lora_alpha / r, on the same recipe as any run.
-    ``lora_alpha`` is fixed at 16, whatever the rank, as in the LoRA paper: Adam moves
-    every entry of B by about the learning rate per step, so the change s * A @ B,
-    a sum of r such terms, moves by about alpha * lr with alpha fixed, and a larger r adds
-    directions, not step size (with alpha = r, the earlier default, the step grew with r).
-    Measured by benchmarks/lora_defaults.py (its table: benchmarks/results/lora_defaults.md)
-    from the reference recipe's copy and reverse runs, rank 4: with these defaults
-    copy -> reverse and reverse -> sort were solved on each of seeds 0-4 (held-out
-    exact match >= 0.995 overall and at every length), in 600 to 1,200 steps; with adapters on
-    w_q and w_v only, or on the attention only, fewer runs were solved within 1,500 steps
-    (SCREEN_RESULTS), as with the earlier defaults (w_q and w_v, alpha = r: BEFORE_RESULTS).
+    ``lora_alpha`` stays 16 whatever the rank, as in the LoRA paper: Adam moves each entry
+    of B by about the learning rate per step, whatever its gradient's size, so an entry of
+    s * A @ B, a sum of r terms, moves by up to about s * r = alpha times that. With alpha
+    fixed the step does not grow with r and a larger r adds directions; with alpha = r
+    (``lora_alpha=None``) it grows with r.
+    Measured by benchmarks/lora_defaults.py (its table: benchmarks/results/lora_defaults.md),
+    from the reference recipe's copy and reverse runs, at rank 4: these defaults solved
+    copy -> reverse and reverse -> sort on each of seeds 0-4 (held-out exact match
+    >= 0.995 overall and at every length), in 600 to 1,200 steps. On seeds 0-1, within
+    1,500 steps: adapters on w_q and w_v only (alpha = r, or 16) or on the attention only
+    (alpha 16) solved none of the 4 runs; on every Linear, alpha 8 solved 2 and alpha 32
+    all 4 (in 600 to 900 steps). At rank 1 (5,632 adapters, fewer than w_q and w_v get at
+    rank 4), these defaults solved none of those 4 runs in 3,000 steps (best exact match
+    0.86 to 0.993): the targets matter, and so does the rank.
     """
     task: str = "reverse"
     n_symbols: int = 10
