@@ -25,6 +25,7 @@ from .tasks import BOS, EOS, PAD, Vocab, eval_set, make_batch
 from .threads import threads
 from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, load_tokenizer
 from .train import TrainConfig, TrainResult, evaluate, train
+from .train_config import LORA_ALPHA, LORA_TARGETS
 
 __version__ = "0.1.0"
 __all__ = list(_nn_all) + [
@@ -36,4 +37,5 @@ __all__ = list(_nn_all) + [
     "TrainConfig", "TrainResult", "train", "evaluate", "threads", "exercises",
     "CharTokenizer", "ByteTokenizer", "BPETokenizer", "load_tokenizer",
     "load_pretrained", "save_pretrained",
+    "LORA_TARGETS", "LORA_ALPHA",
 ]

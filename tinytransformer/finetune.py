@@ -2,8 +2,8 @@
 
     train --init-from RUN_DIR ...                   every weight trains on the new task
     train --init-from RUN_DIR --freeze encoder      the encoder keeps its trained weights
-    train --init-from RUN_DIR --lora-rank 4         adapters on every attention's w_q and w_v;
-                                                    every trained weight stays as it was
+    train --init-from RUN_DIR --lora-rank 4         adapters on every attention and feed-forward
+                                                    Linear; every trained weight stays as it was
 
 The new run takes the trained run's model (its config and best weights) and the
 task and recipe of its own TrainConfig (``train.py`` checks that the model fits
@@ -56,11 +56,12 @@ def freeze(model: Module, parts) -> Module:
 
 
 def start_from(init_from, rng: np.random.Generator, lora_rank: int | None = None,
-               lora_alpha: float | None = None, frozen_parts=()) -> Module:
+               lora_alpha: float | None = None, frozen_parts=(),
+               lora_targets=("w_q", "w_v")) -> Module:
     """The model of a trained run (its best checkpoint), ready to train on: with LoRA
-    adapters on w_q and w_v (drawn from ``rng``) and the rest frozen, or with ``frozen_parts``
-    frozen, or (neither) all of it trainable. A run that was itself fine-tuned with LoRA
-    starts from its merged weights.
+    adapters on the Linears named ``lora_targets`` (drawn from ``rng``) and the rest frozen, or
+    with ``frozen_parts`` frozen, or (neither) all of it trainable. A run that was itself
+    fine-tuned with LoRA starts from its merged weights.
 
     The dropout masks continue from ``rng``, as in a model built from scratch, which draws
     its weights and then its masks from one Generator: the new run's seed decides them.
@@ -70,7 +71,7 @@ def start_from(init_from, rng: np.random.Generator, lora_rank: int | None = None
         merge_lora(model)
     model.requires_grad_(True)
     if lora_rank is not None:
-        add_lora(model, lora_rank, lora_alpha, rng=rng)
+        add_lora(model, lora_rank, lora_alpha, lora_targets, rng=rng)
     freeze(model, frozen_parts)
     for generator in model_generators(model):
         generator.bit_generator.state = rng.bit_generator.state

@@ -147,7 +147,8 @@ def build_model(config: TrainConfig, model_config: TransformerConfig,
     """A new model drawn from ``rng``, or, with ``init_from``, the trained one to fine-tune."""
     if config.init_from is None:
         return MODEL_KINDS[config.model](model_config, rng=rng)
-    return start_from(config.init_from, rng, config.lora_rank, config.lora_alpha, config.freeze)
+    return start_from(config.init_from, rng, config.lora_rank, config.lora_alpha, config.freeze,
+                      config.lora_targets)
 
 
 def build_optimizer(config: TrainConfig, model: Module) -> optim.Optimizer:

@@ -22,6 +22,7 @@ import numpy as np
 from . import optim
 from .atomic import save_json
 from .checkpoint import BEST, LAST, load_checkpoint, non_finite, save_checkpoint
+from .nn.lora import lora_layers
 from .nn.loss import CrossEntropyLoss
 from .nn.module import Module
 from .nn.transformer import TransformerConfig
@@ -45,11 +46,13 @@ class TrainResult:
     out_dir: Path | None
 
 
-def finetuning_note(config: TrainConfig) -> str:
+def finetuning_note(config: TrainConfig, model: Module) -> str:
     """How a fine-tuning run trains, for the progress header ('' for a run from scratch)."""
     if config.init_from is None:
         return ""
-    how = (f"LoRA rank {config.lora_rank} on w_q and w_v" if config.lora_rank is not None else
+    adapted = {attribute for _, _, attribute, _ in lora_layers(model)}    # the targets the model has
+    how = (f"LoRA rank {config.lora_rank} on {', '.join(t for t in config.lora_targets if t in adapted)}"
+           if config.lora_rank is not None else
            f"{' and '.join(config.freeze)} frozen" if config.freeze else "every weight")
     return f"; fine-tuning {config.init_from}, {how}"
 
@@ -64,8 +67,9 @@ def new_history(config: TrainConfig) -> dict:
 def check_resume(out_dir, config: TrainConfig, model_config: TransformerConfig) -> None:
     """Raise unless the run in ``out_dir`` was started with these configs (only ``steps`` may differ)."""
     saved = read_run_config(out_dir)
-    # a run saved before a model field existed (norm, rope_base) has that field's default
-    had = {"train": saved["train"], "model": TransformerConfig.from_dict(saved["model"]).to_dict()}
+    # a run saved before a field existed (norm, rope_base, lora_targets) has that field's default
+    had = {"train": TrainConfig.from_dict(saved["train"]).to_dict(),
+           "model": TransformerConfig.from_dict(saved["model"]).to_dict()}
     differences = []
     for kind, asked in (("train", config.to_dict()), ("model", model_config.to_dict())):
         for key in sorted(set(had[kind]) | set(asked)):
@@ -144,7 +148,7 @@ class TrainingRun:
         self.progress = Progress(self.stream, config.steps, config.log_every, self.step, self.elapsed)
         self.progress.print(f"{'Resuming' if resumed else 'Training'} the {config.model} model (training "
                             f"{model.num_parameters(trainable_only=True):,} of {model.num_parameters():,} "
-                            f"parameters{finetuning_note(config)}) on {self.task.summary()}, seed "
+                            f"parameters{finetuning_note(self.config, self.model)}) on {self.task.summary()}, seed "
                             f"{config.seed}" + (f", from step {self.step}" if resumed else "")
                             + (f"; run directory {self.out_dir}" if self.out_dir else ""))
 

@@ -13,7 +13,7 @@ from ..nn.transformer import PRESETS, TransformerConfig
 from ..rundir import HISTORY_FILE, RunDirError, read_run_config
 from ..tasks import TASKS
 from ..train import check_resume, checkpoint_model_kind, default_model_config, init_model_config, train
-from ..train_config import MODEL_DEFAULTS, MODEL_KINDS, OPTIMIZERS, TrainConfig
+from ..train_config import LORA_ALPHA, LORA_TARGETS, MODEL_DEFAULTS, MODEL_KINDS, OPTIMIZERS, TrainConfig
 from .common import PROG, UsageError, os_error
 from .runs import write_plots
 
@@ -99,10 +99,15 @@ def add_train(sub) -> None:
                    help="fine-tune: start from this trained run's model (its config and best "
                         "weights); the task and the recipe come from these options")
     p.add_argument("--lora-rank", type=int, dest="train.lora_rank", metavar="R",
-                   help="with --init-from: train LoRA adapters of rank R on every attention's w_q "
-                        "and w_v, everything else frozen; checkpoints hold the adapters only")
+                   help="with --init-from: train LoRA adapters of rank R on the Linears --lora-targets "
+                        "names, everything else frozen; checkpoints hold the adapters only")
+    p.add_argument("--lora-targets", nargs="+", dest="train.lora_targets", metavar="NAME",
+                   help=f"with --lora-rank: the attribute names of the Linears that get adapters "
+                        f"(default: {' '.join(LORA_TARGETS)}: every projection of every attention "
+                        f"and feed-forward; the LoRA paper's were w_q w_v)")
     p.add_argument("--lora-alpha", type=float, dest="train.lora_alpha", metavar="ALPHA",
-                   help="with --lora-rank: the adapters are scaled by ALPHA / R (default: ALPHA = R)")
+                   help=f"with --lora-rank: the adapters are scaled by ALPHA / R; ALPHA fixed, so a "
+                        f"larger R adds directions, not step size (default: {LORA_ALPHA:g})")
     p.add_argument("--freeze", action="append", choices=FREEZE_PARTS, dest="train.freeze",
                    help="with --init-from: keep this part's trained weights (repeatable)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<task>-seed<seed>-<time>)")
