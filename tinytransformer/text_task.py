@@ -47,7 +47,7 @@ from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer
 from .train_config import TEXT_TASK, TrainConfig
 
 __all__ = ["TEXT_DEFAULTS", "FINETUNE_LR", "TextTask", "TextBatch", "text_train_config",
-           "text_model_config", "build_tokenizer", "text_source", "TOKENIZER_DIR"]
+           "text_model_config", "build_tokenizer", "text_source", "validation_text", "TOKENIZER_DIR"]
 
 TOKENIZER_DIR = "tokenizer"            # where a text run keeps its tokenizer, in its run directory
 DEFAULT_CORPUS = "default corpus"      # what the task info says for Python's help topics
@@ -129,6 +129,14 @@ def check_same_text(saved: dict, text: str, path) -> None:
                          f"{now['sha256'][:12]}..., {now['characters']:,} characters; the run's was "
                          f"{str(saved.get('sha256'))[:12]}..., {saved.get('characters')} characters), "
                          f"so its validation split is another one")
+
+
+def validation_text(task: dict) -> str:
+    """The validation split of the text a run's recorded ``task`` names, checked unchanged."""
+    path = None if task["text"] == DEFAULT_CORPUS else task["text"]
+    text = load_text(path)
+    check_same_text(task, text, path)
+    return split_text(text)[1]
 
 
 @dataclass
