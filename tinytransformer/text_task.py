@@ -79,10 +79,13 @@ SAMPLE_SEED = 0
 def text_train_config(**overrides) -> TrainConfig:
     """A TrainConfig of the text task: ``TEXT_DEFAULTS["train"]``, then ``overrides``.
 
-    Unless given: ``decay_steps`` is the step budget, ``min_lr`` a tenth of the peak ``lr``,
-    and fine-tuning (``init_from``) starts from ``FINETUNE_LR`` (LoRA's, or the full one).
+    Unless given: ``decay_steps`` is the step budget, ``warmup`` at most a tenth of it,
+    ``min_lr`` a tenth of the peak ``lr``, and fine-tuning (``init_from``) starts from
+    ``FINETUNE_LR`` (LoRA's, or the full one).
     """
     fields = {**TEXT_DEFAULTS["train"], "task": TEXT_TASK, **overrides}
+    if "warmup" not in overrides:
+        fields["warmup"] = min(fields["warmup"], fields["steps"] // 10)
     if fields.get("init_from") is not None and "lr" not in overrides:
         fields["lr"] = FINETUNE_LR["lora" if fields.get("lora_rank") is not None else "full"]
     fields.setdefault("min_lr", fields["lr"] / 10)

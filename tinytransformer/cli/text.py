@@ -144,11 +144,11 @@ def text_plots(model, tokenizer, info, example: str | None, out_dir, layer: int 
 
 
 def cmd_export(args) -> int:
-    from ..pretrained import save_pretrained              # the pre-trained formats only when asked
     model, tokens, info = open_run(args.run_dir, args.which)
     if info["kind"] == "toy":
         raise UsageError(f"export: {info['path']} is a toy task's model, with no text tokenizer; "
                          f"export writes language models (text runs, fine-tuned ones)")
+    from ..pretrained import save_pretrained              # the pre-trained formats only when asked
     if lora_settings(model) is not None:
         merge_lora(model)
     try:

@@ -1,0 +1,142 @@
+"""The command line on text: train --task text, generate, eval, plot, merge and export, on a text
+run and on small Hugging Face folders written by save_pretrained (GPT-2-like and LLaMA-like)."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from tinytransformer import cli, load_checkpoint
+from tinytransformer.open import open_model
+
+TEXT = "".join(f"the cat sat on mat {i % 7}; the dog ran to log {i % 5}.\n" for i in range(40))
+TINY = ["--d-model", "16", "--n-heads", "2", "--d-ff", "24", "--n-decoder-layers", "2"]
+QUICK = ["--block-size", "16", "--batch-size", "4", "--warmup", "2", "--log-every", "1000"]
+
+
+def train_text(text_file, out, *options):
+    return cli.main(["train", "--task", "text", "--text", str(text_file), *TINY, *QUICK,
+                     "--out", str(out), *options])
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "tiny.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_run(text_file):
+    out = text_file.parent / "run"
+    assert train_text(text_file, out, "--steps", "12", "--eval-every", "5") == 0
+    return out
+
+
+def test_a_text_run_reports_bits_per_character_and_a_sample(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_text(text_file, out, "--steps", "10", "--eval-every", "5") == 0
+    printed = capsys.readouterr().out
+    history = json.loads((out / "history.json").read_text())
+    first = history["eval"][0]
+    assert f"eval at step 5: validation {first['bpc']:.4f} bits per character; " in printed
+    assert f"-> {first['sample']!r}" in printed
+    assert f"Validation {history['best']['bpc']:.4f} bits per character at step" in printed
+    assert (out / "best.npz").is_file() and (out / "tokenizer").is_dir()
+    for name in ("attention_layer0.png", "attention_layer1.png", "training_curves.png"):
+        assert (out / "figures" / name).stat().st_size > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["lr"] == 3e-3 and config["train"]["decay_steps"] == 10
+    assert config["model"]["d_model"] == 16 and config["task"]["tokenizer"] == "CharTokenizer"
+
+
+def test_resume_from_the_command_line_ends_where_an_uninterrupted_run_does(text_file, tmp_path):
+    assert train_text(text_file, tmp_path / "whole", "--steps", "12", "--eval-every", "5") == 0
+    assert train_text(text_file, tmp_path / "split", "--steps", "7", "--decay-steps", "12",
+                      "--eval-every", "5") == 0
+    assert cli.main(["train", "--out", str(tmp_path / "split"), "--resume", "--steps", "12"]) == 0
+    a = load_checkpoint(tmp_path / "whole", which="last")[0].state_dict()
+    b = load_checkpoint(tmp_path / "split", which="last")[0].state_dict()
+    assert all(np.array_equal(a[name], b[name]) for name in a)
+
+
+def test_minutes_end_a_run_before_its_steps(text_file, tmp_path, capsys):
+    assert train_text(text_file, tmp_path / "run", "--steps", "100000", "--minutes", "0.005") == 0
+    printed = capsys.readouterr().out
+    assert "stopped after 0.005 minutes" in printed
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["stopped"] == "minutes"
+
+
+@pytest.mark.parametrize("content, options, message", [
+    (None, [], "no such file"),
+    (b"caf\xe9", [], r"not UTF-8 text \(byte 0xe9 at offset 3"),
+    (b"", [], "the file is empty"),
+    (b"too short a text", [], "fewer than one window"),
+    (TEXT.encode(), ["--tokenizer", "bpe", "--vocab-size", "100"], r"vocab_size: .*>= 256"),
+], ids=["missing", "latin-1", "empty", "too short", "bpe below 256"])
+def test_a_text_it_cannot_train_on_is_one_line_and_exit_2(tmp_path, capsys, content, options, message):
+    path = tmp_path / "text.txt"
+    if content is not None:
+        path.write_bytes(content)
+    assert train_text(path, tmp_path / "run", "--steps", "4", *options) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("tinytransformer: error: train: ")
+    assert re.search(message, err), err
+
+
+def test_generate_continues_a_prompt_past_the_context(text_run, capsys):
+    """Greedy, 40 tokens from a 16-token context: what the CLI prints is the model's argmax on the
+    last 16 tokens at every step, computed here without the cache."""
+    assert cli.main(["generate", str(text_run), "the cat", "--max-new-tokens", "40",
+                     "--temperature", "0"]) == 0
+    out, err = capsys.readouterr()
+    model, tokenizer, _ = open_model(text_run)
+    ids = tokenizer.encode("the cat")
+    for _ in range(40):
+        ids.append(int(model.eval()(np.array([ids[-16:]]))[0, -1].argmax()))
+    assert out == tokenizer.decode(ids) + "\n"
+    assert "40 tokens in" in err and "tokens/s" in err
+
+
+def test_generate_samples_with_a_seed(text_run, capsys):
+    argv = ["generate", str(text_run), "the", "--max-new-tokens", "30", "--top-k", "5", "--top-p", "0.9"]
+    outputs = []
+    for seed in ("0", "0", "1"):
+        assert cli.main([*argv, "--seed", seed]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] != outputs[2]
+    assert cli.main(["generate", str(text_run), "the Zebra"]) == 2
+    assert "'Z'" in capsys.readouterr().err
+
+
+def test_eval_scores_the_runs_validation_split_or_a_file(text_run, tmp_path, capsys):
+    best = load_checkpoint(text_run)[1]["extra"]["eval"]
+    assert cli.main(["eval", str(text_run)]) == 0
+    assert f"{best['bpc']:.4f} bits per character on the validation split" in capsys.readouterr().out
+    other = tmp_path / "other.txt"
+    other.write_text("the dog sat on the cat.\n" * 3, encoding="utf-8")
+    assert cli.main(["eval", str(text_run), "--text", str(other)]) == 0
+    assert f"on {other} (the whole file)" in capsys.readouterr().out
+    assert cli.main(["eval", str(text_run), "--per-length"]) == 2
+    assert "--per-length does not apply" in capsys.readouterr().err
+
+
+def test_plot_draws_one_layer_or_all(text_run, tmp_path, capsys):
+    assert cli.main(["plot", str(text_run), "--example", "the dog", "--layer", "1",
+                     "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attention_layer1.png", "training_curves.png"]
+    assert cli.main(["plot", str(text_run), "--layer", "2", "--out", str(tmp_path)]) == 2
+    assert "--layer expected 0 to 1" in capsys.readouterr().err
+
+
+def test_the_options_of_the_other_kind_of_model_are_refused(tmp_path, capsys):
+    toy = tmp_path / "toy"
+    assert cli.main(["train", "--task", "copy", "--max-len", "3", "--steps", "2", "--eval-every", "2",
+                     "--eval-size", "10", "--d-model", "16", "--n-heads", "2", "--d-ff", "24",
+                     "--n-encoder-layers", "1", "--n-decoder-layers", "1", "--out", str(toy)]) == 0
+    capsys.readouterr()
+    assert cli.main(["generate", str(toy), "1 2", "--top-p", "0.5"]) == 2
+    assert "--top-p does not apply" in capsys.readouterr().err
+    assert cli.main(["export", str(toy), "--out", str(tmp_path / "hf")]) == 2
+    assert "toy task" in capsys.readouterr().err
