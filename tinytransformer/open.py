@@ -5,7 +5,7 @@
 ``path`` is any of
 
 - a toy run directory or checkpoint file: ``tokens`` is the task's ``Vocab`` (sequences of
-  symbols written "3 1 4");
+  symbols written "3 1 4"), None for a checkpoint saved without its task;
 - a text run directory or checkpoint: ``tokens`` is the tokenizer the run saved (strings in
   and out);
 - a Hugging Face folder (config.json and model.safetensors, or its sharded index): the model
@@ -31,13 +31,13 @@ from .vocab import Vocab
 __all__ = ["open_model", "open_config", "is_pretrained_folder", "toy_vocab"]
 
 
-def toy_vocab(task: dict | None, path) -> Vocab:
-    """The vocabulary a toy run's recorded task gives (SEP for the decoder-only format)."""
+def toy_vocab(task: dict | None) -> Vocab | None:
+    """The vocabulary a toy run's recorded task gives (SEP for the decoder-only format); None for
+    a checkpoint saved without its task."""
     try:
         return Vocab(task["n_symbols"], with_sep=task["model"] == "decoder-only")
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{path}: the checkpoint does not say which task it was trained on (saved "
-                         f"without task=), so its tokens cannot be read or written") from None
+        return None
 
 
 def _pretrained_tokenizer(folder: Path):
@@ -65,7 +65,7 @@ def open_model(path, which: str | None = None, dtype=np.float32):
     model, info = load_checkpoint(path, which=which)
     if info["tokenizer"] is not None:
         return model, info["tokenizer"], {**info, "kind": "text"}
-    return model, toy_vocab(info["task"], info["path"]), {**info, "kind": "toy"}
+    return model, toy_vocab(info["task"]), {**info, "kind": "toy"}
 
 
 def open_config(path) -> tuple[str, TransformerConfig, object, dict]:

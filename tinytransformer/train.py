@@ -133,12 +133,13 @@ def init_model_config(config: TrainConfig, model_config: TransformerConfig | Non
     return base
 
 
-def run_model_config(config: TrainConfig, task, model_config: TransformerConfig | None
-                     ) -> TransformerConfig:
+def run_model_config(config: TrainConfig, model_config: TransformerConfig | None,
+                     text_task: TextTask | None = None) -> TransformerConfig:
     """The model config a run trains, checked against its task: ``model_config``, else the
-    task's default; with ``init_from``, the trained model's (which cannot change)."""
+    task's default; with ``init_from``, the trained model's (which cannot change). A text run's
+    depends on its tokenizer: ``text_task``."""
     if config.task == TEXT_TASK:
-        return task.fit_model_config(model_config)
+        return text_task.fit_model_config(model_config)
     if config.init_from is not None:
         model_config = init_model_config(config, model_config)
     model_config = model_config or default_model_config(config)
@@ -217,22 +218,24 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
     A second Ctrl-C aborts at once without saving (KeyboardInterrupt).
     """
     config = config or TrainConfig()
-    task = task_for(config)
-    model_config = run_model_config(config, task, model_config)
+    # a text is read (and its tokenizer built) before anything is written: the model needs its size
+    text_task = TextTask(config) if config.task == TEXT_TASK else None
+    model_config = run_model_config(config, model_config, text_task)
     stream = sys.stdout if stream is None else stream
     out_dir = Path(out_dir) if out_dir is not None else None
     if resume and out_dir is None:
         raise ValueError("resume: needs out_dir, the run directory to continue")
     # Ctrl-C is a stop request from here on, before the run has anything to save
     with StopRequest(stream) as stop, RunDir(out_dir) if out_dir is not None else nullcontext():
-        return _train(config, model_config, task, out_dir, resume, stream, stop)
+        return _train(config, model_config, text_task, out_dir, resume, stream, stop)
 
 
 def _train(config: TrainConfig, model_config: TransformerConfig, task, out_dir: Path | None,
            resume: bool, stream, stop: StopRequest) -> TrainResult:
     """The loop: train a step, evaluate when it is due, until the task is solved, the budget
     (steps or minutes) is spent or Ctrl-C asks to stop; then save and return. ``TrainingRun``
-    holds the helpers."""
+    holds the helpers. ``task``: the one already made, or None to make it now."""
+    task = task_for(config) if task is None else task
     model_rng, data_rng = seeded_generators(config.seed)
     model = build_model(config, model_config, model_rng)
     crit = CrossEntropyLoss(ignore_index=model_config.pad_id, label_smoothing=config.label_smoothing)

@@ -42,9 +42,13 @@ def open_run(path, which=None):
 
 def toy_config(info: dict) -> TrainConfig:
     """The TrainConfig of a toy run's task, as its checkpoint recorded it."""
-    task = info["task"]
-    return TrainConfig(task=task["name"], n_symbols=task["n_symbols"], min_len=task["min_len"],
-                       max_len=task["max_len"], model=task["model"])
+    task = info["task"] or {}
+    try:
+        return TrainConfig(task=task["name"], n_symbols=task["n_symbols"], min_len=task["min_len"],
+                           max_len=task["max_len"], model=task["model"])
+    except (KeyError, TypeError, ValueError):
+        raise UsageError(f"{info['path']}: the checkpoint does not say which task it was trained on "
+                         f"(saved without task=); eval and generate need it") from None
 
 
 def model_output(model, config: TrainConfig, src: np.ndarray) -> np.ndarray:
