@@ -140,3 +140,92 @@ def test_the_options_of_the_other_kind_of_model_are_refused(tmp_path, capsys):
     assert "--top-p does not apply" in capsys.readouterr().err
     assert cli.main(["export", str(toy), "--out", str(tmp_path / "hf")]) == 2
     assert "toy task" in capsys.readouterr().err
+
+
+# ---- Hugging Face folders: GPT-2-like and LLaMA-like, written here by save_pretrained ------
+
+
+HF_LIKE = {
+    "gpt2": dict(positional="learned", activation="gelu_tanh", tie_embeddings=True),
+    "llama": dict(positional="rope", norm="rmsnorm", activation="swiglu", bias=False, n_kv_heads=1),
+}
+
+
+def tiny_pretrained(family):
+    """A tiny model of the family, and a BPE tokenizer with an end of text (its bos and eos)."""
+    from tinytransformer import BPETokenizer, DecoderOnlyTransformer, TransformerConfig
+    learned = BPETokenizer.train(TEXT, 300)
+    tokenizer = BPETokenizer(learned.vocab, learned.merges, {"<|endoftext|>": learned.vocab_size})
+    config = TransformerConfig(vocab_size=tokenizer.vocab_size, d_model=16, n_heads=2, d_ff=32,
+                               n_encoder_layers=0, n_decoder_layers=2, max_len=32, embed_scale=False,
+                               head_bias=False, pad_id=None, bos_id=tokenizer.eot_id,
+                               eos_id=tokenizer.eot_id, **HF_LIKE[family])
+    return DecoderOnlyTransformer(config, np.random.default_rng(3)), tokenizer
+
+
+@pytest.fixture(scope="module", params=sorted(HF_LIKE))
+def hf_folder(request, tmp_path_factory):
+    from tinytransformer.pretrained import save_pretrained
+    folder = tmp_path_factory.mktemp(request.param) / "model"
+    model, tokenizer = tiny_pretrained(request.param)
+    save_pretrained(model, folder, tokenizer=tokenizer)
+    return folder
+
+
+def test_generate_eval_and_plot_open_a_hugging_face_folder(hf_folder, text_file, tmp_path, capsys):
+    assert cli.main(["generate", str(hf_folder), "the cat", "--max-new-tokens", "50",
+                     "--temperature", "1", "--seed", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("the cat") and "tokens/s" in err
+    assert cli.main(["eval", str(hf_folder)]) == 2
+    assert "give the text to score with --text FILE" in capsys.readouterr().err
+    assert cli.main(["eval", str(hf_folder), "--text", str(text_file)]) == 0
+    model, tokenizer, _ = open_model(hf_folder)
+    from tinytransformer import bits_per_char
+    assert f"{bits_per_char(model, tokenizer, TEXT):.4f} bits per character on {text_file}" in \
+        capsys.readouterr().out
+    assert cli.main(["plot", str(hf_folder), "--example", "the dog ran", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attention_layer0.png", "attention_layer1.png"]
+
+
+def test_generate_stops_at_the_end_of_text(tmp_path, capsys):
+    """A GPT-2-like model that always predicts the end of text (its final norm gives one constant
+    vector, which the head reads as eos): generation stops at once, printing the prompt."""
+    from tinytransformer.pretrained import save_pretrained
+    model, tokenizer = tiny_pretrained("gpt2")
+    model.norm.params["weight"][...] = 0.0
+    model.norm.params["bias"][...] = np.eye(16)[0]                       # h = e_0 at every position
+    model.embed.params["weight"][:, 0] = 0.0                             # the tied head: e_0 . row
+    model.embed.params["weight"][model.config.eos_id, 0] = 5.0           # is 5 for eos, 0 for the rest
+    save_pretrained(model, tmp_path / "eos", tokenizer=tokenizer)
+    assert cli.main(["generate", str(tmp_path / "eos"), "the cat", "--max-new-tokens", "50",
+                     "--temperature", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "the cat\n" and "0 tokens in" in err and "end-of-text" in err
+
+
+def test_lora_on_a_hugging_face_folder_then_merge_and_export(hf_folder, text_file, tmp_path, capsys):
+    out = tmp_path / "lora"
+    assert cli.main(["train", "--task", "text", "--init-from", str(hf_folder), "--text", str(text_file),
+                     "--lora-rank", "2", "--steps", "4", "--eval-every", "2", "--block-size", "16",
+                     "--batch-size", "4", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["lr"] == 1e-3 and config["task"]["tokenizer"] == "BPETokenizer"
+    model, info = load_checkpoint(out, which="last")
+    assert info["lora"]["base"]["pretrained"] and info["tokenizer"].eot_id is not None
+    assert cli.main(["generate", str(out), "the cat", "--max-new-tokens", "5"]) == 0
+    assert cli.main(["merge", str(out)]) == 0
+    merged, merged_info = load_checkpoint(out / "merged.npz")
+    ids = np.array([info["tokenizer"].encode("the cat sat")])
+    assert np.allclose(merged.eval()(ids), model.eval()(ids), atol=1e-5)
+    capsys.readouterr()
+    assert cli.main(["export", str(out), "--out", str(tmp_path / "hf")]) == 0
+    exported, tokenizer, _ = open_model(tmp_path / "hf")
+    assert np.allclose(exported.eval()(ids), model(ids), atol=1e-5)
+    assert tokenizer.encode("the cat sat") == ids[0].tolist()
+    transformers = pytest.importorskip("transformers", reason="transformers is an optional reference")
+    torch = pytest.importorskip("torch", reason="torch is an optional reference")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        logits = theirs(torch.tensor(ids)).logits.numpy()
+    assert np.allclose(logits, model(ids), atol=1e-4)
