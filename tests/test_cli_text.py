@@ -229,3 +229,27 @@ def test_lora_on_a_hugging_face_folder_then_merge_and_export(hf_folder, text_fil
     with torch.no_grad():
         logits = theirs(torch.tensor(ids)).logits.numpy()
     assert np.allclose(logits, model(ids), atol=1e-4)
+
+
+def test_full_and_frozen_fine_tuning_of_a_hugging_face_folder(hf_folder, text_file, tmp_path):
+    for name, options in (("full", []), ("frozen", ["--freeze", "embeddings"])):
+        assert cli.main(["train", "--task", "text", "--init-from", str(hf_folder), "--text", str(text_file),
+                         "--steps", "3", "--eval-every", "3", "--block-size", "16", "--batch-size", "4",
+                         "--out", str(tmp_path / name), *options]) == 0
+    base = open_model(hf_folder)[0].state_dict()
+    full = load_checkpoint(tmp_path / "full", which="last")[0].state_dict()
+    frozen = load_checkpoint(tmp_path / "frozen", which="last")[0].state_dict()
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["train"]["lr"] == 1e-4
+    assert not np.array_equal(full["embed.weight"], base["embed.weight"])
+    assert np.array_equal(frozen["embed.weight"], base["embed.weight"])
+    assert not np.array_equal(frozen["layers.0.ff.linear1.weight"], base["layers.0.ff.linear1.weight"])
+
+
+def test_eval_refuses_a_text_that_changed_since_the_run(text_file, tmp_path, capsys):
+    changed = tmp_path / "text.txt"
+    changed.write_text(TEXT, encoding="utf-8")
+    assert train_text(changed, tmp_path / "run", "--steps", "4", "--eval-every", "4") == 0
+    changed.write_text(TEXT.replace("dog", "cat"), encoding="utf-8")
+    capsys.readouterr()
+    assert cli.main(["eval", str(tmp_path / "run")]) == 2
+    assert "has changed since the run read it" in capsys.readouterr().err
