@@ -27,6 +27,10 @@ never shifts the training stream. How the run directory stays consistent
 under kills (the history inside last.npz, best.npz written after it, a lock
 against a second trainer) is ``rundir.py``'s.
 
+A text (``task="text"``, ``text_task.TextTask``) is trained on random windows and judged
+by validation bits per character, with no early stop: the run spends its budget, ``steps``
+or ``minutes`` (wall-clock time over all its sessions), whichever runs out first.
+
 The loop itself (``_train``) is a dozen lines over named steps: ``ToyTask`` says where
 batches come from and how a model is judged (another kind of task gives the same methods),
 and ``TrainingRun`` (``training_run.py``) carries the run's state from step to step and does
@@ -207,9 +211,9 @@ def task_info(config: TrainConfig) -> dict:
 
 def train(config: TrainConfig | None = None, model_config: TransformerConfig | None = None,
           out_dir=None, resume: bool = False, stream=None) -> TrainResult:
-    """Train a model on a toy task; see the module docstring for what happens each step.
+    """Train a model on a toy task or a text; see the module docstring for what happens each step.
 
-    ``model_config`` defaults to ``default_model_config(config)``. ``out_dir``: the run
+    ``model_config`` defaults to ``default_model_config(config)`` (a text's: ``TextTask``'s). ``out_dir``: the run
     directory (config.json, history.json, best.npz, last.npz), locked while training;
     None trains in memory and writes nothing. ``resume=True`` continues the run in
     ``out_dir`` from last.npz (from step 0 if it was stopped before saving one).
