@@ -88,7 +88,7 @@ def text_train_config(**overrides) -> TrainConfig:
         fields["warmup"] = min(fields["warmup"], fields["steps"] // 10)
     if fields.get("init_from") is not None and "lr" not in overrides:
         fields["lr"] = FINETUNE_LR["lora" if fields.get("lora_rank") is not None else "full"]
-    fields.setdefault("min_lr", fields["lr"] / 10)
+    fields.setdefault("min_lr", float(f"{fields['lr'] / 10:.12g}"))    # 3e-4, not 0.00030000000000000003
     fields.setdefault("decay_steps", fields["steps"])
     return TrainConfig(**fields)
 
