@@ -19,7 +19,9 @@ Recorded per run: steps and seconds to solve (None if unsolved), trainable param
 best held-out exact match on NEW, and what the kept model still knows of OLD: its exact match
 on OLD's held-out set, next to the *agreement floor*, the fraction of those sequences whose
 OLD and NEW targets are the same (copy and reverse agree only on palindromes: a model that
-solves NEW cannot score above that on OLD, so "forgetting" is forced by the tasks), and how
+solves NEW cannot score above that on OLD, so "forgetting" is forced by the tasks and that column
+tells no method from another), its teacher-forced loss and token accuracy on OLD at the positions
+where OLD's and NEW's targets agree (what it can keep of OLD without failing NEW), and how
 far its weights moved, ||W - W0|| / ||W0|| over every base weight (a LoRA model merged first).
 
 ``--costs`` measures instead, on a quiet machine, the median time of one training step
@@ -49,7 +51,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))                  # the package of this checkout
 
-from tinytransformer import (Adam, CrossEntropyLoss, Transformer, TransformerConfig,  # noqa: E402
+from tinytransformer import (EOS, Adam, CrossEntropyLoss, Transformer, TransformerConfig,  # noqa: E402
                              PAD, add_lora, merge_lora, threads)
 from machine import commit, cpu_name, stated  # noqa: E402
 from tinytransformer.finetune import freeze  # noqa: E402
@@ -106,6 +108,32 @@ def agreement(old: str, new: str, data) -> float:
     same = [np.array_equal(get_task(old)(src[:n]), get_task(new)(src[:n]))
             for src, n in zip(data.src, lengths)]
     return float(np.mean(same))
+
+
+def agreeing_positions(old_data, new_data) -> np.ndarray:
+    """(B, Tt) bool: the symbol positions (not EOS, not padding) where OLD's and NEW's targets of the
+    same held-out sources are the same token."""
+    if not np.array_equal(old_data.src, new_data.src):
+        raise ValueError("agreeing_positions: old_data and new_data must hold the same sources "
+                         "(held-out sets of two tasks drawn with the same seed and lengths)")
+    labels = old_data.labels
+    return (labels == new_data.labels) & (labels != PAD) & (labels != EOS)
+
+
+def old_where_agreeing(model, old_data, new_data) -> dict:
+    """What the model still knows of OLD where knowing it does not conflict with NEW: its teacher-forced
+    loss (nats per token) and token accuracy on OLD's held-out set, at the positions where OLD's and
+    NEW's targets agree. Unlike exact match on OLD, which a model that solves NEW cannot lift above
+    the agreement floor, these can differ between models that all solve NEW."""
+    where = agreeing_positions(old_data, new_data)
+    model.eval()
+    logits = model(old_data.src, old_data.tgt_in).astype(np.float64)      # (B, Tt, V)
+    logits -= logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = np.take_along_axis(log_probs, old_data.labels[..., None], -1)[..., 0]      # (B, Tt)
+    right = logits.argmax(-1) == old_data.labels
+    return {"loss": float(-picked[where].mean()), "accuracy": float(right[where].mean()),
+            "positions": int(where.sum())}
 
 
 def drift(base, model) -> float:
@@ -170,6 +198,7 @@ def experiment(args) -> dict:
             old, new = pair.split(":")
             old_config = TrainConfig(task=old, **(QUICK_TASK if args.quick else {}))
             old_data = held_out(old_config)
+            new_data = held_out(TrainConfig(task=new, **(QUICK_TASK if args.quick else {})))
             floor = agreement(old, new, old_data)
             for seed in args.seeds:
                 base_dir = Path(tmp) / f"{old}-{seed}"
@@ -182,6 +211,7 @@ def experiment(args) -> dict:
                         fields["init_from"] = str(base_dir)
                     config, result = run(new, seed, args.quick, **fields)
                     solved = result.stopped == "target"
+                    kept = old_where_agreeing(result.model, old_data, new_data)
                     runs.append({
                         "pair": pair, "seed": seed, "method": method, "lr": rates[method],
                         "decay_steps": config.decay_steps, "budget": budget,
@@ -192,6 +222,8 @@ def experiment(args) -> dict:
                         "new_exact_match": result.best["exact_match"],
                         "old_exact_match": evaluate(result.model, old_data)["exact_match"],
                         "agreement_floor": floor,
+                        "old_loss_agreeing": kept["loss"], "old_accuracy_agreeing": kept["accuracy"],
+                        "agreeing_positions": kept["positions"],
                         "weight_drift": None if method == "scratch" else drift(base.model, result.model),
                     })
                     print(json.dumps(runs[-1]), flush=True)
@@ -207,10 +239,13 @@ def machine() -> dict:
 def summary_table(results: dict) -> str:
     """One row per pair and method, over its seeds (steps: median and range over the solved ones)."""
     costs = results.get("step_costs", {})
+    # results from before the measure was recorded have no such column
+    agreeing = any("old_loss_agreeing" in r for r in results["runs"])
     lines = ["| pair | method | peak lr | trained parameters | solved | steps to solve | seconds to solve | "
              "new task (best) | "
-             "step time / full (2 threads / 1) | old task after | agreement floor | weight drift |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "step time / full (2 threads / 1) | old task after | agreement floor | "
+             + ("old loss / accuracy where the tasks agree | " if agreeing else "") + "weight drift |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if agreeing else "") + "---:|"]
     for pair in dict.fromkeys(r["pair"] for r in results["runs"]):
         for method in dict.fromkeys(r["method"] for r in results["runs"]):
             rs = [r for r in results["runs"] if r["pair"] == pair and r["method"] == method]
@@ -230,20 +265,27 @@ def summary_table(results: dict) -> str:
                 f"{len(steps)}/{len(rs)} | {steps_text} | {seconds_text} | "
                 f"{np.mean([r['new_exact_match'] for r in rs]):.3f} | {cost_text} | "
                 f"{np.mean([r['old_exact_match'] for r in rs]):.3f} | {rs[0]['agreement_floor']:.3f} | "
+                + (f"{np.mean([r['old_loss_agreeing'] for r in rs]):.3f} / "
+                   f"{np.mean([r['old_accuracy_agreeing'] for r in rs]):.3f} | " if agreeing else "")
                 + (f"{np.mean(drifts):.3f} |" if drifts else "- |"))
     return "\n".join(lines)
 
 
-def figure(results: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+FIGURE_ROWS = (("steps", "steps to solve (x: not solved\nin the budget, drawn at it)"),
+               ("old_exact_match", "old task exact match after\n(dotted: agreement floor)"),
+               ("old_loss_agreeing", "old task loss where the\ntwo tasks agree (nats/token)"),
+               ("weight_drift", "weight drift from the base\n||W - W0|| / ||W0||"))
+
+
+def draw(results: dict):
+    """The experiment's figure (a matplotlib Figure, no pyplot): one column per pair, one row per
+    measure the results hold, one point per run, the seeds side by side."""
+    from matplotlib.figure import Figure
     pairs = list(dict.fromkeys(r["pair"] for r in results["runs"]))
     methods = list(dict.fromkeys(r["method"] for r in results["runs"]))
-    rows = (("steps", "steps to solve (x: not solved\nin the budget, drawn at it)"),
-            ("old_exact_match", "old task exact match after\n(dotted: agreement floor)"),
-            ("weight_drift", "weight drift from the base\n||W - W0|| / ||W0||"))
-    fig, axes = plt.subplots(len(rows), len(pairs), figsize=(5 * len(pairs), 9), squeeze=False)
+    rows = [(key, label) for key, label in FIGURE_ROWS if any(key in r for r in results["runs"])]
+    fig = Figure(figsize=(5 * len(pairs), 3 * len(rows)))
+    axes = fig.subplots(len(rows), len(pairs), squeeze=False)
     for column, pair in enumerate(pairs):
         runs = [r for r in results["runs"] if r["pair"] == pair]
         for row, (key, label) in enumerate(rows):
@@ -253,7 +295,7 @@ def figure(results: dict, path: Path) -> None:
                     x = i + 0.12 * (j - 1)                     # the seeds side by side
                     if key == "steps" and r["steps"] is None:
                         ax.plot(x, r["budget"], "x", color=f"C{i}")
-                    elif r[key] is not None:                # scratch has no base to drift from
+                    elif r.get(key) is not None:            # scratch has no base to drift from
                         ax.plot(x, r[key], "o", color=f"C{i}")
             if key == "steps":
                 ax.axhline(runs[0]["budget"], color="gray", lw=0.8, ls=":")
@@ -267,9 +309,12 @@ def figure(results: dict, path: Path) -> None:
             ax.set_ylabel(label)
             ax.set_title(f"{pair.replace(':', ' -> ')} (seeds {sorted({r['seed'] for r in runs})})")
     fig.tight_layout()
+    return fig
+
+
+def figure(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    draw(results).savefig(path, dpi=100)
 
 
 def main(argv=None) -> None:
@@ -289,10 +334,15 @@ def main(argv=None) -> None:
         budgets = sorted({r["budget"] for r in results["runs"]})
         seeds = sorted({r["seed"] for r in results["runs"]})
         m = results["machine"]
+        agreeing = (", old loss / accuracy where the tasks agree (teacher-forced, at the positions whose OLD "
+                    "and NEW targets are the same symbol)"
+                    if any("old_loss_agreeing" in r for r in results["runs"]) else "")
         header = (stated(f"{m['processor']}, Python {m['python']}, NumPy {m['numpy']}", m.get("commit"))
                   + f" Seeds {seeds}, step budget {budgets}. Steps: median (range) over the seeds that solved "
                   f"the new task; seconds: median wall time to the kept model over the same runs (it depends "
                   f"on the threads and the machine's load); new task (best): the kept model's held-out exact match; it, old task after "
+                  f"(exact match, held below the agreement floor plus NEW's error rate for any model: it tells "
+                  f"no method from another){agreeing} "
                   f"and weight drift: mean over the seeds; step time: median "
                   f"of a training step of the reference model, relative to full fine-tuning, with the package's "
                   f"default threads and with one"

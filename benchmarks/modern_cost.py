@@ -71,7 +71,11 @@ class Run:
 def table(result: dict) -> str:
     """The Markdown table of one measurement, under the line that states where it ran."""
     machine = f"{result['machine']}, Python {result['python']}, NumPy {result['numpy']}"
-    lines = [f"{stated(machine, result.get('commit'))} Median of {result['rounds']} interleaved steps each.",
+    load = result.get("load_average")     # (before, after): the machine is often shared; older results lack it
+    during = (f" Load average (1 minute) {load[0]:.1f} before, {load[1]:.1f} after." if load
+              else " Load average not recorded.")
+    lines = [f"{stated(machine, result.get('commit'))} Median of {result['rounds']} interleaved steps each."
+             + during,
              "", "| model | parameters | step (ms) | / reference |", "|---|---:|---:|---:|"]
     lines += [f"| {row['model']} | {row['parameters']:,} | {row['median_ms']:.1f} | {row['ratio']:.2f} |"
               for row in result["rows"]]
@@ -94,6 +98,7 @@ def main(argv=None) -> dict:
 
 def measure(args) -> dict:
     """Every variant's training step, the variants taking turns; written to ``args.out``."""
+    load_before = os.getloadavg()[0]
     rng = np.random.default_rng(1)
     batches = [make_batch("reverse", VOCAB, 64, 1, 16, rng) for _ in range(16)]
     runs = {name: Run(options) for name, options in VARIANTS.items()}
@@ -111,7 +116,8 @@ def measure(args) -> dict:
         rows.append({"model": name, "parameters": run.model.num_parameters(), "median_ms": 1e3 * median,
                      "ratio": median / reference, "samples_s": [round(s, 6) for s in samples[name]]})
     result = {"rows": rows, "rounds": args.rounds, "numpy": np.__version__, "python": platform.python_version(),
-              "machine": f"{cpu_name()}, {os.cpu_count()} cores ({platform.machine()})", "commit": commit()}
+              "machine": f"{cpu_name()}, {os.cpu_count()} cores ({platform.machine()})", "commit": commit(),
+              "load_average": [load_before, os.getloadavg()[0]]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     return result

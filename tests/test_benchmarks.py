@@ -119,8 +119,12 @@ def test_the_fine_tuning_experiment_runs_in_quick_mode(tmp_path):
     assert 0.25 < runs[0]["agreement_floor"] < 0.35
     assert runs[0]["weight_drift"] is None                   # scratch has no base
     assert runs[1]["weight_drift"] > 0 and runs[2]["weight_drift"] > 0
+    for r in runs:                                           # what is kept of OLD where it agrees with NEW
+        assert r["old_loss_agreeing"] > 0 and 0 <= r["old_accuracy_agreeing"] <= 1 and r["agreeing_positions"] > 0
+    assert "old loss / accuracy where the tasks agree" in out.with_suffix(".md").read_text()
     assert (tmp_path / "finetune.png").stat().st_size > 0
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--costs", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--costs", "--out", str(out),
+                           "--figure", str(tmp_path / "finetune.png")],     # never the repository's figure
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -155,3 +159,49 @@ def test_the_positions_study_runs_in_quick_mode_and_resumes(tmp_path):
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0 and "seed 0:" not in proc.stdout    # nothing trained again
     assert json.loads(out.read_text())["runs"] == runs
+
+
+def finetune_module():
+    """benchmarks/finetune_experiment.py imported (benchmarks/ on the path for machine.py)."""
+    sys.path[:0] = [str(ROOT / "benchmarks")]
+    try:
+        spec = importlib.util.spec_from_file_location("finetune_experiment_for_tests",
+                                                      ROOT / "benchmarks" / "finetune_experiment.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
+
+
+def test_the_old_task_is_scored_at_the_positions_where_the_two_tasks_agree():
+    """copy and reverse agree at the middle of an odd-length source and where a symbol equals its mirror:
+    those positions and no other (never EOS or padding); a model whose logits are copy's answer scores
+    accuracy 1 there, one whose logits are reverse's answer too, and one that always answers PAD scores 0."""
+    import numpy as np
+    from tinytransformer import EOS, PAD, TrainConfig
+    from tinytransformer.train import held_out
+    fx = finetune_module()
+    old, new = (held_out(TrainConfig(task=t, max_len=5, eval_size=300)) for t in ("copy", "reverse"))
+    where = fx.agreeing_positions(old, new)
+    for src, n, row in zip(old.src, old.src_mask.sum(1), where):
+        mirror = src[:n] == src[:n][::-1]
+        assert row[:n].tolist() == mirror.tolist() and not row[n:].any()
+    assert not where[(old.labels == EOS) | (old.labels == PAD)].any()
+
+    class Answers:                                   # logits that spell out fixed labels
+        def __init__(self, labels, vocab):
+            self.labels, self.vocab = labels, vocab
+
+        def eval(self):
+            return self
+
+        def __call__(self, src, tgt_in):
+            return 20.0 * np.eye(self.vocab)[self.labels]
+    vocab = int(old.labels.max()) + 1
+    for labels in (old.labels, new.labels):
+        assert fx.old_where_agreeing(Answers(labels, vocab), old, new)["accuracy"] == 1.0
+    flat = fx.old_where_agreeing(Answers(np.zeros_like(old.labels), vocab), old, new)
+    assert flat["accuracy"] == 0.0 and flat["positions"] == int(where.sum())
+    with pytest.raises(ValueError, match="same sources"):
+        fx.agreeing_positions(old, held_out(TrainConfig(task="reverse", max_len=6, eval_size=300)))

@@ -200,3 +200,80 @@ def test_the_same_seed_gives_the_same_report():
 def test_an_unknown_exercise_is_a_clear_error():
     with pytest.raises(KeyError, match="no exercise 'lineer'; the exercises are linear, relu"):
         check("lineer", reference("linear"))
+
+
+# ---- the derivations left to the reader by notebooks 07 and 08 ----------------------------------
+
+def test_the_modern_exercises_forwards_are_the_package_layers_math():
+    """swiglu is FeedForward("swiglu") without biases; rope_pairs is RotaryEmbedding with the features
+    interleaved (neighbour pairing is rotate-half under a fixed permutation); alibi_asymmetric with equal
+    slopes is ALiBiBias's symmetric bias."""
+    from tinytransformer.nn import ALiBiBias, FeedForward, RotaryEmbedding
+    from tinytransformer.nn.functional import softmax
+    rng = np.random.default_rng(3)
+    x, W1, W3, W2 = EXERCISES["swiglu"].build(rng)
+    ff = FeedForward(5, 7, "swiglu", rng=rng, bias=False).astype(np.float64)
+    ff.linear1.params["weight"][...], ff.linear3.params["weight"][...] = W1, W3
+    ff.linear2.params["weight"][...] = W2
+    assert np.allclose(EXERCISES["swiglu"].forward(x, W1, W3, W2), ff(x), rtol=1e-12, atol=1e-12)
+
+    x, offset, base = EXERCISES["rope_pairs"].build(rng)
+    d = x.shape[-1]
+    halves = np.concatenate([np.arange(0, d, 2), np.arange(1, d, 2)])     # neighbours -> halves
+    package = RotaryEmbedding(d, 16, base, dtype=np.float64)(x[..., halves], offset)
+    ours = EXERCISES["rope_pairs"].forward(x, offset, base)
+    assert np.allclose(ours[..., halves], package, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(ours, RotaryEmbedding(d, 16, base, dtype=np.float64)(x, offset))
+
+    S = rng.standard_normal((2, 4, 5, 5))
+    slopes = ALiBiBias(4).slopes
+    assert np.allclose(EXERCISES["alibi_asymmetric"].forward(S, slopes, slopes),
+                       softmax(ALiBiBias(4)(S)), rtol=1e-12, atol=1e-12)
+
+
+def rope_backward(x, offset, base, dout, pairs):
+    """A learner's whole answer: the turn by -theta, pairing (2i, 2i+1) or (i, i + d/2)."""
+    d = x.shape[-1]
+    theta = np.arange(offset, offset + x.shape[-2])[:, None] * base ** (-np.arange(0, d, 2) / d)
+    a, b = ((slice(0, None, 2), slice(1, None, 2)) if pairs == "neighbours"
+            else (slice(0, d // 2), slice(d // 2, None)))
+    dx = np.empty_like(dout)
+    dx[..., a] = dout[..., a] * np.cos(theta) + dout[..., b] * np.sin(theta)
+    dx[..., b] = dout[..., b] * np.cos(theta) - dout[..., a] * np.sin(theta)
+    return dx
+
+
+def test_rope_pairs_tells_the_half_pairing_from_the_neighbour_pairing():
+    assert check("rope_pairs", lambda x, o, b, dout: rope_backward(x, o, b, dout, "neighbours")).passed
+    result = check("rope_pairs", lambda x, o, b, dout: rope_backward(x, o, b, dout, "halves"))
+    assert not result.passed and "hint: that is the backward of the rotate-half pairing" in result.report
+    forward_again = check("rope_pairs", lambda x, o, b, dout: EXERCISES["rope_pairs"].forward(dout, o, b))
+    assert "hint: that turns dout by +theta, as the forward does" in forward_again.report
+
+
+def test_a_learner_swiglu_with_sigmoid_for_the_silu_slope_is_told_so():
+    from scipy.special import expit
+
+    def sigmoid_slope(x, W1, W3, W2, dy):
+        a, up = x @ W1, x @ W3
+        h = a * expit(a) * up
+        dh = dy @ W2.T
+        da, dup = dh * up * expit(a), dh * a * expit(a)
+        rows = lambda m: m.reshape(-1, m.shape[-1])       # noqa: E731
+        return da @ W1.T + dup @ W3.T, rows(x).T @ rows(da), rows(x).T @ rows(dup), rows(h).T @ rows(dy)
+    report = check("swiglu", sigmoid_slope).report
+    assert "  dx: WRONG" in report and "  dW1: WRONG" in report and "  dW3: right" in report
+    assert report.count("hint: silu'(a) is not sigmoid(a)") == 2
+
+
+def test_alibi_asymmetric_with_one_slope_for_both_sides_is_told_so():
+    ref = reference("alibi_asymmetric")
+
+    def both_sides(S, m_back, m_ahead, dout):
+        dS, _, _ = ref(S, m_back, m_ahead, dout)
+        distance = np.abs(np.arange(S.shape[-1])[:, None] - np.arange(S.shape[-1]))
+        d_slope = -(dS * distance).sum((0, 2, 3))
+        return dS, d_slope, d_slope
+    report = check("alibi_asymmetric", both_sides).report
+    assert "hint: m_back only multiplies the keys behind the query" in report
+    assert "hint: m_ahead only multiplies the keys ahead of the query" in report

@@ -76,7 +76,7 @@ def test_column_sum_refuses_more_than_two_axes():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("Tk", [1, 5, 17, 40])      # 40: rows past the transposed-copy threshold
-def test_masked_softmax_equals_the_plain_formula(dtype, Tk):
+def test_masked_softmax_in_place_equals_the_plain_formula(dtype, Tk):
     rng = np.random.default_rng(Tk)
     scores = (3 * rng.standard_normal((2, 3, 4, Tk))).astype(dtype)
     mask = rng.random((2, 1, 4, Tk)) < 0.6
@@ -84,17 +84,17 @@ def test_masked_softmax_equals_the_plain_formula(dtype, Tk):
     mask[1, 0, 2] = True                         # a fully open row
     for m in (mask, None, np.tri(4, Tk, dtype=bool)):
         want = F.masked_softmax_reference(scores, m)
-        got = F.masked_softmax(scores.copy(), m)
+        got = F.masked_softmax_(scores.copy(), m)
         assert got.dtype == dtype and not np.isnan(got).any()
         np.testing.assert_allclose(got, want, **close(dtype))
-    got = F.masked_softmax(scores.copy(), mask)
+    got = F.masked_softmax_(scores.copy(), mask)
     np.testing.assert_array_equal(got[0, :, 1], 0.0)       # fully masked: zero weights, not NaN
     np.testing.assert_allclose(got.sum(-1)[mask.any(-1).repeat(3, axis=1)], 1.0, rtol=1e-5)
 
 
-def test_masked_softmax_of_huge_scores_does_not_overflow():
+def test_masked_softmax_in_place_of_huge_scores_does_not_overflow():
     scores = np.array([[1e4, 0.0, -1e4]], dtype=np.float32)
-    np.testing.assert_allclose(F.masked_softmax(scores.copy(), None), [[1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(F.masked_softmax_(scores.copy(), None), [[1.0, 0.0, 0.0]])
 
 
 def test_softmax_backward_is_the_product_with_the_jacobian():

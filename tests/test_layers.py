@@ -348,7 +348,8 @@ def test_float32_cross_entropy_gradient_is_float32(rng):
     assert loss_fn.backward().dtype == np.float32
 
 
-@pytest.mark.parametrize("make_layer", [lambda: Linear(D, F), lambda: LayerNorm(D),
+@pytest.mark.parametrize("make_layer", [lambda: Linear(D, F, rng=np.random.default_rng(0)),
+                                        lambda: LayerNorm(D),
                                         lambda: MultiHeadAttention(D, 2)],
                          ids=["Linear", "LayerNorm", "MultiHeadAttention"])
 def test_float64_input_into_float32_layer_is_a_type_error(make_layer, rng):
@@ -358,7 +359,8 @@ def test_float64_input_into_float32_layer_is_a_type_error(make_layer, rng):
 
 # ---- bad inputs: clear errors --------------------------------------------------------------
 
-@pytest.mark.parametrize("make_layer", [lambda: Linear(D, F), lambda: LayerNorm(D),
+@pytest.mark.parametrize("make_layer", [lambda: Linear(D, F, rng=np.random.default_rng(0)),
+                                        lambda: LayerNorm(D),
                                         lambda: MultiHeadAttention(D, 2)],
                          ids=["Linear", "LayerNorm", "MultiHeadAttention"])
 def test_wrong_last_dimension_is_a_value_error(make_layer, rng):
@@ -369,21 +371,22 @@ def test_wrong_last_dimension_is_a_value_error(make_layer, rng):
 def test_out_of_range_id_names_the_id_the_vocab_size_and_the_position():
     ids = np.array([[1, 2, 3], [4, 17, 5]])
     with pytest.raises(ValueError, match=r"token id 17 out of range for vocab_size 13 \(ids\[1, 1\]\)"):
-        Embedding(13, D)(ids)
+        Embedding(13, D, rng=np.random.default_rng(0))(ids)
 
 
 def test_negative_id_is_out_of_range():
     with pytest.raises(ValueError, match=r"token id -1 out of range for vocab_size 13 \(ids\[0, 2\]\)"):
-        Embedding(13, D)(np.array([[1, 2, -1]]))
+        Embedding(13, D, rng=np.random.default_rng(0))(np.array([[1, 2, -1]]))
 
 
 def test_float_ids_are_a_type_error():
     with pytest.raises(TypeError, match="integer array of token ids, got float64"):
-        Embedding(V, D)(np.array([[1.0, 2.0]]))
+        Embedding(V, D, rng=np.random.default_rng(0))(np.array([[1.0, 2.0]]))
 
 
 @pytest.mark.parametrize("make_layer", [lambda: SinusoidalPositionalEncoding(D, max_len=5),
-                                        lambda: LearnedPositionalEmbedding(5, D)],
+                                        lambda: LearnedPositionalEmbedding(5, D,
+                                                                           rng=np.random.default_rng(0))],
                          ids=["sinusoidal", "learned"])
 @pytest.mark.parametrize("length, offset", [(6, 0), (3, 3)])
 def test_positions_beyond_max_len_are_a_value_error(make_layer, length, offset):
@@ -425,7 +428,8 @@ def test_unknown_feedforward_activation_is_a_value_error():
         FeedForward(D, F, activation="swish")
 
 
-@pytest.mark.parametrize("layer", [ReLU(), GELU(), GELU("tanh"), SiLU(), Softmax(), Dropout(0.2)],
+@pytest.mark.parametrize("layer", [ReLU(), GELU(), GELU("tanh"), SiLU(), Softmax(),
+                                   Dropout(0.2, np.random.default_rng(0))],
                          ids=["ReLU", "GELU", "GELU(tanh)", "SiLU", "Softmax", "Dropout"])
 def test_elementwise_layers_refuse_integer_input(layer):
     # an integer input would be silently truncated (GELU) or divided into inf (Dropout)

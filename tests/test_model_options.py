@@ -22,6 +22,7 @@ from tinytransformer import (DecoderOnlyTransformer, FeedForward, LayerNorm, Lin
 from tinytransformer.gradcheck import directional_gradcheck, padded_ids
 from tinytransformer.nn.attention import causal_mask
 from tinytransformer.nn.rotary import rotary_angles
+from tinytransformer.nn.embedding import sinusoidal_table
 
 DATA = Path(__file__).parent / "data"
 B, T, S = 3, 5, 7                      # batch, target (query) length, source (key) length
@@ -367,6 +368,18 @@ def test_astype_float64_recomputes_the_rope_tables_in_float64():
     for (_, p, _), (_, q, _) in zip(model.named_parameters(), exact.named_parameters()):
         p[...] = q
     np.testing.assert_array_equal(model(ids), exact(ids))
+
+
+def test_astype_float64_recomputes_the_sinusoidal_table_in_float64():
+    """Widening the float32 table would leave it ~3e-8 off the float64 one."""
+    config = TransformerConfig(vocab_size=11, d_model=12, n_heads=2, d_ff=20, max_len=9)
+    model = DecoderOnlyTransformer(config, np.random.default_rng(0)).astype(np.float64)
+    ids = np.random.default_rng(1).integers(3, 11, size=(2, 5))
+    exact = DecoderOnlyTransformer(config, np.random.default_rng(0), dtype=np.float64)
+    for (_, p, _), (_, q, _) in zip(model.named_parameters(), exact.named_parameters()):
+        p[...] = q
+    np.testing.assert_array_equal(model(ids), exact(ids))
+    np.testing.assert_array_equal(model.pos.buffers["pe"], sinusoidal_table(9, 12))
 
 
 def test_a_llama_shaped_model_of_131072_positions_builds_no_table_of_its_positions():

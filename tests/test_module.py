@@ -9,6 +9,7 @@ import pytest
 from tinytransformer.nn import (GELU, CrossEntropyLoss, Dropout, Embedding, FeedForward, LayerNorm,
                                 LearnedPositionalEmbedding, Linear, Module, MultiHeadAttention, ReLU,
                                 ScaledDotProductAttention, SinusoidalPositionalEncoding, Softmax)
+from tinytransformer.nn.module import default_rng
 
 B, T, D, F, V = 2, 3, 4, 6, 7
 
@@ -18,6 +19,7 @@ class Stack(Module):
 
     def __init__(self, rng=None, dtype=np.float32):
         super().__init__()
+        rng = default_rng(rng)          # a composite: one Generator for every child
         self.embed = Embedding(V, D, rng=rng, dtype=dtype)
         self.pos = SinusoidalPositionalEncoding(D, max_len=10, dtype=dtype)
         self.layers = [Linear(D, F, rng=rng, dtype=dtype), Linear(F, D, rng=rng, dtype=dtype)]
@@ -159,10 +161,11 @@ def test_load_state_dict_names_a_misshaped_entry():
 
 
 def _fresh_layers():
-    return [Linear(D, F), Embedding(V, D), SinusoidalPositionalEncoding(D, 8),
-            LearnedPositionalEmbedding(8, D), ReLU(), GELU(), GELU("tanh"), Softmax(), LayerNorm(D),
-            Dropout(0.2), FeedForward(D, F), CrossEntropyLoss(), ScaledDotProductAttention(),
-            MultiHeadAttention(D, 2), Stack()]
+    rng = np.random.default_rng(0)
+    return [Linear(D, F, rng=rng), Embedding(V, D, rng=rng), SinusoidalPositionalEncoding(D, 8),
+            LearnedPositionalEmbedding(8, D, rng=rng), ReLU(), GELU(), GELU("tanh"), Softmax(),
+            LayerNorm(D), Dropout(0.2, rng=rng), FeedForward(D, F, rng=rng), CrossEntropyLoss(),
+            ScaledDotProductAttention(), MultiHeadAttention(D, 2, rng=rng), Stack(rng=rng)]
 
 
 @pytest.mark.parametrize("layer", _fresh_layers(), ids=lambda m: type(m).__name__)
@@ -187,7 +190,7 @@ def test_astype_casts_params_grads_and_buffers_in_place_and_returns_self():
 
 
 def test_astype_drops_stale_caches():
-    model = Linear(D, F)
+    model = Linear(D, F, rng=np.random.default_rng(0))
     model(np.ones((B, D), np.float32))
     model.astype(np.float64)
     with pytest.raises(RuntimeError, match="before forward"):
@@ -280,7 +283,7 @@ def test_summary_shows_names_shapes_and_total():
 def test_load_state_dict_of_another_model_lists_a_few_names_and_a_count():
     from tinytransformer.nn import Linear
     with pytest.raises(KeyError, match=r"missing embed\.weight, layers\.0\.bias, layers\.0\.weight, layers\.1\.bias and 3 more; unexpected bias, weight"):
-        Stack().load_state_dict(Linear(D, V).state_dict())
+        Stack().load_state_dict(Linear(D, V, rng=np.random.default_rng(0)).state_dict())
 
 
 def test_add_grad_accumulates_and_skips_a_frozen_parameter_without_computing_it():

@@ -1,8 +1,9 @@
-"""The exercises of notebook 08: its own check functions, run here as a learner runs them.
+"""The exercises of notebook 08 that are not the package's: the reversal gap of an asymmetric ALiBi.
 
-The exercise cells are executed from the committed notebook (the stubs, then the checks), so what
-is tested is what a learner runs: right solutions get "correct", the committed stubs and classic
-mistakes get "not yet", and no check raises.
+Its check is read from the committed notebook (the cell that defines it), so what is tested is what a
+learner runs: a right answer gets "correct", the committed stub and the typical mistakes get "not yet"
+with their hint, and the check never raises. (The graded exercises of notebooks 08 and 08b, rope_pairs,
+alibi_asymmetric and swiglu, are tested with the others in tests/test_exercises.py.)
 """
 
 from __future__ import annotations
@@ -15,59 +16,46 @@ import numpy as np
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def rope_solution(x, offset, base):
-    P = x.shape[-1] // 2
-    theta = np.arange(offset, offset + x.shape[-2])[:, None] * base ** (-np.arange(P) / P)   # (T, P)
-    x_a, x_b = x[..., :P], x[..., P:]
-    return np.concatenate([x_a * np.cos(theta) - x_b * np.sin(theta),
-                           x_b * np.cos(theta) + x_a * np.sin(theta)], axis=-1)
+def notebook_cells(name: str) -> list[str]:
+    return [cell.source for cell in nbformat.read(NOTEBOOK_DIR / name, as_version=4).cells
+            if cell.cell_type == "code"]
 
 
-def rope_interleaved(x, offset, base):
-    """The RoFormer pairing (2i, 2i+1): right by itself, not the package's rotate-half."""
-    P = x.shape[-1] // 2
-    theta = np.arange(offset, offset + x.shape[-2])[:, None] * base ** (-np.arange(P) / P)
-    out = np.empty_like(x)
-    out[..., 0::2] = x[..., 0::2] * np.cos(theta) - x[..., 1::2] * np.sin(theta)
-    out[..., 1::2] = x[..., 1::2] * np.cos(theta) + x[..., 0::2] * np.sin(theta)
-    return out
-
-
-def rmsnorm_backward_solution(x, gamma, dy, eps):
-    rstd = 1.0 / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
-    xhat, g = x * rstd, dy * gamma
-    dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdims=True))
-    return dx, (dy * xhat).reshape(-1, x.shape[-1]).sum(0)
-
-
-def rmsnorm_backward_as_layernorm(x, gamma, dy, eps):
-    """LayerNorm's dx (with its mean(g) term) on RMSNorm's xhat: wrong."""
-    dx, dgamma = rmsnorm_backward_solution(x, gamma, dy, eps)
-    rstd = 1.0 / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
-    return dx - rstd * (dy * gamma).mean(-1, keepdims=True), dgamma
-
-
-def notebook_08_checks() -> dict:
-    """The exercise cells of notebook 08 run as a learner runs them (stubs, then checks)."""
-    nb = nbformat.read(NOTEBOOK_DIR / "08_positions.ipynb", as_version=4)
-    start = [i for i, cell in enumerate(nb.cells)
-             if cell.cell_type == "markdown" and "## Exercises" in cell.source.splitlines()][0]
+def reversal_gap_check() -> dict:
+    """The committed stub of reversal_gap and its check, defined as the notebook defines them."""
     namespace = {"np": np}
-    for cell in nb.cells[start:]:
-        if cell.cell_type == "code":
-            exec(cell.source, namespace)
+    for source in notebook_cells("08_positions.ipynb"):
+        if source.lstrip().startswith(("def reversal_gap(", "def check_reversal_gap(")):
+            exec("\n".join(line for line in source.splitlines() if not line.startswith("print(")), namespace)
     return namespace
 
 
-def test_notebook_08_checks_pass_correct_solutions_and_fail_wrong_ones(capsys):
-    ns = notebook_08_checks()
-    assert capsys.readouterr().out.count("not yet") == 2          # the committed stubs
-    assert ns["check_rope"](rope_solution).startswith("rope: correct")
-    assert ns["check_rmsnorm_backward"](rmsnorm_backward_solution).startswith("rmsnorm_backward: correct")
-    for checker, wrong in (("check_rope", rope_interleaved), ("check_rope", lambda x, o, b: x),
-                           ("check_rope", lambda x, o, b: rope_solution(x, 0, b)),
-                           ("check_rmsnorm_backward", rmsnorm_backward_as_layernorm),
-                           ("check_rmsnorm_backward", lambda x, g, dy, e: (dy, g)),
-                           ("check_rope", lambda x, o, b: 1 / 0)):
-        report = ns[checker](wrong)
-        assert ": not yet: " in report, report
+def gap(m_back, m_ahead, T):
+    """bias(T-1-i, T-1-j) - bias(i, j) = (m_back - m_ahead) (i - j): a key behind before is ahead after."""
+    offset = np.arange(T)[:, None] - np.arange(T)
+    return (m_back - m_ahead)[:, None, None] * offset
+
+
+def test_the_reversal_gap_check_passes_the_formula_and_fails_the_classic_mistakes():
+    ns = reversal_gap_check()
+    check = ns["check_reversal_gap"]
+    assert check(gap).startswith("reversal_gap: correct")
+    assert check(ns["reversal_gap"]) == "reversal_gap: not yet: it returned None (fill it in)"
+    for wrong, says in ((lambda mb, ma, T: -gap(mb, ma, T), "the sign is flipped"),
+                        (lambda mb, ma, T: np.abs(gap(mb, ma, T)), "changes sign with the side"),
+                        (lambda mb, ma, T: np.zeros((3, T, T)), "all zeros is the answer for equal slopes"),
+                        (lambda mb, ma, T: gap(mb, ma, T) + 1.0, "write both biases"),
+                        (lambda mb, ma, T: gap(mb, ma, T)[0], "expected (3, 5, 5)"),
+                        (lambda mb, ma, T: 1 / 0, "it raised ZeroDivisionError")):
+        report = check(wrong)
+        assert report.startswith("reversal_gap: not yet: ") and says in report, report
+
+
+def test_the_split_puts_positions_and_the_modern_block_in_their_own_notebooks():
+    positions = "\n".join(notebook_cells("08_positions.ipynb"))
+    block = "\n".join(notebook_cells("08b_modern_block.ipynb"))
+    assert "RotaryEmbedding" in positions and "ALiBiBias" in positions and "positions_study" in positions
+    assert "RMSNorm" not in positions and "swiglu" not in positions
+    assert "RMSNorm" in block and 'FeedForward(5, 7, "swiglu"' in block
+    # the exercise asks for SwiGLU's backward: the notebook must not print the package's
+    assert "FeedForward.backward" not in block

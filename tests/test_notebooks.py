@@ -10,13 +10,13 @@ if the caller had one set), and each notebook imports NumPy before tinytransform
 package holds BLAS to the threads it wants where it computes (tinytransformer/threads.py),
 so the notebooks run as fast as the tests of the package do.
 
-Notebooks 01-03 end with graded exercises (tinytransformer.exercises): the tests below read the
-committed notebooks and hold that each still ends with them, that every committed function is the
-package's unsolved stub (its check, and the output saved under it, say "not yet"), and that the
-reference solution of the same exercise passes. Notebooks 04-08 end with exercises of their own
-(checked against the package's training, decoding, sampling, LoRA and position code): each is
-committed unsolved, every check's saved output says "not yet" (tests/test_notebook_07.py and
-tests/test_notebook_08.py run those notebooks' checks on reference solutions and on classic mistakes).
+Notebooks 01-03, 07, 08 and 08b end with graded exercises (tinytransformer.exercises): the tests below
+read the committed notebooks and hold that each still ends with them, that every committed function is
+the package's unsolved stub (its check, and the output saved under it, say "not yet"), and that the
+reference solution of the same exercise passes. Notebooks 04-08b end with exercises (some of them
+checked by the notebook itself, against the package's training, decoding, sampling, LoRA and position
+code): each is committed unsolved, every check's saved output says "not yet" (tests/test_notebook_07.py
+and tests/test_notebook_08.py run the notebooks' own checks on right answers and on classic mistakes).
 """
 
 from __future__ import annotations
@@ -81,12 +81,15 @@ def test_notebook_is_committed_executed(path):
         assert images, f"{path.name}: draws figures but none is embedded as a PNG output"
 
 
-# ---- the exercises at the end of notebooks 01-03 ------------------------------------------------
+# ---- the graded exercises (notebooks 01-03, 07, 08, 08b) ----------------------------------------
 
 NOTEBOOK_EXERCISES = {             # in the order the notebook sets them
     "01_layers_and_gradients.ipynb": ("linear", "gelu", "softmax", "layernorm", "cross_entropy"),
     "02_attention.ipynb": ("attention_scores", "attention", "split_heads", "merge_heads"),
     "03_transformer.ipynb": ("embedding", "residual"),
+    "07_fine_tuning.ipynb": ("lora_dropout",),
+    "08_positions.ipynb": ("rope_pairs", "alibi_asymmetric"),
+    "08b_modern_block.ipynb": ("swiglu",),
 }
 CHECK_CALL = re.compile(r'\bcheck\(\s*"(\w+)"\s*,\s*(\w+)\s*\)')
 
@@ -154,14 +157,15 @@ def test_committed_exercise_is_unsolved_and_its_reference_passes(name, exercise)
     assert solved.passed, f"\n{solved}"
 
 
-# ---- the exercises at the end of notebooks 04-08 ------------------------------------------------
+# ---- the exercises at the end of notebooks 04-08b ------------------------------------------------
 
 NOTEBOOK_OWN_EXERCISES = {         # how many checks each notebook's exercises end with
     "04_train_reverse.ipynb": 2,
     "05_decoding.ipynb": 2,
     "06_decoder_only.ipynb": 2,
     "07_fine_tuning.ipynb": 2,
-    "08_positions.ipynb": 2,
+    "08_positions.ipynb": 3,
+    "08b_modern_block.ipynb": 1,
 }
 
 

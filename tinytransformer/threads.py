@@ -6,13 +6,14 @@ and, on a busy one, makes every small product wait for a free core: a reference
 training step measured 37 ms with one BLAS thread and 290 ms with two on a loaded
 2-core machine. So wherever the package computes (a model's forward, backward and
 decoding steps, ``gradcheck``, the training loop, evaluation) it holds BLAS to one
-thread with threadpoolctl, and gives the count it found back on leaving. Nothing
-process-wide changes: no environment variable, nothing left set after the call,
-and it works whether NumPy was imported first (as in a notebook) or not.
+thread with threadpoolctl, and gives the count it found back when the last call
+leaves. Nothing process-wide changes: no environment variable, nothing left set
+after the call, and it works whether NumPy was imported first (as in a notebook) or not.
 
-The second core, if there is one, goes to the parameter-gradient worker
-(``nn/overlap.py``): with ``n >= 2`` threads, a model's backward computes its
-weight gradients on it. The results are bit-identical either way.
+What ``n`` controls today: BLAS runs on ONE thread whatever ``n`` is, and ``n >= 2``
+lets a model's backward compute its weight gradients on a second thread (the
+gradient worker, ``nn/overlap.py``); ``threads(8)`` computes exactly as ``threads(2)``.
+The results are bit-identical either way.
 
 Your own loop needs nothing: the model's methods hold the threads themselves.
 To choose the number, or to hold it around code of your own:
@@ -22,9 +23,15 @@ To choose the number, or to hold it around code of your own:
             ...
 
 A block inside another keeps the outer block's choice unless it names a number.
-Entering the hold costs ~10 us (threadpoolctl's ``threadpool_limits()`` rescans the
-loaded libraries at every call, ~0.9 ms measured; a ``ThreadpoolController`` made
-once does not).
+BLAS's thread count belongs to the process, not to a Python thread: while any
+thread is inside a block BLAS is held to one thread, and the count found when the
+first block opened is put back when the last one closes (two Python threads that
+each saved and restored it themselves could leave it at one). One exception we cannot
+mend from here: OpenBLAS 0.3.30 (NumPy 2.4's) ignores a count set on another thread
+once the main thread has set one, so when the main thread opened the first block and
+another thread closes the last, BLAS stays at one thread (measured). Entering the hold
+costs ~10 us (threadpoolctl's ``threadpool_limits()`` rescans the loaded libraries at
+every call, ~0.9 ms measured; a ``ThreadpoolController`` made once does not).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -44,6 +52,9 @@ DEFAULT = min(2, CORES)          # one BLAS thread, and the gradient worker if t
 
 _local = threading.local()       # .n: the thread count of the block open on this thread, else None
 _controller: ThreadpoolController | None = None
+_hold_lock = threading.Lock()    # guards the two below, shared by every Python thread
+_holders = 0                     # outermost blocks open now, over all Python threads
+_held = None                     # the BLAS limit the first of them set, and the counts it found
 
 
 def _blas() -> ThreadpoolController:
@@ -55,12 +66,48 @@ def _blas() -> ThreadpoolController:
 
 
 @contextmanager
+def _blas_on_one_thread() -> Iterator[None]:
+    """BLAS on one thread inside the block, for the whole process; the first block to open
+    saves the count, the last to close restores it."""
+    global _holders, _held
+    with _hold_lock:
+        if _holders == 0:
+            found = _blas_counts()
+            _held = _blas().limit(limits=1, user_api="blas"), found
+        _holders += 1
+    try:
+        yield
+    finally:
+        with _hold_lock:
+            _holders -= 1
+            if _holders == 0:
+                _restore(*_held)
+                _held = None
+
+
+def _blas_counts() -> list[int]:
+    return [lib.num_threads for lib in _blas().lib_controllers if lib.user_api == "blas"]
+
+
+def _restore(held, found: list[int]) -> None:
+    """Put back the counts ``found`` before ``held`` limited them, asking again until BLAS
+    reports them (for at most 50 ms). OpenBLAS 0.3.30 (NumPy 2.4's) ignored a count set
+    from another thread than the one that had set the last for a few milliseconds after,
+    then took it (measured); on one thread the first ask is enough."""
+    deadline = time.perf_counter() + 0.05
+    held.restore_original_limits()
+    while _blas_counts() != found and time.perf_counter() < deadline:
+        time.sleep(0.001)
+        held.restore_original_limits()
+
+
+@contextmanager
 def threads(n: int | None = None) -> Iterator[None]:
     """Compute with ``n`` threads inside the block (default: 2, or 1 on a single core).
 
-    BLAS runs on one thread; with ``n >= 2`` the parameter gradients of a model's
-    backward go to a second one (``nn/overlap.py``). Leaving the block restores
-    BLAS's own thread count.
+    BLAS runs on one thread whatever ``n``; with ``n >= 2`` the parameter gradients of a
+    model's backward go to a second one (``nn/overlap.py``). When the last block open in
+    the process closes, BLAS gets back the thread count it had.
     """
     outer = getattr(_local, "n", None)
     if n is None and outer is not None:
@@ -71,7 +118,7 @@ def threads(n: int | None = None) -> Iterator[None]:
     _local.n = DEFAULT if n is None else n
     try:
         if outer is None:
-            with _blas().limit(limits=1, user_api="blas"):
+            with _blas_on_one_thread():
                 yield
         else:
             yield

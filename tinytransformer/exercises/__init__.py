@@ -19,11 +19,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .adapters import ADAPTER_EXERCISES
 from .blocks import BLOCK_EXERCISES
 from .grading import CheckResult, Exercise, Mistake, grade
 from .layers import LAYER_EXERCISES
+from .modern import MODERN_EXERCISES
 
-EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in LAYER_EXERCISES + BLOCK_EXERCISES}
+EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in LAYER_EXERCISES + BLOCK_EXERCISES
+                                 + ADAPTER_EXERCISES + MODERN_EXERCISES}
 
 
 def _exercise(name: str) -> Exercise:

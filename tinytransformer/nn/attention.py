@@ -20,7 +20,7 @@ import numpy as np
 
 from .alibi import ALiBiBias
 from .dropout import Dropout
-from .functional import masked_softmax, softmax_backward
+from .functional import masked_softmax_, softmax_backward
 from .kv_cache import AttentionCache
 from .linear import Linear
 from .masks import causal_mask, causal_padding_mask, check_mask, padding_mask  # noqa: F401 (re-exported)
@@ -81,7 +81,7 @@ class ScaledDotProductAttention(Module):
             scores = self.alibi(scores)                               # + (-m_h |i - j|)
         if mask is not None:
             check_mask(mask, scores.shape)
-        attn = masked_softmax(scores, mask)                           # (B, H, Tq, Tk)
+        attn = masked_softmax_(scores, mask)                          # (B, H, Tq, Tk), over scores
         dropped = self.dropout(attn)
         self._attn = attn
         self.cache = SDPACache(q, k, v, attn, dropped)

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .module import Module, check_float_input, default_rng
+from .module import Module, check_float_input, require_rng
 
 
 class DropoutCache(NamedTuple):
@@ -21,7 +21,8 @@ class Dropout(Module):
     from ``rng`` at every forward; backward applies that same mask:
         dx = dy * m / (1 - p)
     Use one Dropout per place in the network: a shared one would hand the
-    second call's mask to the first call's backward.
+    second call's mask to the first call's backward. With p > 0 it needs ``rng``
+    (a composite hands it its own): two Dropouts must not draw the same masks.
     """
 
     def __init__(self, p: float = 0.0, rng: np.random.Generator | None = None):
@@ -29,7 +30,8 @@ class Dropout(Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout p: expected a probability in [0, 1), got {p}")
         self.p = p
-        self.rng = default_rng(rng)
+        # masks are drawn only when p > 0: Dropout(0.0) may go without a Generator
+        self.rng = require_rng(rng, f"Dropout(p={p})") if p > 0 or rng is not None else None
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

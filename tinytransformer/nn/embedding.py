@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .functional import scatter_add_rows
-from .module import Module, check_float_input, default_rng
+from .module import Module, check_float_input, require_rng
 
 
 class EmbeddingCache(NamedTuple):
@@ -48,7 +48,7 @@ class Embedding(Module):
     def __init__(self, num_embeddings: int, d_model: int,
                  rng: np.random.Generator | None = None, dtype=np.float32):
         super().__init__()
-        rng = default_rng(rng)
+        rng = require_rng(rng, "Embedding")
         self.num_embeddings, self.d_model = num_embeddings, d_model
         self.add_param("weight", (rng.standard_normal((num_embeddings, d_model))
                                   / np.sqrt(d_model)).astype(dtype))
@@ -95,18 +95,24 @@ class SinusoidalPositionalEncoding(Module):
 
     No parameters. ``offset`` is the position of the first row of x (non-zero
     when decoding one token at a time). Backward: the table is a constant, so dx = dy.
+    The table is computed in float64 and rounded once to the module's dtype; after
+    ``astype`` changed that dtype it is computed again, not widened from the old values.
     """
 
     def __init__(self, d_model: int, max_len: int, dtype=np.float32):
         super().__init__()
         self.d_model, self.max_len = d_model, max_len
         self.buffers["pe"] = sinusoidal_table(max_len, d_model).astype(dtype)
+        self._computed_in = np.dtype(dtype)       # the dtype the table was computed in
 
     def extra_repr(self) -> str:
         return f"{self.d_model}, max_len={self.max_len}"
 
     def forward(self, x: np.ndarray, offset: int = 0) -> np.ndarray:   # x: (B, T, D)
         pe = self.buffers["pe"]
+        if pe.dtype != self._computed_in:                               # cast by astype
+            pe = self.buffers["pe"] = sinusoidal_table(self.max_len, self.d_model).astype(pe.dtype)
+            self._computed_in = pe.dtype
         check_positions("positional encoding input x", x, offset, self.max_len, self.d_model, pe.dtype)
         self.cache = PositionsCache(offset)
         return x + pe[offset: offset + x.shape[-2]]
@@ -131,7 +137,7 @@ class LearnedPositionalEmbedding(Module):
     def __init__(self, max_len: int, d_model: int,
                  rng: np.random.Generator | None = None, dtype=np.float32):
         super().__init__()
-        rng = default_rng(rng)
+        rng = require_rng(rng, "LearnedPositionalEmbedding")
         self.max_len, self.d_model = max_len, d_model
         self.add_param("weight", (rng.standard_normal((max_len, d_model)) / np.sqrt(2.0)).astype(dtype))
 

@@ -1,6 +1,6 @@
 """The few routines where speed needed more than the plain formula, each beside its plain reference.
 
-A layer calls ``row_mean(x)`` or ``masked_softmax(scores, mask)`` and reads as the
+A layer calls ``row_mean(x)`` or ``masked_softmax_(scores, mask)`` and reads as the
 math; whatever makes the routine fast is here, and only here. Each routine
 computes what its ``*_reference`` twin computes (tests/test_functional.py holds
 the two together on random inputs, fully masked rows and rows of length 1), and
@@ -13,7 +13,7 @@ are the fastest of 7 x 200 calls on a 2-core AMD EPYC):
     row_mean           4 per LayerNorm           5 us      27 us     (N = 1088, D = 64)
     row_sum            6 softmax, 6 its backward 15 us     71 us     (64, 4, 17, 17)
     column_sum         57 (Linear, LayerNorm)    4 us      26 us     (N = 1088, D = 64)
-    masked_softmax     6                         141 us    332 us    (64, 4, 17, 17)
+    masked_softmax_    6                         141 us    332 us    (64, 4, 17, 17)
     scatter_add_rows   2                         32 us     504 us    (N = 1088, V = 13)
 
 NumPy's reductions over a short last axis loop once per row; a matrix product
@@ -93,11 +93,13 @@ def softmax_backward(s: np.ndarray, ds: np.ndarray, axis: int = -1) -> np.ndarra
     return s * (ds - row_sum(ds * s, axis))
 
 
-def masked_softmax(scores: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+def masked_softmax_(scores: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """softmax(where(mask, scores, -inf)) over the last axis; a row with no allowed entry is all 0.
 
     ``mask`` is boolean, True = allowed, broadcastable to ``scores``; None allows all.
-    Overwrites ``scores`` (the caller's fresh array) instead of allocating new ones.
+    In place, as the trailing underscore says: the weights are written over ``scores`` (the
+    caller's fresh array) and returned, instead of allocating new arrays. The only routine
+    here that changes an argument; its reference leaves ``scores`` as it was.
     """
     if mask is not None:           # -inf as an added bias: faster than np.where with a broadcast mask
         scores += np.where(mask, scores.dtype.type(0), scores.dtype.type(-np.inf))

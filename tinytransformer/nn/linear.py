@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .functional import column_sum, matmul_2d
-from .module import Module, check_float_input, check_upstream, default_rng
+from .module import Module, check_float_input, check_upstream, require_rng
 
 
 class LinearCache(NamedTuple):
@@ -37,7 +37,7 @@ class Linear(Module):
                  rng: np.random.Generator | None = None, dtype=np.float32):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.add_param("weight", xavier_uniform(default_rng(rng), in_features, out_features, dtype))
+        self.add_param("weight", xavier_uniform(require_rng(rng, "Linear"), in_features, out_features, dtype))
         if bias:
             self.add_param("bias", np.zeros(out_features, dtype=dtype))
 

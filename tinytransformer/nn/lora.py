@@ -18,7 +18,7 @@ import numpy as np
 
 from .functional import column_sum, matmul_2d
 from .linear import Linear, xavier_uniform
-from .module import Module, check_float_input, check_upstream, default_rng
+from .module import Module, check_float_input, check_upstream, default_rng, require_rng
 
 ADAPTERS = ("lora_a", "lora_b")       # the parameter names LoRALinear adds to the base's
 
@@ -62,7 +62,8 @@ class LoRALinear(Module):
             self.params[name], self.grads[name] = base.params[name], base.grads[name]
         self.frozen = set(base.params)
         dtype = base.params["weight"].dtype
-        self.add_param("lora_a", xavier_uniform(default_rng(rng), self.in_features, self.rank, dtype))
+        rng = require_rng(rng, "LoRALinear")
+        self.add_param("lora_a", xavier_uniform(rng, self.in_features, self.rank, dtype))
         self.add_param("lora_b", np.zeros((self.rank, self.out_features), dtype=dtype))
 
     def extra_repr(self) -> str:

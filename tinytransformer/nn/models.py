@@ -3,8 +3,10 @@
 Legend: B batch, S source length, T target length, D d_model, V vocabulary size.
 
 Masks come from ``config.pad_id`` (a key is masked where its id is padding; none
-is when the vocabulary has no padding, ``pad_id`` None) unless given. Each model's
-public methods hold NumPy's BLAS threads themselves (``threads.py``), so a
+is when the vocabulary has no padding, ``pad_id`` None) unless given. A model's
+``backward`` differentiates its last forward, once: it uses up what that forward kept,
+and a second backward without a new forward raises. Each model's public methods hold
+NumPy's BLAS threads themselves (``threads.py``), so a
 learner's own loop runs as fast as ``train()``.
 """
 
@@ -24,7 +26,7 @@ from .kv_cache import KVCache
 from .layers import EncoderLayer
 from .linear import Linear
 from .masks import causal_mask, key_mask
-from .module import InvalidatedByInference, Module, check_upstream, default_rng
+from .module import InvalidatedByInference, Module, UsedByBackward, check_upstream, default_rng
 from .normalization import make_norm
 from .overlap import overlap_param_grads
 from .stacks import Decoder, Encoder
@@ -139,6 +141,7 @@ class Transformer(Module):
     @holds_threads
     def backward(self, dlogits: np.ndarray) -> None:
         check_upstream("dlogits", dlogits, self._saved().logits_shape)
+        self.cache = UsedByBackward()        # one backward per forward: a second would add it all again
         # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
         with overlap_param_grads():
             dy, dmemory = self.decoder.backward(self.out_proj.backward(dlogits))
@@ -214,6 +217,7 @@ class DecoderOnlyTransformer(Module):
     @holds_threads
     def backward(self, dlogits: np.ndarray) -> None:
         check_upstream("dlogits", dlogits, self._saved().logits_shape)
+        self.cache = UsedByBackward()        # one backward per forward: a second would add it all again
         # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
         with overlap_param_grads():
             dx = self.out_proj.backward(dlogits)

@@ -16,27 +16,59 @@ Every layer in tinytransformer is a Module. A Module
   gradients in ``self.grads`` (same keys, shapes and dtypes);
 - finds its children among its attributes (a Module, or a list, tuple or dict
   of Modules), as in PyTorch, so ``named_parameters()`` can walk the whole tree.
+
+In-place changes and the gradient worker, for whoever writes a layer. Inside a model's
+backward the package computes parameter gradients on a second thread (``overlap.py``),
+after the layer that asked for them has returned, from the arrays that layer was given
+(its upstream gradient, its forward input). The package's own layers never change such
+an array in place. A ``backward`` defined outside the package (your own Module
+subclass) runs with that worker paused: what was handed to it is finished first, and
+every parameter gradient below your layer is added at once. So your code may change
+any array in place, ``dout += self.f.backward(dout); return dout`` included; the price
+is that your layer's children do not overlap with the rest of the backward. What no
+layer may do, with or without the worker: change in place an array it handed to a
+forward before the backward that differentiates that forward (the layer kept it).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from .overlap import defer
+from .overlap import defer, worker_paused
 
 
 def default_rng(rng: np.random.Generator | None) -> np.random.Generator:
-    """The Generator a layer draws from: the one given, or a fixed-seed one.
+    """The Generator a composite hands to every child: the one given, or a new one.
 
-    Layers never touch NumPy's global random state. A layer built without a
-    Generator gets ``np.random.default_rng(0)``, so even that is reproducible.
-    A composite calls this once and hands the one Generator to every child, so
-    its children draw one after another and get distinct weights.
+    Layers never touch NumPy's global random state. A composite built without a
+    Generator gets ``np.random.default_rng()``, seeded once from the operating system
+    (as PyTorch draws fresh weights): two composites built without one differ, and the
+    children of one draw one after another from it, so they differ too. Pass a
+    Generator (``np.random.default_rng(seed)``) for numbers you can reproduce.
     """
     if rng is None:
-        return np.random.default_rng(0)
+        return np.random.default_rng()
+    return _check_rng(rng)
+
+
+def require_rng(rng: np.random.Generator | None, layer: str) -> np.random.Generator:
+    """The Generator a layer that draws numbers itself must be given (``layer`` names it).
+
+    No hidden generator: a fixed-seed one would give every such layer built without a
+    Generator the same numbers (three Linears, one weight), and a fresh one in every leaf
+    would let a composite that forgets to hand its Generator down go unnoticed.
+    """
+    if rng is None:
+        raise TypeError(f"rng: {layer} draws random numbers, so it needs a numpy.random.Generator "
+                        f"(rng=np.random.default_rng(seed)), got None; a composite layer hands its "
+                        f"own to its children")
+    return _check_rng(rng)
+
+
+def _check_rng(rng) -> np.random.Generator:
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), "
                         f"got {type(rng).__name__}")
@@ -98,14 +130,38 @@ class InvalidatedByInference(NamedTuple):
     by: str
 
 
+class UsedByBackward(NamedTuple):
+    """A model's cache once its backward has run: what the forward kept is used up (every
+    gradient was added), so a second backward, which would add them all again, is refused."""
+
+
 # what every Module keeps of its own (set in Module.__init__): never a child, so the tree
 # walk skips it instead of looking through every array (a walk of the reference model:
 # 0.3 ms, against 1.0 ms looking through them)
 OWN_STATE = frozenset({"params", "grads", "buffers", "frozen", "training", "cache"})
 
 
+PACKAGE = __name__.split(".")[0]     # the package whose layers may run gradients on the worker
+
+
+def _with_worker_paused(backward: Callable) -> Callable:
+    """``backward`` run inside ``worker_paused()``: for a backward defined outside the package."""
+    @functools.wraps(backward)
+    def paused_backward(self, *args, **kwargs):
+        with worker_paused():
+            return backward(self, *args, **kwargs)
+    return paused_backward
+
+
 class Module:
     """Base class of every layer. Subclasses call ``super().__init__()`` first."""
+
+    def __init_subclass__(cls, **kwargs):
+        # a backward written outside the package may change arrays in place after a child's
+        # backward returns, while the worker still reads them: it runs with the worker paused
+        super().__init_subclass__(**kwargs)
+        if "backward" in vars(cls) and cls.__module__.split(".")[0] != PACKAGE:
+            cls.backward = _with_worker_paused(vars(cls)["backward"])
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
@@ -135,6 +191,10 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.backward(): the caches were invalidated by "
                                f"inference ({self.cache.by}) after the last forward; run forward "
                                f"again before backward")
+        if isinstance(self.cache, UsedByBackward):
+            raise RuntimeError(f"{type(self).__name__}.backward() called a second time after one "
+                               f"forward: the first used up what the forward kept and added every "
+                               f"gradient; run forward again before another backward")
         return self.cache
 
     def add_grad(self, name: str, gradient: Callable[[], np.ndarray], at=...) -> None:
@@ -142,7 +202,9 @@ class Module:
         model's backward (``overlap.py``); not at all for a frozen parameter.
 
         ``gradient`` is a function (usually a lambda) so that the product itself can run
-        later, on the worker; it must read only arrays nobody changes in place afterwards.
+        later, on the worker; the package's own layers run it there, and leave the arrays
+        it reads unchanged until it has (a backward defined outside the package runs it at
+        once: see the module's docstring).
         """
         if name in self.frozen:
             return
@@ -194,15 +256,21 @@ class Module:
 
         An array shared by several modules (tied weights, also when one module
         holds a view of it such as its transpose) is yielded once, under the
-        first name met in attribute order; that owner's ``frozen`` says whether it trains.
+        first name met in attribute order. Its holders must agree on whether it is
+        frozen (one array has one gradient): a clear error if they do not.
         """
-        seen: set[int] = set()
+        first: dict[int, tuple[str, Module, str]] = {}       # storage -> where it was first met
         for prefix, module in self.named_modules():
             for key, param in module.params.items():
-                if id(_storage(param)) in seen:
-                    continue
-                seen.add(id(_storage(param)))
-                yield (f"{prefix}.{key}" if prefix else key), module, key
+                name = f"{prefix}.{key}" if prefix else key
+                owner = first.setdefault(id(_storage(param)), (name, module, key))
+                if owner[1] is module and owner[2] == key:
+                    yield name, module, key
+                elif (owner[2] in owner[1].frozen) != (key in module.frozen):
+                    frozen, trains = (owner[0], name) if owner[2] in owner[1].frozen else (name, owner[0])
+                    raise ValueError(f"'{frozen}' is frozen but '{trains}', the same array (tied), is "
+                                     f"not: its share of the gradient would be dropped. Freeze (or "
+                                     f"unfreeze) every module that holds it")
 
     def named_parameters(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """``(dotted_name, param, grad)`` for the whole tree, tied parameters once."""
@@ -220,8 +288,9 @@ class Module:
 
         A frozen parameter keeps a zero gradient: ``add_grad`` skips it without computing
         anything, a model's backward skips a branch that is frozen all through, and
-        optimizers and gradient clipping leave it alone. A tied matrix is frozen where
-        it is listed (``named_parameters``): freeze every module that holds it.
+        optimizers and gradient clipping leave it alone. An array held by several modules
+        (tied weights) is frozen in all of them or in none: walking a tree where only some
+        holders freeze it raises (``owned_parameters``).
         """
         if not isinstance(requires_grad, bool):
             raise TypeError(f"requires_grad: expected True or False, got {requires_grad!r}")
