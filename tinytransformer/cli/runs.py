@@ -14,7 +14,7 @@ from ..rundir import RunDirError, read_history
 from ..tasks import get_task, lm_prompt
 from ..text_task import TOKENIZER_DIR
 from ..train import evaluate, held_out, longest_input, task_vocab
-from .common import PROG, UsageError, open_run, model_output, toy_config
+from .common import PROG, UsageError, model_output, open_run, toy_config
 from .text import cmd_eval_text, cmd_generate_text, text_plots
 
 TOY_OPTIONS = {"eval": ("min_len", "max_len", "n", "per_length"), "generate": (), "plot": ()}
@@ -102,15 +102,15 @@ def write_plots(run_dir, example: str | None = None, out_dir=None, which=None, l
     (``text.text_plots``). ``model_opened``: (model, tokens, info) already opened.
     Returns the example's line ("3 1 4 -> 4 1 3") and the paths written.
     """
-    from ..plot import plot_attention_grid, plot_training_curves     # matplotlib only when plotting
     model, tokens, info = model_opened or open_run(run_dir, which)
     folder = Path(info["path"]) if info["kind"] == "pretrained" else Path(info["path"]).parent
     out_dir = Path(out_dir) if out_dir is not None else folder / "figures"
     if info["kind"] != "toy":
         line, saved = text_plots(model, tokens, info, example, out_dir, layer)
         if info["kind"] == "text":
-            saved += _training_curves(folder, out_dir, plot_training_curves)
+            saved += _training_curves(folder, out_dir)
         return line, saved
+    from ..plot import plot_attention_grid                 # matplotlib only when plotting
     config = toy_config(info)
     vocab = task_vocab(config)
     if example is None:
@@ -143,12 +143,13 @@ def write_plots(run_dir, example: str | None = None, out_dir=None, which=None, l
             plot_attention_grid(model.attention_maps(), kind, src_tokens=src_tokens,
                                 tgt_tokens=tgt_tokens, save=path)
             saved.append(path)
-    saved += _training_curves(folder, out_dir, plot_training_curves)
+    saved += _training_curves(folder, out_dir)
     return f"{example} -> {vocab.decode(output)}", saved
 
 
-def _training_curves(run_dir: Path, out_dir: Path, plot_training_curves) -> list[Path]:
+def _training_curves(run_dir: Path, out_dir: Path) -> list[Path]:
     """training_curves.png of the run's history, if it has one."""
+    from ..plot import plot_training_curves                # matplotlib only when plotting
     try:
         history = read_history(run_dir)
     except (CheckpointError, RunDirError) as err:
