@@ -21,6 +21,7 @@ from .nn.transformer import (PRESETS, Decoder, DecoderLayer, DecoderOnlyTransfor
                              EncoderLayer, Transformer, TransformerConfig)
 from .open import open_model
 from .optim import SGD, Adam, AdamW, clip_grad_norm, warmup_inverse_sqrt
+from .pretrained import load_pretrained, save_pretrained
 from .tasks import BOS, EOS, PAD, Vocab, eval_set, make_batch
 from .text import bits_per_char, default_corpus, load_text
 from .text_task import TEXT_DEFAULTS, TextTask, text_train_config
@@ -37,6 +38,7 @@ __all__ = list(_nn_all) + [
     "save_checkpoint", "load_checkpoint", "CheckpointError",
     "TrainConfig", "TrainResult", "train", "evaluate", "threads", "exercises",
     "CharTokenizer", "ByteTokenizer", "BPETokenizer", "load_tokenizer",
+    "load_pretrained", "save_pretrained",
     "bits_per_char", "default_corpus", "load_text", "TEXT_DEFAULTS", "TextTask", "text_train_config",
     "open_model",
 ]
