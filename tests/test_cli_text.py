@@ -253,3 +253,18 @@ def test_eval_refuses_a_text_that_changed_since_the_run(text_file, tmp_path, cap
     capsys.readouterr()
     assert cli.main(["eval", str(tmp_path / "run")]) == 2
     assert "has changed since the run read it" in capsys.readouterr().err
+
+
+def test_an_exported_character_run_opens_again_without_an_end_of_text(text_run, tmp_path, capsys):
+    """A character model has no eos: the folder says eos_token_id null, and opening it gives a
+    model that generates to the length asked, with the same bits per character as the run."""
+    assert cli.main(["export", str(text_run), "--out", str(tmp_path / "hf")]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] is None
+    assert cli.main(["generate", str(tmp_path / "hf"), "the cat", "--max-new-tokens", "20"]) == 0
+    assert "20 tokens in" in capsys.readouterr().err
+    capsys.readouterr()
+    scores = []
+    for model in (text_run, tmp_path / "hf"):
+        assert cli.main(["eval", str(model), "--text", str(text_run.parent / "tiny.txt")]) == 0
+        scores.append(capsys.readouterr().out.split(": ")[1])
+    assert scores[0] == scores[1]

@@ -59,6 +59,7 @@ from .tokenizers import load_tokenizer
 from .nn.lora import ADAPTERS, add_lora, lora_settings, merge_lora
 from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig
+from .pretrained import load_pretrained
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "fingerprint", "is_pretrained_folder"]
 
@@ -211,7 +212,6 @@ def _base_state(record: dict, file: Path, dtype: str) -> dict[str, np.ndarray]:
                               f"which is missing; put it back there (or next to this run, as "
                               f"{record.get('relative')})")
     if pretrained:
-        from .pretrained import load_pretrained     # the pre-trained formats only when one is read
         base = load_pretrained(found, np.dtype(dtype))
     else:
         base, _ = load_checkpoint(found)

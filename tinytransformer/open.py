@@ -25,6 +25,8 @@ import numpy as np
 
 from .checkpoint import is_pretrained_folder, load_checkpoint, read_checkpoint
 from .nn.transformer import TransformerConfig
+from .pretrained import load_pretrained
+from .pretrained.load import family_of, read_hf_config
 from .tokenizers import load_tokenizer
 from .vocab import Vocab
 
@@ -56,7 +58,6 @@ def open_model(path, which: str | None = None, dtype=np.float32):
     """
     path = Path(path)
     if is_pretrained_folder(path):
-        from .pretrained import load_pretrained
         model = load_pretrained(path, dtype)
         tokenizer = _pretrained_tokenizer(path)
         return model, tokenizer, {"kind": "pretrained", "config": model.config, "step": None,
@@ -73,8 +74,8 @@ def open_config(path) -> tuple[str, TransformerConfig, object, dict]:
     starts from ``path`` needs to know before it loads the weights."""
     path = Path(path)
     if is_pretrained_folder(path):
-        from .pretrained.load import family_of, read_hf_config
-        config = family_of(read_hf_config(path)).config_from_hf(read_hf_config(path))
+        hf = read_hf_config(path)
+        config = family_of(hf).config_from_hf(hf)
         tokenizer = _pretrained_tokenizer(path)
         return "DecoderOnlyTransformer", config, tokenizer, {"kind": "pretrained", "path": path,
                                                             "task": None}

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import decode
 from ..nn.lora import lora_settings, merge_lora
+from ..pretrained import save_pretrained
 from ..text import bits_per_char, load_text
 from ..text_task import validation_text
 from .common import PROG, UsageError, open_run
@@ -148,7 +149,6 @@ def cmd_export(args) -> int:
     if info["kind"] == "toy":
         raise UsageError(f"export: {info['path']} is a toy task's model, with no text tokenizer; "
                          f"export writes language models (text runs, fine-tuned ones)")
-    from ..pretrained import save_pretrained              # the pre-trained formats only when asked
     if lora_settings(model) is not None:
         merge_lora(model)
     try:
