@@ -179,7 +179,8 @@ def model_with_probabilities(probs):
     return model
 
 
-@pytest.mark.parametrize("top_p, nucleus", [(0.74, {0, 1}), (0.76, {0, 1, 2}), (0.3, {0}), (1.0, {0, 1, 2, 3, 4})])
+@pytest.mark.parametrize("top_p, nucleus", [(0.74, {0, 1}), (0.76, {0, 1, 2}), (0.3, {0}),
+                                            (1.0, {0, 1, 2, 3, 4})])
 def test_generate_with_top_p_draws_exactly_the_nucleus(top_p, nucleus):
     """The nucleus is the smallest set of most likely tokens whose probabilities reach p:
     token 1 follows 0.5, token 2 follows 0.75, so p = 0.74 keeps {0, 1} and 0.76 keeps {0, 1, 2};

@@ -240,8 +240,8 @@ class TextTask:
         return self.tokenizer.decode(new[0].tolist())[:SAMPLE_CHARS]
 
     def judge(self, model: Module) -> dict:
-        return {"bpc": float(bits_per_char(model, self.tokenizer, self.data.val_text, self.config.block_size)),
-                "sample": self.sample(model)}
+        bpc = bits_per_char(model, self.tokenizer, self.data.val_text, self.config.block_size)
+        return {"bpc": float(bpc), "sample": self.sample(model)}
 
     def better(self, entry: dict, best: dict | None) -> bool:
         return best is None or entry["bpc"] < best["bpc"]

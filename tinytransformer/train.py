@@ -213,8 +213,8 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
           out_dir=None, resume: bool = False, stream=None) -> TrainResult:
     """Train a model on a toy task or a text; see the module docstring for what happens each step.
 
-    ``model_config`` defaults to ``default_model_config(config)`` (a text's: ``TextTask``'s). ``out_dir``: the run
-    directory (config.json, history.json, best.npz, last.npz), locked while training;
+    ``model_config`` defaults to ``default_model_config(config)`` (a text's: ``TextTask``'s).
+    ``out_dir``: the run directory (config.json, history.json, best.npz, last.npz), locked while training;
     None trains in memory and writes nothing. ``resume=True`` continues the run in
     ``out_dir`` from last.npz (from step 0 if it was stopped before saving one).
     Progress goes to ``stream`` (default stdout). Ctrl-C stops the run after the

@@ -156,8 +156,8 @@ class TrainConfig:
                 raise ValueError(f"vocab_size: a byte-level BPE holds the 256 bytes and the merges it "
                                  f"learns, so expected an integer >= 256 (--vocab-size), got {size!r}")
         elif self.vocab_size is not None:
-            raise ValueError(f"vocab_size: only a bpe tokenizer learns a vocabulary of a chosen size; "
-                             f"the {self.tokenizer} tokenizer's is fixed by the text, got {self.vocab_size!r}")
+            raise ValueError(f"vocab_size: only a bpe tokenizer learns a vocabulary of a chosen size; the "
+                             f"{self.tokenizer} tokenizer's is fixed by the text, got {self.vocab_size!r}")
 
     def _check_finetuning(self) -> None:
         self.freeze = tuple(sorted(set(self.freeze)))
