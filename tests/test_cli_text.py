@@ -1,6 +1,7 @@
 """The command line on text: train --task text, generate, eval, plot, merge and export, on a text
 run and on small Hugging Face folders written by save_pretrained (GPT-2-like and LLaMA-like)."""
 
+import io
 import json
 import re
 
@@ -255,16 +256,26 @@ def test_eval_refuses_a_text_that_changed_since_the_run(text_file, tmp_path, cap
     assert "has changed since the run read it" in capsys.readouterr().err
 
 
-def test_an_exported_character_run_opens_again_without_an_end_of_text(text_run, tmp_path, capsys):
+def test_an_exported_character_run_opens_again_without_an_end_of_text(text_run, text_file, tmp_path,
+                                                                       capsys):
     """A character model has no eos: the folder says eos_token_id null, and opening it gives a
-    model that generates to the length asked, with the same bits per character as the run."""
-    assert cli.main(["export", str(text_run), "--out", str(tmp_path / "hf")]) == 0
+    model that generates to the length asked, with the same bits per character as the run.
+    The text defaults keep the sqrt(D) embedding scale and the head's bias, which GPT-2 has not:
+    such a run is refused with the reason; a GPT-2-shaped one is exported."""
+    from tinytransformer.text_task import TextTask, text_train_config
+    from tinytransformer.train import train
+    assert cli.main(["export", str(text_run), "--out", str(tmp_path / "refused")]) == 2
+    assert "embed_scale=True" in capsys.readouterr().err
+    config = text_train_config(text=str(text_file), steps=4, eval_every=4, block_size=16, batch_size=4)
+    model_config = TextTask(config).default_model_config(d_model=16, n_heads=2, d_ff=24, n_decoder_layers=2,
+                                                         embed_scale=False, head_bias=False)
+    train(config, model_config, out_dir=tmp_path / "run", stream=io.StringIO())
+    assert cli.main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] is None
     assert cli.main(["generate", str(tmp_path / "hf"), "the cat", "--max-new-tokens", "20"]) == 0
     assert "20 tokens in" in capsys.readouterr().err
-    capsys.readouterr()
     scores = []
-    for model in (text_run, tmp_path / "hf"):
-        assert cli.main(["eval", str(model), "--text", str(text_run.parent / "tiny.txt")]) == 0
+    for model in (tmp_path / "run", tmp_path / "hf"):
+        assert cli.main(["eval", str(model), "--text", str(text_file)]) == 0
         scores.append(capsys.readouterr().out.split(": ")[1])
     assert scores[0] == scores[1]

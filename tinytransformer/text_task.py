@@ -53,18 +53,19 @@ TOKENIZER_DIR = "tokenizer"            # where a text run keeps its tokenizer, i
 DEFAULT_CORPUS = "default corpus"      # what the task info says for Python's help topics
 
 # The recipe of a text run from scratch, in one place: TrainConfig fields ("train") and model
-# fields ("model") over their dataclass defaults. A GPT-style decoder: learned positions, exact
-# GELU, pre-LN, no sqrt(D) embedding scale and no bias on the output head (as GPT-2, so a text
-# run exports as a GPT-2 folder); no special token ids (a character or a trained BPE has none).
-# The cosine falls to a tenth of the peak (3e-4) at the step budget (text_train_config).
+# fields ("model") over their dataclass defaults; those of benchmarks/text_reference.py's
+# reference run. A GPT-style decoder: learned positions, exact GELU, pre-LN; no special token
+# ids (a character or a trained BPE has none). The cosine falls to a tenth of the peak (3e-4)
+# at the step budget (text_train_config). The model keeps the sqrt(D) embedding scale and the
+# output head's bias, which GPT-2 has not: such a run is not exported as a GPT-2 folder.
 TEXT_DEFAULTS = {
-    "train": {"model": "decoder-only", "batch_size": 32, "steps": 3000, "optimizer": "adamw",
-              "lr": 3e-3, "betas": (0.9, 0.99), "weight_decay": 0.1, "schedule": "cosine",
+    "train": {"model": "decoder-only", "batch_size": 32, "steps": 2000, "optimizer": "adamw",
+              "lr": 3e-3, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1, "schedule": "cosine",
               "warmup": 100, "clip": 1.0, "label_smoothing": 0.0,
               "eval_every": 250, "tokenizer": "char", "block_size": 128, "minutes": 10.0},
     "model": {"n_encoder_layers": 0, "n_decoder_layers": 4, "d_model": 128, "n_heads": 4,
-              "d_ff": 512, "positional": "learned", "activation": "gelu", "embed_scale": False,
-              "head_bias": False, "pad_id": None, "bos_id": None, "eos_id": None},
+              "d_ff": 512, "positional": "learned", "activation": "gelu",
+              "pad_id": None, "bos_id": None, "eos_id": None},
 }
 # Fine-tuning a trained model (init_from): an order of magnitude or two below training from
 # scratch, which would wash out what it learned; LoRA's fresh adapters take a larger one.
