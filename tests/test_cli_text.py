@@ -67,6 +67,11 @@ def test_minutes_end_a_run_before_its_steps(text_file, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "stopped after 0.005 minutes" in printed
     assert json.loads((tmp_path / "run" / "history.json").read_text())["stopped"] == "minutes"
+    # a toy run has the same budget
+    assert cli.main(["train", "--task", "copy", "--max-len", "3", "--steps", "100000", "--minutes", "0.005",
+                     "--eval-size", "10", "--out", str(tmp_path / "toy")]) == 0
+    assert "not solved (exact match >= 0.995 overall and >= 0.995 at every length) within 0.005 minutes" \
+        in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("content, options, message", [

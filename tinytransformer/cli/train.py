@@ -216,7 +216,8 @@ def cmd_train(args) -> int:
     else:
         rule = f"exact match >= {config.target:g} overall and >= {config.target_worst:g} at every length"
         how = {"target": f"solved ({rule})",
-               "budget": f"not solved ({rule}) within {config.steps} steps"}
+               "budget": f"not solved ({rule}) within {config.steps} steps",
+               "minutes": f"not solved ({rule}) within {config.minutes:g} minutes"}
         print(f"Held-out exact match {best['exact_match']:.4f} (worst length {best['worst_length']}: "
               f"{best['worst']:.3f}; token accuracy {best['token_accuracy']:.4f}) on {config.eval_size} "
               f"{config.task} sequences of lengths {config.min_len}..{config.max_len}, at step "
