@@ -215,8 +215,8 @@ def _prompt_lengths(prompt_ids, pad_id: int | None) -> np.ndarray:
 
 def generate(model: DecoderOnlyTransformer, prompt_ids: np.ndarray, max_new_tokens: int,
              use_cache: bool = True, temperature: float = 0.0, top_k: int | None = None,
-             rng: np.random.Generator | None = None, stop_at_eos: bool = True,
-             return_logits: bool = False, top_p: float | None = None):
+             top_p: float | None = None, rng: np.random.Generator | None = None,
+             stop_at_eos: bool = True, return_logits: bool = False):
     """Continue each prompt by up to ``max_new_tokens`` tokens; returns the new tokens
     (B, <= max_new_tokens), each row ending at its eos and filled after it (``fill_id``:
     pad, or eos where the vocabulary has no padding), or a ``Decoded`` with ``return_logits``.
