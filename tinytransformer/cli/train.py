@@ -209,19 +209,19 @@ def cmd_train(args) -> int:
     if best is None:
         print("No evaluation was run; nothing to report.")
     elif config.task == TEXT_TASK:
-        how = {"budget": f"the budget of {config.steps} steps", "minutes": f"{config.minutes:g} minutes"}
+        spent = (f"{config.minutes:g} minutes" if result.stopped == "minutes"
+                 else f"the budget of {config.steps} steps")
         print(f"Validation {best['bpc']:.4f} bits per character at step {best['step']} (the best "
-              f"evaluation); stopped after {how[result.stopped]}: {result.steps} steps, "
+              f"evaluation); stopped after {spent}: {result.steps} steps, "
               f"{result.seconds:.0f} s.")
     else:
         rule = f"exact match >= {config.target:g} overall and >= {config.target_worst:g} at every length"
-        how = {"target": f"solved ({rule})",
-               "budget": f"not solved ({rule}) within {config.steps} steps",
-               "minutes": f"not solved ({rule}) within {config.minutes:g} minutes"}
+        within = f"{config.minutes:g} minutes" if result.stopped == "minutes" else f"{config.steps} steps"
+        verdict = f"solved ({rule})" if result.stopped == "target" else f"not solved ({rule}) within {within}"
         print(f"Held-out exact match {best['exact_match']:.4f} (worst length {best['worst_length']}: "
               f"{best['worst']:.3f}; token accuracy {best['token_accuracy']:.4f}) on {config.eval_size} "
               f"{config.task} sequences of lengths {config.min_len}..{config.max_len}, at step "
-              f"{best['step']}: {how[result.stopped]}; {result.steps} steps, {result.seconds:.0f} s.")
+              f"{best['step']}: {verdict}; {result.steps} steps, {result.seconds:.0f} s.")
     print(f"Checkpoints: {out / BEST} (best evaluation), {out / LAST} (for --resume)")
     print(f"History:     {out / HISTORY_FILE}")
     if best is not None:
