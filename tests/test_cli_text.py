@@ -69,7 +69,8 @@ def test_minutes_end_a_run_before_its_steps(text_file, tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "history.json").read_text())["stopped"] == "minutes"
     # a toy run has the same budget
     assert cli.main(["train", "--task", "copy", "--max-len", "3", "--steps", "100000", "--minutes", "0.005",
-                     "--eval-size", "10", "--out", str(tmp_path / "toy")]) == 0
+                     "--eval-size", "10", "--d-model", "16", "--n-heads", "2", "--d-ff", "24",
+                     "--n-encoder-layers", "1", "--n-decoder-layers", "1", "--out", str(tmp_path / "toy")]) == 0
     assert "not solved (exact match >= 0.995 overall and >= 0.995 at every length) within 0.005 minutes" \
         in capsys.readouterr().out
 
@@ -237,7 +238,11 @@ def test_lora_on_a_hugging_face_folder_then_merge_and_export(hf_folder, text_fil
     assert np.allclose(logits, model(ids), atol=1e-4)
 
 
-def test_full_and_frozen_fine_tuning_of_a_hugging_face_folder(hf_folder, text_file, tmp_path):
+def test_full_and_frozen_fine_tuning_of_a_hugging_face_folder(text_file, tmp_path):
+    from tinytransformer.pretrained import save_pretrained
+    hf_folder = tmp_path / "gpt2"
+    model, tokenizer = tiny_pretrained("gpt2")
+    save_pretrained(model, hf_folder, tokenizer=tokenizer)
     for name, options in (("full", []), ("frozen", ["--freeze", "embeddings"])):
         assert cli.main(["train", "--task", "text", "--init-from", str(hf_folder), "--text", str(text_file),
                          "--steps", "3", "--eval-every", "3", "--block-size", "16", "--batch-size", "4",
