@@ -22,8 +22,8 @@ from .runs import write_plots
 TRAIN_OPTIONS = [
     ("--task", "train", "task", str, f"toy task ({', '.join(sorted(TASKS))}) or {TEXT_TASK} "
      f"(language modelling on a text; its own recipe, the 'with --task text' defaults)"),
-    ("--text", "train", "text", str, "--task text: a UTF-8 file, its last 10%% the validation split "
-     "(default: Python's help topics, pydoc_data.topics)"),
+    ("--text", "train", "text", str, "--task text: a UTF-8 file, its last 10%% the validation split; "
+     "None: Python's help topics (pydoc_data.topics)"),
     ("--tokenizer", "train", "tokenizer", str, f"--task text from scratch: {', '.join(TOKENIZERS)} "
      f"(char: the whole text's characters; bpe: trained on the training split)"),
     ("--vocab-size", "train", "vocab_size", int, "--tokenizer bpe: tokens to learn (>= 256)"),
@@ -77,11 +77,12 @@ def _default(config: str, name: str) -> str:
     """The default an option's help states: its config field's, a model kind's own where
     that kind's runs set the field (``MODEL_DEFAULTS``), and the text task's (``TEXT_DEFAULTS``)."""
     cls = TrainConfig if config == "train" else TransformerConfig
-    text = f"default: {next(f.default for f in fields(cls) if f.name == name)}"
+    default = next(f.default for f in fields(cls) if f.name == name)
+    text = f"default: {default}"
     if config == "model":
         text += "".join(f"; with --model {kind}: {own[name]}"
                         for kind, own in MODEL_DEFAULTS.items() if name in own)
-    if name in TEXT_DEFAULTS[config]:
+    if TEXT_DEFAULTS[config].get(name, default) != default:
         text += f"; with --task text: {TEXT_DEFAULTS[config][name]}"
     elif config == "model" and name == "max_len":
         text += "; with --task text: --block-size"
