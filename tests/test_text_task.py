@@ -65,6 +65,12 @@ def test_a_text_run_is_judged_by_validation_bits_per_character_and_keeps_the_bes
     assert model.config.vocab_size == info["tokenizer"].vocab_size and model.config.max_len == 16
 
 
+def test_a_context_of_one_token_is_judged_too(text_file):
+    """The sample continues the one-token prompt by one token: the last token is never fed."""
+    result, _ = run(config_for(text_file, block_size=1, steps=5))
+    assert [e["step"] for e in result.history["eval"]] == [5] and len(result.best["sample"]) == 1
+
+
 def test_the_sample_never_shifts_the_training_stream(tmp_path, text_file):
     """Evaluating every step or never gives the same training losses: the sample has its own Generator."""
     often, _ = run(config_for(text_file, eval_every=1))

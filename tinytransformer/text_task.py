@@ -235,7 +235,7 @@ class TextTask:
 
     def sample(self, model: Module) -> str:
         """The continuation of the fixed prompt, with a Generator of its own fixed seed."""
-        room = model.config.max_len - self.prompt_ids.shape[1]
+        room = model.config.max_len + 1 - self.prompt_ids.shape[1]     # the last token is never fed
         new = decode.generate(model, self.prompt_ids, min(SAMPLE_CHARS, room),
                               temperature=SAMPLE_TEMPERATURE, rng=np.random.default_rng(SAMPLE_SEED))
         return self.tokenizer.decode(new[0].tolist())[:SAMPLE_CHARS]
