@@ -46,7 +46,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]          # the package of this checkout, and the peer
 
 from tinytransformer import (AdamW, CharTokenizer, CrossEntropyLoss, DecoderOnlyTransformer,  # noqa: E402
-                             TransformerConfig, clip_grad_norm, generate)
+                             TransformerConfig, clip_grad_norm, generate, save_checkpoint)
 from tinytransformer.optim import cosine  # noqa: E402
 from tinytransformer.text import TextData, bits_per_char, default_corpus, random_windows  # noqa: E402
 from tinytransformer.threads import threads  # noqa: E402
@@ -72,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="NumPy only")
     parser.add_argument("--no-numpy", action="store_true", help="PyTorch only")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/textref.json)")
+    parser.add_argument("--save-model", type=Path, default=None, metavar="PATH",
+                        help="save the NumPy model of the first seed there (a checkpoint, .npz), with its "
+                             "tokenizer's characters: notebooks/data/text_model.npz is written so")
     parser.add_argument("--table", action="store_true", help="run nothing: write the Markdown again from the JSON")
     return parser.parse_args(argv)
 
@@ -170,8 +173,9 @@ def torch_side(np_model: DecoderOnlyTransformer, recipe: dict):
     return step, TorchScored(model, np_model.config)
 
 
-def run(side: str, seed: int, data: TextData, recipe: dict, budget: float) -> dict:
-    """One seed on one side: the evaluations, the step and seconds at the target, the end."""
+def run(side: str, seed: int, data: TextData, recipe: dict, budget: float) -> tuple[dict, object]:
+    """One seed on one side: (the evaluations, the step and seconds at the target, the end;
+    the trained model)."""
     model_rng, data_rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
     np_model = DecoderOnlyTransformer(model_config(data.tokenizer.vocab_size, recipe), rng=model_rng)
     step_fn, scored = (numpy_side if side == "NumPy" else torch_side)(np_model, recipe)
@@ -200,7 +204,7 @@ def run(side: str, seed: int, data: TextData, recipe: dict, budget: float) -> di
               "load_start": load_start, "load_end": os.getloadavg()[0], "evals": evals, "first_losses": losses[:5]}
     if side == "NumPy":
         result["samples"] = samples(np_model, data.tokenizer, seed)
-    return result
+    return result, scored
 
 
 def samples(model: DecoderOnlyTransformer, tokenizer, seed: int) -> dict[str, str]:
@@ -212,6 +216,19 @@ def samples(model: DecoderOnlyTransformer, tokenizer, seed: int) -> dict[str, st
         new = generate(model, ids, SAMPLE_TOKENS, temperature=SAMPLE_TEMPERATURE, rng=rng)
         out[prompt] = prompt + tokenizer.decode(new[0].tolist())
     return out
+
+
+def save_model(path: Path, model: DecoderOnlyTransformer, tokenizer: CharTokenizer, result: dict,
+               recipe: dict) -> None:
+    """A checkpoint of ``model`` whose ``extra`` holds what a reader of it needs: the tokenizer's
+    characters (``CharTokenizer(extra["characters"])``), the corpus, the recipe and the score."""
+    extra = {"characters": "".join(tokenizer.characters),
+             "corpus": f"pydoc_data.topics of Python {platform.python_version()}",
+             "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items()},
+             "seed": result["seed"], "val_bpc": result["final_bpc"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, model, step=result["steps"], task="text", extra=extra)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
 
 
 def summary(runs: list[dict]) -> dict:
@@ -286,7 +303,9 @@ def main(args: argparse.Namespace) -> dict:
         for side in sides:
             # NumPy's model holds its own threads; PyTorch's were set above
             with threads(args.threads) if side == "NumPy" else contextlib.nullcontext():
-                r = run(side, seed, data, recipe, args.budget)
+                r, model = run(side, seed, data, recipe, args.budget)
+            if args.save_model and side == "NumPy" and seed == args.seeds[0]:
+                save_model(args.save_model, model, data.tokenizer, r, recipe)
             results["runs"][side].append(r)
             print(f"{side} seed {seed}: {TARGET} bpc at step {r['target_step']}, final {r['final_bpc']:.4f} "
                   f"after {r['steps']} steps, {r['train_seconds']:.0f} s", file=sys.stderr, flush=True)
