@@ -72,9 +72,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="NumPy only")
     parser.add_argument("--no-numpy", action="store_true", help="PyTorch only")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/textref.json)")
-    parser.add_argument("--save-model", type=Path, default=None, metavar="PATH",
-                        help="save the NumPy model of the first seed there (a checkpoint, .npz), with its "
-                             "tokenizer's characters: notebooks/data/text_model.npz is written so")
     parser.add_argument("--table", action="store_true", help="run nothing: write the Markdown again from the JSON")
     return parser.parse_args(argv)
 
@@ -303,9 +300,7 @@ def main(args: argparse.Namespace) -> dict:
         for side in sides:
             # NumPy's model holds its own threads; PyTorch's were set above
             with threads(args.threads) if side == "NumPy" else contextlib.nullcontext():
-                r, model = run(side, seed, data, recipe, args.budget)
-            if args.save_model and side == "NumPy" and seed == args.seeds[0]:
-                save_model(args.save_model, model, data.tokenizer, r, recipe)
+                r, _ = run(side, seed, data, recipe, args.budget)
             results["runs"][side].append(r)
             print(f"{side} seed {seed}: {TARGET} bpc at step {r['target_step']}, final {r['final_bpc']:.4f} "
                   f"after {r['steps']} steps, {r['train_seconds']:.0f} s", file=sys.stderr, flush=True)
