@@ -4,6 +4,8 @@
     python benchmarks/text_reference.py --seeds 0 --no-torch --steps 600 --set lr=2e-3 \\
         --out /tmp/trial.json                                    # a short trial of another recipe
     python benchmarks/text_reference.py --table                  # the table again from the JSON
+    python benchmarks/text_reference.py --table --merge a.json b.json   # one result of two runs
+                                                                 # (NumPy and PyTorch measured apart)
 
 Each run trains the decoder-only model of ``model_config`` on random windows of the default
 corpus's training split with the recipe of ``RECIPE``, one visible step at a time (the five
@@ -72,7 +74,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="NumPy only")
     parser.add_argument("--no-numpy", action="store_true", help="PyTorch only")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/textref.json)")
+    parser.add_argument("--save-model", type=Path, default=None, metavar="PATH",
+                        help="save the NumPy model of the first seed there (a checkpoint, .npz), with its "
+                             "tokenizer's characters")
     parser.add_argument("--table", action="store_true", help="run nothing: write the Markdown again from the JSON")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="with --table: the results of separate runs (one side each, same recipe), "
+                             "written together to --out")
     return parser.parse_args(argv)
 
 
@@ -205,12 +213,14 @@ def run(side: str, seed: int, data: TextData, recipe: dict, budget: float) -> tu
 
 
 def samples(model: DecoderOnlyTransformer, tokenizer, seed: int) -> dict[str, str]:
-    """Each prompt continued by SAMPLE_TOKENS characters at SAMPLE_TEMPERATURE."""
+    """Each prompt continued by SAMPLE_TOKENS characters (fewer if the context is shorter) at
+    SAMPLE_TEMPERATURE."""
     rng = np.random.default_rng([seed, 2])
     out = {}
     for prompt in SAMPLE_PROMPTS:
         ids = np.array([tokenizer.encode(prompt)])
-        new = generate(model, ids, SAMPLE_TOKENS, temperature=SAMPLE_TEMPERATURE, rng=rng)
+        n = min(SAMPLE_TOKENS, model.config.max_len + 1 - ids.shape[1])
+        new = generate(model, ids, n, temperature=SAMPLE_TEMPERATURE, rng=rng)
         out[prompt] = prompt + tokenizer.decode(new[0].tolist())
     return out
 
@@ -266,6 +276,21 @@ def markdown(results: dict) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def merged(parts: list[dict]) -> dict:
+    """One result holding the runs of several: the sides measured in separate processes."""
+    recipes = {json.dumps(part["recipe"], sort_keys=True) for part in parts}
+    if len(recipes) != 1:
+        raise SystemExit(f"--merge: the results were measured with different recipes: {sorted(recipes)}")
+    results = {**parts[0], "runs": {}}
+    for key in ("machine", "commit"):
+        results[key] = " / ".join(dict.fromkeys(str(part[key]) for part in parts))
+    for part in parts:
+        for side, runs in part["runs"].items():
+            results["runs"].setdefault(side, []).extend(runs)
+    results["seeds"] = sorted({r["seed"] for runs in results["runs"].values() for r in runs})
+    return results
+
+
 def write(results: dict, out: Path) -> None:
     """The results JSON and its Markdown beside it, the summary computed from the runs so far."""
     results["summary"] = {side: summary(runs) for side, runs in results["runs"].items() if runs}
@@ -277,8 +302,9 @@ def write(results: dict, out: Path) -> None:
 def main(args: argparse.Namespace) -> dict:
     out = args.out or HERE / "results" / "textref.json"
     if args.table:
-        results = json.loads(out.read_text())
-        out.with_suffix(".md").write_text(markdown(results))
+        results = merged([json.loads(p.read_text()) for p in args.merge]) if args.merge \
+            else json.loads(out.read_text())
+        write(results, out)
         return results
     from threadpoolctl import threadpool_info
     recipe = recipe_from(args)
@@ -300,7 +326,9 @@ def main(args: argparse.Namespace) -> dict:
         for side in sides:
             # NumPy's model holds its own threads; PyTorch's were set above
             with threads(args.threads) if side == "NumPy" else contextlib.nullcontext():
-                r, _ = run(side, seed, data, recipe, args.budget)
+                r, model = run(side, seed, data, recipe, args.budget)
+            if args.save_model and side == "NumPy" and seed == args.seeds[0]:
+                save_model(args.save_model, model, data.tokenizer, r, recipe)
             results["runs"][side].append(r)
             print(f"{side} seed {seed}: {TARGET} bpc at step {r['target_step']}, final {r['final_bpc']:.4f} "
                   f"after {r['steps']} steps, {r['train_seconds']:.0f} s", file=sys.stderr, flush=True)
