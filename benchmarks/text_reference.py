@@ -68,16 +68,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", type=float, default=600.0, help="training seconds per run")
-    parser.add_argument("--steps", type=int, default=None, help="the schedule's length (default: the recipe's)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="the schedule's length (default: the recipe's)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change one number of the recipe, e.g. lr=2e-3 (repeatable)")
     parser.add_argument("--no-torch", action="store_true", help="NumPy only")
     parser.add_argument("--no-numpy", action="store_true", help="PyTorch only")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/textref.json)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (default: benchmarks/results/textref.json)")
     parser.add_argument("--save-model", type=Path, default=None, metavar="PATH",
                         help="save the NumPy model of the first seed there (a checkpoint, .npz), with its "
                              "tokenizer's characters")
-    parser.add_argument("--table", action="store_true", help="run nothing: write the Markdown again from the JSON")
+    parser.add_argument("--table", action="store_true",
+                        help="run nothing: write the Markdown again from the JSON")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                         help="with --table: the results of separate runs (one side each, same recipe), "
                              "written together to --out")
@@ -205,8 +208,10 @@ def run(side: str, seed: int, data: TextData, recipe: dict, budget: float) -> tu
     reached = next((e for e in evals if e["bpc"] <= TARGET), None)
     result = {"seed": seed, "steps": step, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
               "ms_per_step": 1000.0 * train_seconds / step, "final_bpc": evals[-1]["bpc"],
-              "target_step": reached and reached["step"], "target_seconds": reached and reached["train_seconds"],
-              "load_start": load_start, "load_end": os.getloadavg()[0], "evals": evals, "first_losses": losses[:5]}
+              "target_step": reached["step"] if reached else None,
+              "target_seconds": reached["train_seconds"] if reached else None,
+              "load_start": load_start, "load_end": os.getloadavg()[0], "evals": evals,
+              "first_losses": losses[:5]}
     if side == "NumPy":
         result["samples"] = samples(np_model, data.tokenizer, seed)
     return result, scored
@@ -252,7 +257,8 @@ def markdown(results: dict) -> str:
     recipe = results["recipe"]
     fmt = lambda values, spec: " / ".join("-" if v is None else format(v, spec) for v in values)  # noqa: E731
     lines = [stated(results["machine"], results.get("commit")), "",
-             f"Each cell gives one value per seed, in the order of the seeds column. Recipe: {recipe['n_layers']} layers, d_model {recipe['d_model']}, {recipe['n_heads']} heads, "
+             f"Each cell gives one value per seed, in the order of the seeds column. Recipe: "
+             f"{recipe['n_layers']} layers, d_model {recipe['d_model']}, {recipe['n_heads']} heads, "
              f"d_ff {recipe['d_ff']}, block {recipe['block_size']}, batch {recipe['batch_size']}; AdamW lr "
              f"{recipe['lr']:g} betas {tuple(recipe['betas'])} weight decay {recipe['weight_decay']:g}, "
              f"warmup {recipe['warmup']}, cosine to {recipe['min_lr']:g} at step {recipe['steps']}, "
@@ -266,7 +272,8 @@ def markdown(results: dict) -> str:
         seeds = " / ".join(str(r["seed"]) for r in results["runs"][side])
         lines.append(f"| {side} | {seeds} | {s['reached']}/{s['runs']} | {fmt(s['target_steps'], 'd')} "
                      f"| {fmt(s['target_seconds'], '.0f')} | {fmt(s['steps'], 'd')} "
-                     f"| {fmt(s['final_bpc'], '.3f')} | {s['ms_per_step_median']:.0f} | {fmt(s['load'], '.1f')} |")
+                     f"| {fmt(s['final_bpc'], '.3f')} | {s['ms_per_step_median']:.0f} "
+                     f"| {fmt(s['load'], '.1f')} |")
     first = results["runs"].get("NumPy", [{}])[0]
     if "samples" in first:
         lines += ["", f"Samples of the NumPy model of seed {first['seed']} after its run, temperature "
@@ -316,10 +323,9 @@ def main(args: argparse.Namespace) -> dict:
         versions = f", PyTorch {torch.__version__}"
     text = default_corpus()
     data = TextData.from_text(text, CharTokenizer.from_text(text), recipe["block_size"])
-    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    blas = sorted({f"{i['internal_api']} {i['version']}" for i in threadpool_info() if i["user_api"] == "blas"})
     machine = (f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, "
-               f"NumPy {np.__version__} ({', '.join(sorted({i['internal_api'] + ' ' + i['version'] for i in blas}))})"
-               f"{versions}, {args.threads} threads each")
+               f"NumPy {np.__version__} ({', '.join(blas)}){versions}, {args.threads} threads each")
     results = {"seeds": args.seeds, "machine": machine, "commit": commit(), "recipe": recipe,
                "budget": args.budget, "target": TARGET, "runs": {side: [] for side in sides}}
     for seed in args.seeds:

@@ -27,7 +27,8 @@ def exercise_cells():
     starts = [i for i, cell in enumerate(cells)
               if cell.cell_type == "markdown" and cell.source.startswith("## Exercises")]
     assert len(starts) == 1, f"expected one markdown cell starting '## Exercises', found {len(starts)}"
-    later = [c.source for c in cells[starts[0] + 1:] if c.cell_type == "markdown" and "\n## " in "\n" + c.source]
+    later = [c.source for c in cells[starts[0] + 1:]
+             if c.cell_type == "markdown" and "\n## " in "\n" + c.source]
     assert not later, f"a section after the exercises: {later}"
     return [cell for cell in cells[starts[0]:] if cell.cell_type == "code"]
 
@@ -57,7 +58,8 @@ def test_the_committed_model_is_the_script_s_small_float32_checkpoint():
     tokenizer = CharTokenizer(list(extra["characters"]))
     sys.path[:0] = [str(ROOT / "benchmarks")]
     try:
-        spec = importlib.util.spec_from_file_location("text_reference_nb09", ROOT / "benchmarks" / "text_reference.py")
+        spec = importlib.util.spec_from_file_location("text_reference_nb09",
+                                                      ROOT / "benchmarks" / "text_reference.py")
         text_reference = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(text_reference)
     finally:

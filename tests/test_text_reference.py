@@ -31,7 +31,7 @@ def load(name: str):
 text_reference = load("text_reference")
 SMALL = {**text_reference.RECIPE, "n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 24, "block_size": 12,
          "batch_size": 3, "steps": 3, "warmup": 1, "eval_every": 2}
-TEXT = "The cat sat on the mat.\ndef f(x):\n    if x:\n        return x\n" * 12   # the sample prompts' characters
+TEXT = "The cat sat on the mat.\ndef f(x):\n    if x:\n        return x\n" * 12   # the prompts' characters
 
 
 def test_the_peer_computes_the_numpy_model_and_its_gradients_in_float64():
