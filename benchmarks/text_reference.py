@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -289,8 +290,11 @@ def merged(parts: list[dict]) -> dict:
     if len(recipes) != 1:
         raise SystemExit(f"--merge: the results were measured with different recipes: {sorted(recipes)}")
     results = {**parts[0], "runs": {}}
-    for key in ("machine", "commit"):
-        results[key] = " / ".join(dict.fromkeys(str(part[key]) for part in parts))
+    # a NumPy-only run's machine line is the PyTorch run's without ", PyTorch <version>": keep the longer
+    machines = {re.sub(r", PyTorch [^,]+", "", part["machine"]) for part in parts}
+    results["machine"] = max((part["machine"] for part in parts), key=len) if len(machines) == 1 \
+        else " / ".join(sorted(machines))
+    results["commit"] = " / ".join(dict.fromkeys(str(part["commit"]) for part in parts))
     for part in parts:
         for side, runs in part["runs"].items():
             results["runs"].setdefault(side, []).extend(runs)
