@@ -13,6 +13,11 @@ the upstream gradient (``signature``, e.g. ``linear_backward(x, W, b, dy) -> (dx
 random upstream gradient, on shapes that cannot coincide, seeded) on the exercise's
 forward and your backward. An unfinished function (the stub returns None) or one that
 raises gets a "not yet" report rather than a traceback.
+
+Some steps worth writing by hand are not backward passes: one merge of BPE training
+(``bpe_merge``), the top-p filter of sampling (``top_p``). They are in ``OUTPUT_EXERCISES``,
+reached by the same ``check``, ``reference`` and ``stub``, and graded by comparing what the
+function returns with the reference's on chosen and random cases (``outputs.py``).
 """
 
 from __future__ import annotations
@@ -24,20 +29,27 @@ from .blocks import BLOCK_EXERCISES
 from .grading import CheckResult, Exercise, Mistake, grade
 from .layers import LAYER_EXERCISES
 from .modern import MODERN_EXERCISES
+from .outputs import OutputExercise
+from .text import TEXT_EXERCISES
 
 EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in LAYER_EXERCISES + BLOCK_EXERCISES
                                  + ADAPTER_EXERCISES + MODERN_EXERCISES}
+OUTPUT_EXERCISES: dict[str, OutputExercise] = {ex.name: ex for ex in TEXT_EXERCISES}
 
 
-def _exercise(name: str) -> Exercise:
-    if name not in EXERCISES:
-        raise KeyError(f"no exercise {name!r}; the exercises are {', '.join(EXERCISES)}")
-    return EXERCISES[name]
+def _exercise(name: str) -> Exercise | OutputExercise:
+    known = {**EXERCISES, **OUTPUT_EXERCISES}
+    if name not in known:
+        raise KeyError(f"no exercise {name!r}; the exercises are {', '.join(known)}")
+    return known[name]
 
 
 def check(name: str, fn: Callable, seed: int = 0) -> CheckResult:
     """Grade ``fn`` on exercise ``name``: ``result.passed`` and ``result.report`` (also what it prints)."""
-    return grade(_exercise(name), fn, seed)
+    exercise = _exercise(name)
+    if isinstance(exercise, OutputExercise):
+        return exercise.grade(fn, seed)
+    return grade(exercise, fn, seed)
 
 
 def reference(name: str) -> Callable:
@@ -50,4 +62,5 @@ def stub(name: str) -> str:
     return _exercise(name).stub()
 
 
-__all__ = ["EXERCISES", "check", "reference", "stub", "CheckResult", "Exercise", "Mistake"]
+__all__ = ["EXERCISES", "OUTPUT_EXERCISES", "check", "reference", "stub", "CheckResult", "Exercise",
+           "Mistake", "OutputExercise"]
