@@ -300,7 +300,8 @@ def step_flops(shapes: dict, lora: bool) -> float:
 def run(shapes: dict, n_threads: int, folder: Path) -> dict:
     torch.set_num_threads(n_threads)
     results = {"shapes": shapes, "threads": n_threads, "parameters": n_params(shapes),
-               "machine": describe() + f", PyTorch {torch.__version__}, transformers {transformers.__version__}",
+               "machine": f"{describe()}, PyTorch {torch.__version__}, "
+                          f"transformers {transformers.__version__}",
                "commit": commit(), "platform": platform.platform(), "load_average_start": load_average()}
     results["matmul_peak"] = matmul_peak(shapes["matmul_n"])
     write_folder(shapes, folder)
@@ -372,7 +373,8 @@ def markdown(results: dict) -> str:
         ours, theirs = row["NumPy"], row["PyTorch"]
         lines.append(f"| generation, batch {row['batch']}, {s['new_tokens']} tokens after {s['prompt']} "
                      f"(tokens/s) | {ours['tokens_per_s']:.1f} | {theirs['tokens_per_s']:.1f} "
-                     f"| {_ratio(ours['tokens_per_s'], theirs['tokens_per_s'])} | {_load_range(ours, theirs)} |")
+                     f"| {_ratio(ours['tokens_per_s'], theirs['tokens_per_s'])} "
+                     f"| {_load_range(ours, theirs)} |")
     for kind, label in (("full", "full step"), ("lora", f"LoRA step (rank {s['lora_rank']}, q and v)")):
         step = results[f"{kind}_step"]
         ours, theirs = step["NumPy"], step["PyTorch"]
