@@ -207,6 +207,20 @@ def test_the_old_task_is_scored_at_the_positions_where_the_two_tasks_agree():
         fx.agreeing_positions(old, held_out(TrainConfig(task="reverse", max_len=6, eval_size=300)))
 
 
+def test_the_lora_defaults_table_reads_its_results_and_names_the_defaults(tmp_path):
+    """The measured runs of the command line's LoRA defaults: if the defaults change without a new
+    measurement, no row is theirs any more and this fails."""
+    out = tmp_path / "lora_defaults.json"
+    out.write_text((ROOT / "benchmarks" / "results" / "lora_defaults.json").read_text())
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lora_defaults.py"), "--table",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in out.with_suffix(".md").read_text().splitlines() if "(the defaults) |" in line]
+    for pair in ("copy -> reverse", "reverse -> sort"):
+        row = next(line for line in rows if f"| {pair} | 4 |" in line)
+        assert "| 5/5 (seeds 0, 1, 2, 3, 4) |" in row, row
+
+
 def test_the_gpt2_benchmark_runs_in_quick_mode(tmp_path):
     """benchmarks/gpt2_bench.py at tiny shapes: both sides load one folder, so the first full step's
     losses agree to float32 rounding, greedy generation agrees on its first tokens, and every

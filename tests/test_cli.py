@@ -135,24 +135,30 @@ def test_an_unknown_option_is_one_line_and_exit_2(capsys):
     assert err == "tinytransformer: error: unrecognized arguments: --bogus"
 
 
-@pytest.mark.parametrize("kind", ["encoder-decoder", "decoder-only"])
+@pytest.mark.parametrize("kind", ["encoder-decoder", "decoder-only", "text"])
 def test_train_help_states_the_model_each_kind_of_run_builds(kind, capsys):
     """Every model option's help states the value a run of this kind gets when the option is not
     given: a decoder-only run's 4 blocks and no encoder are stated, not TransformerConfig's 2 and 2
-    (those a model built from a plain config has: its blocks are its n_decoder_layers)."""
+    (those a model built from a plain config has: its blocks are its n_decoder_layers); a text
+    run's own model (TEXT_DEFAULTS) where it sets one, and its context the block size."""
     from tinytransformer.cli.main import build_parser
     from tinytransformer.cli.train import TRAIN_OPTIONS, train_configs
     from tinytransformer.nn.transformer import DecoderOnlyTransformer, TransformerConfig
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    _, model_config, _ = train_configs(build_parser().parse_args(["train", "--model", kind]))
+    argv = ["train", "--task", "text"] if kind == "text" else ["train", "--model", kind]
+    config, model_config, _ = train_configs(build_parser().parse_args(argv))
     for flag, where, name, _, _ in TRAIN_OPTIONS:
         if where == "model":
             stated = re.search(re.escape(flag) + r" [A-Z_]+ .*?\(default: (.*?)\)", help_text).group(1)
-            default, *own = stated.split("; with --model ")
-            stated = dict(part.split(": ") for part in own).get(kind, default)
-            assert stated == str(getattr(model_config, name)), (flag, stated)
-    if kind == "decoder-only":
+            default, *own = stated.split("; with ")
+            own = dict(part.split(": ") for part in own)
+            stated = (own.get("--task text", own.get("--model decoder-only", default)) if kind == "text"
+                      else own.get(f"--model {kind}", default))
+            value = getattr(model_config, name)
+            assert stated == ("--block-size" if value == config.block_size and name == "max_len"
+                              else str(value)), (flag, stated)
+    if kind != "encoder-decoder":
         assert len(DecoderOnlyTransformer(model_config).layers) == model_config.n_decoder_layers == 4
     assert len(DecoderOnlyTransformer(TransformerConfig(vocab_size=13)).layers) == 2

@@ -15,8 +15,8 @@ import pytest
 from tinytransformer import (CheckpointError, DecoderOnlyTransformer, Transformer, TransformerConfig, cli, evaluate,
                              load_checkpoint, save_checkpoint)
 from tinytransformer.finetune import freeze, start_from
-from tinytransformer.nn.lora import LoRALinear, lora_settings
-from tinytransformer.train import TrainConfig, held_out, train
+from tinytransformer.nn.lora import LoRALinear, lora_layers, lora_settings
+from tinytransformer.train import TrainConfig, build_model, held_out, train
 
 TINY = TransformerConfig(vocab_size=13, d_model=32, n_heads=2, d_ff=64, n_encoder_layers=1,
                          n_decoder_layers=1, max_len=12)
@@ -41,7 +41,7 @@ def lora_run(base):
     out = base.parent / "lora"
     stream = io.StringIO()
     result = run(out, stream, task="reverse", init_from=str(base), lora_rank=4, steps=150,
-                 eval_every=75, lr=5e-3)
+                 eval_every=75)
     return out, result, stream.getvalue()
 
 
@@ -54,13 +54,31 @@ def test_a_lora_run_improves_on_the_new_task_training_only_its_adapters(base, lo
     before = reverse_scores(load_checkpoint(base)[0])
     after = reverse_scores(result.model)
     assert after["token_accuracy"] > before["token_accuracy"] + 0.15, (before, after)
-    n_adapters = 3 * 2 * 4 * (32 + 32)           # 3 attentions x (w_q, w_v) x rank 4 x (in + out)
+    # 3 attentions x 4 projections and 2 feed-forwards x 2 Linears, x rank 4 x (in + out)
+    n_adapters = 3 * 4 * 4 * (32 + 32) + 2 * 2 * 4 * (32 + 64)
     assert f"training {n_adapters:,} of {result.model.num_parameters():,} parameters" in printed
-    assert f"fine-tuning {base}, LoRA rank 4 on w_q and w_v" in printed
+    assert f"fine-tuning {base}, LoRA rank 4 on w_q, w_k, w_v, w_o, linear1, linear2)" in printed
     trained = load_checkpoint(base)[0].state_dict()
     for name, param, _ in result.model.named_parameters():     # the base weights did not move
         if "lora" not in name:
             np.testing.assert_array_equal(param, trained[name], err_msg=name)
+
+
+@pytest.mark.parametrize("rank", [1, 4])
+def test_lora_rank_alone_adapts_every_projection_with_alpha_fixed_at_16(base, rank):
+    """`--lora-rank R` and nothing else: adapters on every attention projection and every
+    feed-forward Linear, each scaled by 16 / R (alpha fixed, so a rank adds directions, not a
+    larger step)."""
+    args = cli.build_parser().parse_args(["train", "--init-from", str(base), "--task", "reverse",
+                                          "--max-len", "5", "--lora-rank", str(rank)])
+    config = cli.train_configs(args)[0]
+    model = build_model(config, None, np.random.default_rng(0))
+    adapters = [(attribute, layer) for _, _, attribute, layer in lora_layers(model)]
+    assert sorted({attribute for attribute, _ in adapters}) == \
+        ["linear1", "linear2", "w_k", "w_o", "w_q", "w_v"]
+    assert len(adapters) == 3 * 4 + 2 * 2          # 3 attentions x 4, 2 feed-forwards x 2
+    assert all(layer.rank == rank and layer.alpha == 16.0 and layer.scaling == 16.0 / rank
+               for _, layer in adapters)
 
 
 def test_full_and_frozen_encoder_fine_tuning(base):
@@ -76,7 +94,8 @@ def test_full_and_frozen_encoder_fine_tuning(base):
 
 def test_an_adapter_checkpoint_is_small_and_rebuilds_the_model_with_adapters(base, lora_run):
     out, result, _ = lora_run
-    assert (out / "best.npz").stat().st_size < (base / "best.npz").stat().st_size / 4
+    share = result.model.num_parameters(trainable_only=True) / result.model.num_parameters()   # 0.17
+    assert (out / "best.npz").stat().st_size < 2 * share * (base / "best.npz").stat().st_size
     model, info = load_checkpoint(out)
     assert info["lora"]["rank"] == 4 and info["lora"]["base"]["path"] == str((base / "best.npz").resolve())
     assert isinstance(model.encoder.layers[0].self_attn.w_q, LoRALinear)
@@ -156,7 +175,7 @@ def test_cli_fine_tunes_evaluates_plots_and_merges(base, tmp_path, capsys):
     assert cli.main(["train", "--init-from", str(base), "--task", "reverse", "--max-len", "5",
                      "--lora-rank", "2", "--steps", "20", "--eval-every", "20", "--eval-size", "50",
                      "--out", str(out)]) == 0
-    assert "training 768 of" in capsys.readouterr().out
+    assert f"training {3 * 4 * 2 * (32 + 32) + 2 * 2 * 2 * (32 + 64):,} of" in capsys.readouterr().out
     for command in (["eval", str(out)], ["generate", str(out), "3 4 5"],
                     ["plot", str(out), "--out", str(tmp_path / "figures")]):
         assert cli.main(command) == 0, command
@@ -178,6 +197,10 @@ def test_cli_fine_tunes_evaluates_plots_and_merges(base, tmp_path, capsys):
     (["--lora-rank", "33"], "lora_rank: expected an integer from 1 to min(in_features, out_features) "
                             "= d_model = 32 for the attention projections of the model in"),
     (["--lora-rank", "0"], "lora_rank: expected an integer >= 1 (at most d_model), got 0"),
+    (["--lora-rank", "2", "--lora-targets", "w_q", "w_x"],
+     "lora_targets: expected names among ['w_q', 'w_k', 'w_v', 'w_o', 'linear1', 'linear2', 'linear3', "
+     "'out_proj'], got ['w_q', 'w_x']"),
+    (["--lora-targets", "w_q"], "lora_targets: sets LoRA adapters, so it needs lora_rank (--lora-rank)"),
     (["--n-symbols", "12"], "does not fit reverse with 12 symbols, lengths 1..5: vocab_size: the task "
                             "needs 15 (12 symbols + PAD/BOS/EOS), the model config has 13"),
     (["--d-model", "64"], "the model is the trained run's, its options cannot change it; drop d_model"),

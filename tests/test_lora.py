@@ -8,6 +8,8 @@ import pytest
 
 from tinytransformer import (Adam, CrossEntropyLoss, DecoderOnlyTransformer, Linear, LoRALinear,
                              Transformer, TransformerConfig, add_lora, merge_lora)
+from tinytransformer.nn.lora import lora_settings
+from tinytransformer.train_config import LORA_ALPHA, LORA_TARGETS
 
 B, T, I, O, R = 2, 3, 5, 7, 3
 f64 = np.float64
@@ -142,3 +144,18 @@ def test_a_lora_model_trains_only_its_adapters():
 def test_gradcheck_of_a_frozen_base_compares_only_the_trainable_parameters(rng, assert_gradcheck):
     result = assert_gradcheck(lora_layer(rng), rng.standard_normal((B, T, I)))
     assert [c.name for c in result.checks] == ["input 0", "param lora_a", "param lora_b"]
+
+
+@pytest.mark.parametrize("activation", ["relu", "swiglu"])
+def test_gradcheck_of_a_model_with_the_command_lines_adapters_on_every_projection(activation, rng,
+                                                                                  assert_gradcheck):
+    model = Transformer(tiny_config(activation=activation), rng=np.random.default_rng(0)).astype(f64)
+    add_lora(model, 2, LORA_ALPHA, LORA_TARGETS, rng=np.random.default_rng(1))
+    for _, p, _ in model.trainable_parameters():
+        p[...] = rng.standard_normal(p.shape) * 0.1      # trained adapters: nonzero B
+    feed_forward = ["linear1", "linear2"] + (["linear3"] if activation == "swiglu" else [])
+    assert lora_settings(model)["targets"] == sorted(["w_q", "w_k", "w_v", "w_o", *feed_forward])
+    src, tgt = rng.integers(3, 11, (2, 6)), rng.integers(3, 11, (2, 4))
+    src[1, 4:] = 0                                       # padding: masks matter
+    result = assert_gradcheck(model, src, tgt, max_elements=20)
+    assert len(result.checks) == len(list(model.trainable_parameters()))

@@ -234,6 +234,27 @@ def test_saving_again_removes_the_other_layout(tmp_path):
     assert_same_parameters(model, load_pretrained(tmp_path, dtype=np.float64))
 
 
+@pytest.mark.parametrize("shards", [None, 20_000])
+def test_a_save_interrupted_while_writing_weights_leaves_the_earlier_model(tmp_path, monkeypatch, shards):
+    """Each file is written whole, and the old weights go only after the new ones are in place."""
+    import tinytransformer.pretrained.safetensors as format_module
+    model, other = our_model("gpt2_untied"), our_model("gpt2_untied", seed=1)
+    save_pretrained(model, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    real = format_module.atomic_write
+
+    def interrupted(path, write):
+        def half(f):
+            f.write(b"12345678")                      # a few bytes, then Ctrl-C
+            raise KeyboardInterrupt
+        return real(path, half)
+    monkeypatch.setattr(format_module, "atomic_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_pretrained(other, tmp_path, max_shard_bytes=shards)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before      # no half file, nothing removed
+    assert_same_parameters(model, load_pretrained(tmp_path, dtype=np.float64))
+
+
 def test_hub_style_gpt2_file_without_prefix_and_with_mask_buffers(tmp_path):
     """The hub's GPT-2 files name tensors without "transformer." and hold each block's causal
     mask ("attn.bias") and fill value ("attn.masked_bias"), which are not parameters."""

@@ -257,6 +257,9 @@ class HeldOutLossTask:
     def info(self):
         return {"name": "copy", "judged_by": "held-out loss"}
 
+    def save(self, out_dir):
+        """Nothing to keep beside the checkpoints."""
+
     def batch(self, rng):
         c = self.config
         return make_batch("copy", self.vocab, c.batch_size, c.min_len, c.max_len, rng)

@@ -19,12 +19,16 @@ from .nn import *  # noqa: F401,F403  (the layers are the public API)
 from .nn import __all__ as _nn_all
 from .nn.transformer import (PRESETS, Decoder, DecoderLayer, DecoderOnlyTransformer, Encoder,
                              EncoderLayer, Transformer, TransformerConfig)
+from .open import open_model
 from .optim import SGD, Adam, AdamW, clip_grad_norm, warmup_inverse_sqrt
 from .pretrained import load_pretrained, save_pretrained
 from .tasks import BOS, EOS, PAD, Vocab, eval_set, make_batch
+from .text import bits_per_char, default_corpus, load_text
+from .text_task import TEXT_DEFAULTS, TextTask, text_train_config
 from .threads import threads
 from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, load_tokenizer
 from .train import TrainConfig, TrainResult, evaluate, train
+from .train_config import LORA_ALPHA, LORA_TARGETS
 
 __version__ = "0.1.0"
 __all__ = list(_nn_all) + [
@@ -36,4 +40,7 @@ __all__ = list(_nn_all) + [
     "TrainConfig", "TrainResult", "train", "evaluate", "threads", "exercises",
     "CharTokenizer", "ByteTokenizer", "BPETokenizer", "load_tokenizer",
     "load_pretrained", "save_pretrained",
+    "LORA_TARGETS", "LORA_ALPHA",
+    "bits_per_char", "default_corpus", "load_text", "TEXT_DEFAULTS", "TextTask", "text_train_config",
+    "open_model",
 ]

@@ -31,7 +31,12 @@ frozen. Saved with ``base=`` (the checkpoint its frozen
 weights came from), the file holds the adapters alone, the base's path and a
 fingerprint of the base weights (a SHA-256 of their names, dtypes, shapes and
 bytes): a few kilobytes. Loading it loads the base first, and refuses a base
-that is missing or is not the one the adapters were trained on.
+that is missing or is not the one the adapters were trained on. The base may
+also be a Hugging Face folder (``is_pretrained_folder``), read with
+``load_pretrained`` in the dtype the adapters were saved in.
+
+A text run records in its task where its tokenizer is (``"tokenizer_dir"``, beside
+the checkpoint file); ``load_checkpoint`` gives it back in ``info["tokenizer"]``.
 
 A run directory holds ``best.npz`` (the best evaluation so far: what the run
 reports) and ``last.npz`` (the latest state: what ``--resume`` continues from);
@@ -50,11 +55,13 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
+from .tokenizers import load_tokenizer
 from .nn.lora import ADAPTERS, add_lora, lora_settings, merge_lora
 from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig
+from .pretrained import load_pretrained
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "fingerprint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "fingerprint", "is_pretrained_folder"]
 
 FORMAT = "tinytransformer-checkpoint"
 VERSION = 1
@@ -165,32 +172,49 @@ def fingerprint(params: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def is_pretrained_folder(path) -> bool:
+    """Whether ``path`` is a Hugging Face model folder: config.json beside model.safetensors or
+    its sharded index (a run directory has a config.json too, but no safetensors)."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and any(
+        (path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
+
+
 def _base_record(file: Path, model: Module, base) -> dict:
-    """What an adapter checkpoint at ``file`` says about its base: paths and fingerprint."""
+    """What an adapter checkpoint at ``file`` says about its base: paths and fingerprint, and
+    whether it is a pre-trained folder."""
     frozen_off = [name for name, _, _ in model.trainable_parameters() if not is_adapter(name)]
     if frozen_off:
         raise ValueError(f"base: an adapter checkpoint saves the adapters only, but {frozen_off[:3]} "
                          f"of the base weights are trainable and would be lost; save without base=")
-    base = checkpoint_file(base).resolve()
+    pretrained = is_pretrained_folder(base)
+    base = (Path(base) if pretrained else checkpoint_file(base)).resolve()
     try:
         relative = os.path.relpath(base, file.resolve().parent)
     except ValueError:                          # another drive (Windows): no relative path
         relative = None
     own = {name: p for name, p, _ in model.named_parameters() if not is_adapter(name)}
-    return {"path": str(base), "relative": relative, "fingerprint": fingerprint(own)}
+    return {"path": str(base), "relative": relative, "fingerprint": fingerprint(own),
+            "pretrained": pretrained}
 
 
-def _base_state(record: dict, file: Path) -> dict[str, np.ndarray]:
+def _base_state(record: dict, file: Path, dtype: str) -> dict[str, np.ndarray]:
     """The base weights an adapter checkpoint needs, checked against its fingerprint."""
+    pretrained = record.get("pretrained", False)
     candidates = [Path(record["path"])]
     if record.get("relative"):
         candidates.append(file.resolve().parent / record["relative"])
-    found = next((path for path in candidates if path.is_file()), None)
+    found = next((path for path in candidates
+                  if (is_pretrained_folder(path) if pretrained else path.is_file())), None)
     if found is None:
-        raise CheckpointError(f"{file}: holds LoRA adapters for the base checkpoint "
-                              f"{record['path']}, which is missing; put the base run back there "
-                              f"(or next to this run, as {record.get('relative')})")
-    base, _ = load_checkpoint(found)
+        raise CheckpointError(f"{file}: holds LoRA adapters for the base "
+                              f"{'model folder' if pretrained else 'checkpoint'} {record['path']}, "
+                              f"which is missing; put it back there (or next to this run, as "
+                              f"{record.get('relative')})")
+    if pretrained:
+        base = load_pretrained(found, np.dtype(dtype))
+    else:
+        base, _ = load_checkpoint(found)
     if lora_settings(base) is not None:         # a base fine-tuned with LoRA itself: merged
         merge_lora(base)
     state = base.state_dict()
@@ -359,7 +383,7 @@ _META_FIELDS = {"config": (dict, "an object"), "dtype": (str, "a dtype name"),
                 "params": (list, "a list of names"), "step": (int, "an integer"),
                 "model_rng_states": (list, "a list of Generator states")}
 # a checkpoint of a model with adapters: {"rank", "alpha", "targets", "layers", "base": null or
-# {"path", "relative", "fingerprint"}}; null (or absent, in older files) without adapters;
+# {"path", "relative", "fingerprint", "pretrained"}}; null (or absent, in older files) without adapters;
 # "layers" is absent in files written before it was recorded (adapters on every target)
 _LORA_FIELDS = {"rank": int, "alpha": (int, float), "targets": list}
 
@@ -428,7 +452,8 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
     rebuilt model has the saved model's parameters frozen; a ``model`` given keeps its own.
 
     ``info``: "config" (TransformerConfig), "model_class", "step", "lora" (the adapter
-    settings, or None), "task", "extra",
+    settings, or None), "task", "tokenizer" (a text run's, read from the folder its task
+    names beside the checkpoint file; None for other runs), "extra",
     "rng_states" (the caller's Generator states, by name), "optimizer" (the
     optimizer's ``state_dict()`` or None), "dtype", "path" (the file read).
     """
@@ -455,7 +480,7 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
                                   + "; ".join(differences))
     params = {name: arrays[f"params/{name}"] for name in meta["params"]}
     if lora is not None and lora.get("base") is not None:
-        params = {**_base_state(lora["base"], file), **params}
+        params = {**_base_state(lora["base"], file, meta["dtype"]), **params}
     diverged = non_finite(params)
     if diverged:
         raise CheckpointError(f"{file}: parameter(s) {diverged} hold inf or NaN: the model it "
@@ -475,4 +500,18 @@ def load_checkpoint(path, model: Module | None = None, which: str | None = None)
            for key in ("task", "extra", "rng_states", "optimizer")},
         "path": file,
     }
+    info["tokenizer"] = _saved_tokenizer(info["task"], file)
     return model, info
+
+
+def _saved_tokenizer(task, file: Path):
+    """The tokenizer a text run keeps beside its checkpoints, or None for a run without one."""
+    if not (isinstance(task, dict) and isinstance(task.get("tokenizer_dir"), str)):
+        return None
+    directory = file.parent / task["tokenizer_dir"]
+    try:
+        return load_tokenizer(directory)
+    except (FileNotFoundError, ValueError) as err:
+        raise CheckpointError(f"{file}: a text run's checkpoint, whose tokenizer belongs in "
+                              f"{directory}, which cannot be read ({err}); copy the run's "
+                              f"{task['tokenizer_dir']}/ folder beside the checkpoint") from None

@@ -50,6 +50,7 @@ from .nn.kv_cache import AttentionCache, KVCache
 from .nn.masks import real_tokens
 from .nn.module import Module
 from .nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig
+from .sampling import choose_next
 from .threads import threads
 
 __all__ = ["greedy_decode", "generate", "beam_search", "sequence_log_prob", "Decoded",
@@ -195,22 +196,6 @@ def greedy_decode(model: Transformer, src_ids: np.ndarray, max_len: int, use_cac
 # ---- generation (decoder-only) -------------------------------------------------------------
 
 
-def _choose(logits: np.ndarray, temperature: float, top_k: int | None,
-            rng: np.random.Generator | None) -> np.ndarray:
-    """The next token of each row (B,): the most likely one when temperature is 0, otherwise a
-    draw from softmax(logits / temperature) over the top_k most likely tokens (all if None;
-    ties with the k-th are kept)."""
-    if temperature == 0:
-        return logits.argmax(axis=-1)
-    z = logits.astype(np.float64) / temperature                          # (B, V)
-    if top_k is not None:
-        kth = np.partition(z, -top_k, axis=-1)[:, -top_k, None]          # (B, 1) the k-th largest
-        z = np.where(z >= kth, z, -np.inf)
-    cumulative = np.exp(z - z.max(axis=-1, keepdims=True)).cumsum(axis=-1)   # unnormalised
-    u = rng.random((len(z), 1)) * cumulative[:, -1:]                     # uniform in [0, total)
-    return (cumulative <= u).sum(axis=-1)        # the first token whose cumulative weight exceeds u
-
-
 def _prompt_lengths(prompt_ids, pad_id: int | None) -> np.ndarray:
     """Lengths (B,) of right-padded prompts; a clear error for a pad inside or an empty prompt.
     Without a pad id (``pad_id`` None) every prompt is its whole row."""
@@ -230,15 +215,17 @@ def _prompt_lengths(prompt_ids, pad_id: int | None) -> np.ndarray:
 
 def generate(model: DecoderOnlyTransformer, prompt_ids: np.ndarray, max_new_tokens: int,
              use_cache: bool = True, temperature: float = 0.0, top_k: int | None = None,
-             rng: np.random.Generator | None = None, stop_at_eos: bool = True,
-             return_logits: bool = False):
+             top_p: float | None = None, rng: np.random.Generator | None = None,
+             stop_at_eos: bool = True, return_logits: bool = False):
     """Continue each prompt by up to ``max_new_tokens`` tokens; returns the new tokens
     (B, <= max_new_tokens), each row ending at its eos and filled after it (``fill_id``:
     pad, or eos where the vocabulary has no padding), or a ``Decoded`` with ``return_logits``.
 
     ``temperature`` 0 is greedy. Above 0, each token is drawn from
-    softmax(logits / temperature), over the ``top_k`` most likely tokens if given,
-    with ``rng`` (a seeded ``np.random.Generator``; required, nothing is global).
+    softmax(logits / temperature), over the ``top_k`` most likely tokens if given, then
+    over the nucleus of probability ``top_p`` if given (``sampling.py``: the smallest set
+    of most likely tokens whose probabilities sum to at least ``top_p``), with ``rng`` (a
+    seeded ``np.random.Generator``; required, nothing is global).
 
     Prompts are right-padded (each prompt, then the pad id), as ``LMBatch.prompt``; where
     the model's vocabulary has no padding (``pad_id`` None), every prompt is its whole row.
@@ -258,6 +245,8 @@ def generate(model: DecoderOnlyTransformer, prompt_ids: np.ndarray, max_new_toke
         raise ValueError(f"temperature: expected a number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None:
         _check_count("top_k", top_k, 1, model.config.vocab_size, "at most vocab_size")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p: expected a probability in (0, 1] (1 keeps every token), got {top_p!r}")
     if temperature > 0 and not isinstance(rng, np.random.Generator):
         raise TypeError("rng: sampling (temperature > 0) needs a np.random.Generator, "
                         "e.g. np.random.default_rng(0)")
@@ -271,7 +260,7 @@ def generate(model: DecoderOnlyTransformer, prompt_ids: np.ndarray, max_new_toke
         next_logits, _ = _next_logits(model, use_cache, total - 1, B)   # the last token is never fed
         for t in range(first, total):                # choose the token at position t
             logits = next_logits(seq[:, :t])          # (B, V), from the token at t - 1
-            token = _choose(never_emitted(model, logits), temperature, top_k, rng)
+            token = choose_next(never_emitted(model, logits), temperature, top_k, top_p, rng)
             active = (t >= lengths) & ~finished & (n_new < max_new_tokens)
             seq[active, t] = token[active]
             n_new += active

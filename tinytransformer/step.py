@@ -18,17 +18,18 @@ from __future__ import annotations
 from .nn.loss import CrossEntropyLoss
 from .nn.module import Module
 from .optim import Optimizer, clip_grad_norm, grad_norm
-from .tasks import Batch, LMBatch
+from .tasks import Batch
 
 __all__ = ["train_step", "model_inputs"]
 
 
-def model_inputs(batch: Batch | LMBatch) -> tuple:
-    """What the model is called with: (src, tgt_in) for the encoder-decoder, (ids,) for decoder-only."""
-    return (batch.ids,) if isinstance(batch, LMBatch) else (batch.src, batch.tgt_in)
+def model_inputs(batch) -> tuple:
+    """What the model is called with: (src, tgt_in) for the encoder-decoder, (ids,) for a
+    decoder-only model (an ``LMBatch`` of a toy task, a ``TextBatch`` of a text)."""
+    return (batch.src, batch.tgt_in) if isinstance(batch, Batch) else (batch.ids,)
 
 
-def train_step(model: Module, crit: CrossEntropyLoss, opt: Optimizer, batch: Batch | LMBatch,
+def train_step(model: Module, crit: CrossEntropyLoss, opt: Optimizer, batch,
                clip: float | None = None) -> tuple[float, float]:
     """One update of ``model`` from ``batch``; returns (loss, gradient norm before clipping)."""
     model.zero_grad()

@@ -27,6 +27,10 @@ never shifts the training stream. How the run directory stays consistent
 under kills (the history inside last.npz, best.npz written after it, a lock
 against a second trainer) is ``rundir.py``'s.
 
+A text (``task="text"``, ``text_task.TextTask``) is trained on random windows and judged
+by validation bits per character, with no early stop: the run spends its budget, ``steps``
+or ``minutes`` (wall-clock time over all its sessions), whichever runs out first.
+
 The loop itself (``_train``) is a dozen lines over named steps: ``ToyTask`` says where
 batches come from and how a model is judged (another kind of task gives the same methods),
 and ``TrainingRun`` (``training_run.py``) carries the run's state from step to step and does
@@ -48,7 +52,7 @@ import numpy as np
 from . import optim
 from .checkpoint import read_checkpoint
 from .evaluate import eval_rank, evaluate, solved
-from .finetune import start_from
+from .finetune import check_trained_config, start_from
 from .nn.loss import CrossEntropyLoss
 from .nn.module import Module
 from .nn.transformer import TransformerConfig
@@ -56,7 +60,8 @@ from .progress import StopRequest
 from .rundir import RunDir
 from .tasks import EVAL_SEED, Batch, LMBatch, Vocab, eval_set, lm_eval_set, make_batch, make_lm_batch
 from .threads import threads
-from .train_config import MODEL_DEFAULTS, MODEL_KINDS, TrainConfig
+from .text_task import TextTask
+from .train_config import MODEL_DEFAULTS, MODEL_KINDS, TEXT_TASK, TrainConfig
 from .training_run import TrainingRun, TrainResult, check_resume   # noqa: F401 (re-exported)
 from .vocab import check_special_ids
 
@@ -119,11 +124,7 @@ def init_model_config(config: TrainConfig, model_config: TransformerConfig | Non
         raise ValueError(f"init_from: {file} holds a model of kind {kind!r}, the run asks for "
                          f"model {config.model!r} (--model)")
     base = TransformerConfig.from_dict(meta["config"])
-    if model_config is not None and model_config != base:
-        differences = [f"{key} {value!r} (the trained model has {base.to_dict()[key]!r})"
-                       for key, value in model_config.to_dict().items() if base.to_dict()[key] != value]
-        raise ValueError(f"init_from: the model is the one in {file}; its config cannot change: "
-                         + "; ".join(differences))
+    check_trained_config(file, base, model_config, None, ())
     task = meta.get("task") or {}
     try:
         check_model_config(config, base)
@@ -132,14 +133,22 @@ def init_model_config(config: TrainConfig, model_config: TransformerConfig | Non
                          f"{task.get('n_symbols')} symbols, lengths {task.get('min_len')}.."
                          f"{task.get('max_len')}) does not fit {config.task} with {config.n_symbols} "
                          f"symbols, lengths {config.min_len}..{config.max_len}: {err}") from None
-    if kind == "decoder-only" and "encoder" in config.freeze:
-        raise ValueError(f"freeze: the model in {file} is decoder-only, it has no encoder; "
-                         f"expected decoder or embeddings")
-    if config.lora_rank is not None and config.lora_rank > base.d_model:
-        raise ValueError(f"lora_rank: expected an integer from 1 to min(in_features, out_features) = "
-                         f"d_model = {base.d_model} for the attention projections of the model in "
-                         f"{file}, got {config.lora_rank}")
+    check_trained_config(file, base, None, config.lora_rank, config.freeze)
     return base
+
+
+def run_model_config(config: TrainConfig, model_config: TransformerConfig | None,
+                     text_task: TextTask | None = None) -> TransformerConfig:
+    """The model config a run trains, checked against its task: ``model_config``, else the
+    task's default; with ``init_from``, the trained model's (which cannot change). A text run's
+    depends on its tokenizer: ``text_task``."""
+    if config.task == TEXT_TASK:
+        return text_task.fit_model_config(model_config)
+    if config.init_from is not None:
+        model_config = init_model_config(config, model_config)
+    model_config = model_config or default_model_config(config)
+    check_model_config(config, model_config)
+    return model_config
 
 
 def build_model(config: TrainConfig, model_config: TransformerConfig,
@@ -147,7 +156,8 @@ def build_model(config: TrainConfig, model_config: TransformerConfig,
     """A new model drawn from ``rng``, or, with ``init_from``, the trained one to fine-tune."""
     if config.init_from is None:
         return MODEL_KINDS[config.model](model_config, rng=rng)
-    return start_from(config.init_from, rng, config.lora_rank, config.lora_alpha, config.freeze)
+    return start_from(config.init_from, rng, config.lora_rank, config.lora_alpha, config.freeze,
+                      config.lora_targets)
 
 
 def build_optimizer(config: TrainConfig, model: Module) -> optim.Optimizer:
@@ -202,10 +212,10 @@ def task_info(config: TrainConfig) -> dict:
 
 def train(config: TrainConfig | None = None, model_config: TransformerConfig | None = None,
           out_dir=None, resume: bool = False, stream=None) -> TrainResult:
-    """Train a model on a toy task; see the module docstring for what happens each step.
+    """Train a model on a toy task or a text; see the module docstring for what happens each step.
 
-    ``model_config`` defaults to ``default_model_config(config)``. ``out_dir``: the run
-    directory (config.json, history.json, best.npz, last.npz), locked while training;
+    ``model_config`` defaults to ``default_model_config(config)`` (a text's: ``TextTask``'s).
+    ``out_dir``: the run directory (config.json, history.json, best.npz, last.npz), locked while training;
     None trains in memory and writes nothing. ``resume=True`` continues the run in
     ``out_dir`` from last.npz (from step 0 if it was stopped before saving one).
     Progress goes to ``stream`` (default stdout). Ctrl-C stops the run after the
@@ -213,24 +223,24 @@ def train(config: TrainConfig | None = None, model_config: TransformerConfig | N
     A second Ctrl-C aborts at once without saving (KeyboardInterrupt).
     """
     config = config or TrainConfig()
-    if config.init_from is not None:
-        model_config = init_model_config(config, model_config)
-    model_config = model_config or default_model_config(config)
-    check_model_config(config, model_config)
+    # a text is read (and its tokenizer built) before anything is written: the model needs its size
+    text_task = TextTask(config) if config.task == TEXT_TASK else None
+    model_config = run_model_config(config, model_config, text_task)
     stream = sys.stdout if stream is None else stream
     out_dir = Path(out_dir) if out_dir is not None else None
     if resume and out_dir is None:
         raise ValueError("resume: needs out_dir, the run directory to continue")
     # Ctrl-C is a stop request from here on, before the run has anything to save
     with StopRequest(stream) as stop, RunDir(out_dir) if out_dir is not None else nullcontext():
-        return _train(config, model_config, out_dir, resume, stream, stop)
+        return _train(config, model_config, text_task, out_dir, resume, stream, stop)
 
 
-def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path | None,
+def _train(config: TrainConfig, model_config: TransformerConfig, task, out_dir: Path | None,
            resume: bool, stream, stop: StopRequest) -> TrainResult:
-    """The loop: train a step, evaluate when it is due, until the task is solved, the budget is
-    spent or Ctrl-C asks to stop; then save and return. ``TrainingRun`` holds the helpers."""
-    task = task_for(config)
+    """The loop: train a step, evaluate when it is due, until the task is solved, the budget
+    (steps or minutes) is spent or Ctrl-C asks to stop; then save and return. ``TrainingRun``
+    holds the helpers. ``task``: the one already made, or None to make it now."""
+    task = task_for(config) if task is None else task
     model_rng, data_rng = seeded_generators(config.seed)
     model = build_model(config, model_config, model_rng)
     crit = CrossEntropyLoss(ignore_index=model_config.pad_id, label_smoothing=config.label_smoothing)
@@ -250,6 +260,9 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
                 if stop.requested:
                     run.stopped = "interrupted"
                     break
+                if run.out_of_time:
+                    run.stopped = "minutes"
+                    break
                 run.train_one_step()
                 if run.evaluation_due():
                     run.evaluate()
@@ -262,9 +275,9 @@ def _train(config: TrainConfig, model_config: TransformerConfig, out_dir: Path |
     return run.finish()
 
 
-def task_for(config: TrainConfig) -> ToyTask:
-    """The task object the loop trains on and judges by (the toy tasks are the one kind so far)."""
-    return ToyTask(config)
+def task_for(config: TrainConfig) -> ToyTask | TextTask:
+    """The task object the loop trains on and judges by: a toy task, or a text (``text_task.py``)."""
+    return TextTask(config) if config.task == TEXT_TASK else ToyTask(config)
 
 
 class ToyTask:
@@ -273,8 +286,8 @@ class ToyTask:
 
     Another kind of task plugs into the loop by giving the same methods: ``batch(rng)``,
     ``judge(model)`` (a dict of scores, recorded as the evaluation), ``better``, ``solved``,
-    ``describe`` (one evaluation, for the progress line), ``summary`` and ``info`` (what a
-    checkpoint records about it).
+    ``describe`` (one evaluation, for the progress line), ``summary``, ``info`` (what a
+    checkpoint records about it) and ``save(out_dir)`` (what the run directory keeps of it).
     """
 
     def __init__(self, config: TrainConfig):
@@ -287,6 +300,9 @@ class ToyTask:
 
     def info(self) -> dict:
         return task_info(self.config)
+
+    def save(self, out_dir: Path) -> None:
+        """Nothing to keep: the vocabulary and the held-out set follow from the config."""
 
     def batch(self, rng: np.random.Generator) -> Batch | LMBatch:
         return draw_batch(self.config, self.vocab, rng)

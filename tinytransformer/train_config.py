@@ -12,7 +12,8 @@ from .finetune import FREEZE_PARTS
 from .nn.transformer import DecoderOnlyTransformer, Transformer, config_from_dict
 from .tasks import TASKS
 
-__all__ = ["TrainConfig", "MODEL_KINDS", "MODEL_DEFAULTS", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "MODEL_KINDS", "MODEL_DEFAULTS", "OPTIMIZERS", "TEXT_TASK", "TOKENIZERS",
+           "LORA_TARGETS", "LORA_ALPHA"]
 
 MODEL_KINDS = {"encoder-decoder": Transformer, "decoder-only": DecoderOnlyTransformer}
 # The model fields a training run of each kind sets over TransformerConfig's own defaults,
@@ -27,6 +28,12 @@ MODEL_DEFAULTS = {
     "decoder-only": {"n_encoder_layers": 0, "n_decoder_layers": 4},
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
+TEXT_TASK = "text"                     # language modelling on a text (text_task.py), beside the toy TASKS
+TOKENIZERS = ("char", "byte", "bpe")
+
+# LoRA's defaults for a fine-tuning run (--lora-rank): TrainConfig says why and what was measured
+LORA_TARGETS = ("w_q", "w_k", "w_v", "w_o", "linear1", "linear2", "linear3")   # linear3: SwiGLU's
+LORA_ALPHA = 16.0
 
 
 @dataclass
@@ -45,6 +52,34 @@ class TrainConfig:
     ``decay_steps`` is the schedule's own horizon, not the budget, so a resumed run
     with a larger budget keeps the learning rate it had (it stays at ``min_lr``
     after the horizon).
+
+    LoRA (``lora_rank`` r, with ``init_from``): adapters on every Linear whose attribute
+    name is in ``lora_targets``, by default every attention projection (w_q, w_k, w_v,
+    w_o) and every feed-forward Linear (linear1, linear2, and SwiGLU's linear3), each
+    adding s * (x @ A) @ B with s = lora_alpha / r, on the same recipe as any run.
+    ``lora_alpha`` stays 16 whatever the rank, as in the LoRA paper: Adam moves each entry
+    of B by about the learning rate per step, whatever its gradient's size, so an entry of
+    s * A @ B, a sum of r terms, moves by up to about s * r = alpha times that. With alpha
+    fixed the step does not grow with r and a larger r adds directions; with alpha = r
+    (``lora_alpha=None``) it grows with r.
+    Measured by benchmarks/lora_defaults.py (its table: benchmarks/results/lora_defaults.md),
+    from the reference recipe's copy and reverse runs, at rank 4: these defaults solved
+    copy -> reverse and reverse -> sort on each of seeds 0-4 (held-out exact match
+    >= 0.995 overall and at every length), in 600 to 1,200 steps. On seeds 0-1, within
+    1,500 steps: adapters on w_q and w_v only (alpha = r, or 16) or on the attention only
+    (alpha 16) solved none of the 4 runs; on every Linear, alpha 8 solved 2 (and alpha 32
+    all 10 runs of seeds 0-4, in 600 to 900 steps: as good, measured once 16 was chosen).
+    At rank 1 (5,632 adapters, fewer than w_q and w_v get at rank 4), these defaults solved
+    none of those 4 runs in 3,000 steps (best exact match 0.86 to 0.993): the targets
+    matter, and so does the rank.
+
+    ``task="text"`` is language modelling on a text (``text_task.py``; its recipe is
+    ``text_task.TEXT_DEFAULTS``, which ``text_task.text_train_config`` applies): ``text``,
+    ``tokenizer``, ``vocab_size`` and ``block_size`` say what it reads and how.
+    ``minutes`` is a second budget, wall-clock time over all sessions of a run (the time
+    of the sessions before a ``--resume`` counts): the run stops at whichever budget it
+    spends first. The learning-rate schedule counts steps, never seconds, so a resumed
+    run takes exactly the steps an uninterrupted one would.
     """
     task: str = "reverse"
     n_symbols: int = 10
@@ -74,14 +109,20 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 100                 # progress line period when the output is not a terminal
     init_from: str | None = None         # fine-tuning: a trained run (directory or .npz) to start from
-    lora_rank: int | None = None         # ...with LoRA adapters of this rank on w_q and w_v
-    lora_alpha: float | None = None      # ...scaled by lora_alpha / lora_rank (None: alpha = rank)
+    lora_rank: int | None = None         # ...with LoRA adapters of this rank...
+    lora_targets: tuple = LORA_TARGETS   # ...on the Linears of these attribute names...
+    lora_alpha: float | None = LORA_ALPHA    # ...scaled by lora_alpha / lora_rank (None: alpha = rank)
     freeze: tuple = ()                   # ...or with these parts frozen: encoder, decoder, embeddings
+    text: str | None = None              # task text: a UTF-8 file (None: Python's help topics)
+    tokenizer: str = "char"              # task text: char, byte or bpe (trained on the training split)
+    vocab_size: int | None = None        # task text, bpe: the vocabulary to learn (>= 256 tokens)
+    block_size: int = 128                # task text: tokens in a training window (the context)
+    minutes: float | None = None         # a wall-clock budget in minutes (None: the steps alone)
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        if self.task not in TASKS:
-            raise ValueError(f"task: expected one of {sorted(TASKS)}, got {self.task!r}")
+        if self.task not in TASKS and self.task != TEXT_TASK:
+            raise ValueError(f"task: expected one of {sorted(TASKS) + [TEXT_TASK]}, got {self.task!r}")
         if self.model not in MODEL_KINDS:
             raise ValueError(f"model: expected one of {sorted(MODEL_KINDS)}, got {self.model!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -119,18 +160,49 @@ class TrainConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing: expected a value in [0, 1), got {self.label_smoothing!r}")
         self._check_finetuning()
+        self._check_text()
+
+    def _check_text(self) -> None:
+        if self.minutes is not None and not (isinstance(self.minutes, (int, float, np.integer, np.floating))
+                                             and not isinstance(self.minutes, bool) and self.minutes > 0):
+            raise ValueError(f"minutes: expected a number > 0 or None (no time budget), got {self.minutes!r}")
+        if self.task != TEXT_TASK:
+            return
+        if self.model != "decoder-only":
+            raise ValueError(f"model: the text task trains a decoder-only model (a language model), "
+                             f"got {self.model!r}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer: expected one of {list(TOKENIZERS)}, got {self.tokenizer!r}")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, (int, np.integer)) \
+                or self.block_size < 1:
+            raise ValueError(f"block_size: expected an integer >= 1, got {self.block_size!r}")
+        if self.tokenizer == "bpe":
+            size = self.vocab_size
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 256:
+                raise ValueError(f"vocab_size: a byte-level BPE holds the 256 bytes and the merges it "
+                                 f"learns, so expected an integer >= 256 (--vocab-size), got {size!r}")
+        elif self.vocab_size is not None:
+            raise ValueError(f"vocab_size: only a bpe tokenizer learns a vocabulary of a chosen size; the "
+                             f"{self.tokenizer} tokenizer's is fixed by the text, got {self.vocab_size!r}")
 
     def _check_finetuning(self) -> None:
         self.freeze = tuple(sorted(set(self.freeze)))
         unknown = [part for part in self.freeze if part not in FREEZE_PARTS]
         if unknown:
             raise ValueError(f"freeze: expected parts among {list(FREEZE_PARTS)}, got {unknown}")
+        self.lora_targets = (self.lora_targets,) if isinstance(self.lora_targets, str) \
+            else tuple(self.lora_targets)
+        if not self.lora_targets or not set(self.lora_targets) <= {*LORA_TARGETS, "out_proj"}:
+            raise ValueError(f"lora_targets: expected names among {[*LORA_TARGETS, 'out_proj']}, "
+                             f"got {list(self.lora_targets)}")
         rank = self.lora_rank
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))
                                  or rank < 1):
             raise ValueError(f"lora_rank: expected an integer >= 1 (at most d_model), got {rank!r}")
-        if self.lora_alpha is not None and rank is None:
-            raise ValueError("lora_alpha: scales LoRA adapters, so it needs lora_rank (--lora-rank)")
+        for name, given in (("lora_alpha", self.lora_alpha not in (None, LORA_ALPHA)),
+                            ("lora_targets", self.lora_targets != LORA_TARGETS)):
+            if given and rank is None:
+                raise ValueError(f"{name}: sets LoRA adapters, so it needs lora_rank (--lora-rank)")
         if rank is not None and self.freeze:
             raise ValueError(f"lora_rank and freeze: LoRA already freezes every trained weight (only "
                              f"its adapters train), so freezing {', '.join(self.freeze)} as well means "
@@ -142,6 +214,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["betas"], data["freeze"] = list(self.betas), list(self.freeze)
+        data["lora_targets"] = list(self.lora_targets)
         return data
 
     @classmethod

@@ -22,6 +22,7 @@ import numpy as np
 from . import optim
 from .atomic import save_json
 from .checkpoint import BEST, LAST, load_checkpoint, non_finite, save_checkpoint
+from .nn.lora import lora_layers
 from .nn.loss import CrossEntropyLoss
 from .nn.module import Module
 from .nn.transformer import TransformerConfig
@@ -41,15 +42,17 @@ class TrainResult:
     best: dict | None            # {"step", "exact_match", "token_accuracy"} of the best evaluation
     steps: int                   # optimizer steps taken, over all sessions of the run
     seconds: float               # wall-clock time of the run, over all sessions
-    stopped: str                 # "target", "budget" or "interrupted"
+    stopped: str                 # "target", "budget" (steps), "minutes" or "interrupted"
     out_dir: Path | None
 
 
-def finetuning_note(config: TrainConfig) -> str:
+def finetuning_note(config: TrainConfig, model: Module) -> str:
     """How a fine-tuning run trains, for the progress header ('' for a run from scratch)."""
     if config.init_from is None:
         return ""
-    how = (f"LoRA rank {config.lora_rank} on w_q and w_v" if config.lora_rank is not None else
+    adapted = {attribute for _, _, attribute, _ in lora_layers(model)}    # the targets the model has
+    how = (f"LoRA rank {config.lora_rank} on {', '.join(t for t in config.lora_targets if t in adapted)}"
+           if config.lora_rank is not None else
            f"{' and '.join(config.freeze)} frozen" if config.freeze else "every weight")
     return f"; fine-tuning {config.init_from}, {how}"
 
@@ -64,16 +67,17 @@ def new_history(config: TrainConfig) -> dict:
 def check_resume(out_dir, config: TrainConfig, model_config: TransformerConfig) -> None:
     """Raise unless the run in ``out_dir`` was started with these configs (only ``steps`` may differ)."""
     saved = read_run_config(out_dir)
-    # a run saved before a model field existed (norm, rope_base) has that field's default
-    had = {"train": saved["train"], "model": TransformerConfig.from_dict(saved["model"]).to_dict()}
+    # a run saved before a field existed (norm, rope_base, lora_targets) has that field's default
+    had = {"train": TrainConfig.from_dict(saved["train"]).to_dict(),
+           "model": TransformerConfig.from_dict(saved["model"]).to_dict()}
     differences = []
     for kind, asked in (("train", config.to_dict()), ("model", model_config.to_dict())):
         for key in sorted(set(had[kind]) | set(asked)):
-            if key not in ("steps", "log_every") and had[kind].get(key) != asked.get(key):
+            if key not in ("steps", "minutes", "log_every") and had[kind].get(key) != asked.get(key):
                 differences.append(f"{key} {asked.get(key)!r} (the run has {had[kind].get(key)!r})")
     if differences:
         raise ValueError(f"cannot resume {out_dir} with a different configuration: "
-                         + "; ".join(differences) + ". Only steps may change on resume")
+                         + "; ".join(differences) + ". Only steps and minutes may change on resume")
 
 
 class TrainingRun:
@@ -81,7 +85,8 @@ class TrainingRun:
     ``_train`` takes (restore or create the run directory, train a step, evaluate, save, finish).
 
     ``step`` counts optimizer steps over all sessions; ``stopped`` is "budget" while the loop
-    runs, "target" once an evaluation solves the task, "interrupted" after Ctrl-C.
+    runs, "target" once an evaluation solves the task, "minutes" once the time budget is
+    spent (``out_of_time``, checked after every step), "interrupted" after Ctrl-C.
     """
 
     def __init__(self, config: TrainConfig, model_config: TransformerConfig, task, model: Module,
@@ -97,6 +102,7 @@ class TrainingRun:
         self.saved_step = None                              # the step last.npz holds
         self.data_state, self.drawn = None, 0               # before the step in flight drew its batch
         self.progress = None
+        self.out_of_time = False                            # the minutes budget is spent
 
     # ---- before the loop ----
 
@@ -104,6 +110,12 @@ class TrainingRun:
         """Continue the run in out_dir from its last.npz; False when it has none (start afresh)."""
         out_dir = self.out_dir
         check_resume(out_dir, self.config, self.model_config)
+        recorded = read_run_config(out_dir).get("task")
+        if recorded is not None and recorded != self.task.info():
+            changed = sorted(key for key in set(recorded) | set(self.task.info())
+                             if recorded.get(key) != self.task.info().get(key))
+            raise ValueError(f"cannot resume {out_dir}: its task was {recorded}, this one differs in "
+                             f"{', '.join(changed)} (a text file that changed?)")
         state = resume_last(out_dir, self.model, self.opt, {"data": self.data_rng}, base=self.base)
         if state is None:
             self.stream.write(f"{out_dir} holds no {LAST}: the run was stopped before its first "
@@ -136,19 +148,30 @@ class TrainingRun:
                                   f"(--resume), or choose another directory")
         save_json(self.out_dir / CONFIG_FILE, {"train": self.config.to_dict(),
                                                "model": self.model_config.to_dict(),
-                                               "model_class": type(self.model).__name__})
+                                               "model_class": type(self.model).__name__,
+                                               "task": self.task.info()})
+        self.task.save(self.out_dir)
 
     def announce(self, resumed: bool) -> None:
         """Start the progress report with what is trained, on what, from where."""
         config, model = self.config, self.model
         self.progress = Progress(self.stream, config.steps, config.log_every, self.step, self.elapsed)
+        self.out_of_time = self.time_spent()
+        if self.out_of_time:
+            self.stream.write(f"{self.out_dir}: the run has taken {self.elapsed / 60:.1f} minutes, its "
+                              f"budget is {config.minutes:g}: give a larger minutes (--minutes) to "
+                              f"continue it\n")
         self.progress.print(f"{'Resuming' if resumed else 'Training'} the {config.model} model (training "
                             f"{model.num_parameters(trainable_only=True):,} of {model.num_parameters():,} "
-                            f"parameters{finetuning_note(config)}) on {self.task.summary()}, seed "
+                            f"parameters{finetuning_note(self.config, self.model)}) on {self.task.summary()}, seed "
                             f"{config.seed}" + (f", from step {self.step}" if resumed else "")
                             + (f"; run directory {self.out_dir}" if self.out_dir else ""))
 
     # ---- the loop's steps ----
+
+    def time_spent(self) -> bool:
+        """Whether the run, over all its sessions, has used its ``minutes``."""
+        return self.config.minutes is not None and self.progress.elapsed() >= 60 * self.config.minutes
 
     def train_one_step(self) -> None:
         """Draw a batch, set the learning rate, take the step (step.py), record it."""
@@ -162,9 +185,11 @@ class TrainingRun:
             self.history[key].append(value)
         self.progress.step(self.step, loss, self.opt.lr, grad_norm, batch.n_tokens,
                            time.perf_counter() - t0)
+        self.out_of_time = self.time_spent()
 
     def evaluation_due(self) -> bool:
-        return self.step % self.config.eval_every == 0 or self.step == self.config.steps
+        """Every eval_every steps, and at the last step of either budget."""
+        return self.step % self.config.eval_every == 0 or self.step == self.config.steps or self.out_of_time
 
     def evaluation_cut_short(self) -> bool:
         """A resumed run whose evaluation at this step was cut short does it now."""

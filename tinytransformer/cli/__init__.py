@@ -1,12 +1,18 @@
 """The command line: ``tinytransformer <command>`` or ``python -m tinytransformer <command>``.
 
-    train      train a model on a toy task (defaults: the reference run)
-    eval       exact match of a trained run on held-out sequences (longer ones if asked)
-    generate   the model's output for a sequence you type
+    train      train a model on a toy task (defaults: the reference run) or a text (--task text),
+               from scratch or from a trained run or a Hugging Face folder (--init-from)
+    eval       a toy run: exact match on held-out sequences (longer ones if asked);
+               a language model: bits per character of its validation split or of a file
+    generate   a toy run: its output for a sequence you type; a language model: a prompt continued
     plot       attention maps of every head for one example, and the training curves
     merge      fold a LoRA run's adapters into its weights: a plain checkpoint
+    export     a language model as a Hugging Face folder (GPT-2 or LLaMA) transformers loads
     gradcheck  check every layer's backward against central differences
     bench      run benchmarks/run.py (the benchmark suite of the repository)
+
+Every command that reads a model opens it with ``open.open_model``: a run directory, a
+checkpoint file or a Hugging Face folder.
 
 A mistake in the arguments (a damaged checkpoint, an unusable run directory
 included) is reported as one line on stderr with exit code 2; a failure while

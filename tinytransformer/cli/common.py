@@ -1,4 +1,4 @@
-"""What every command shares: the program's name, the one-line usage error, loading a run."""
+"""What every command shares: the program's name, the one-line usage error, opening a model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import argparse
 import numpy as np
 
 from .. import decode
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError
+from ..open import open_model
 from ..tasks import lm_prompt
 from ..train import task_vocab
 from ..train_config import TrainConfig
@@ -30,20 +31,24 @@ def os_error(err: OSError) -> str:
     return f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
 
 
-def load_run(run_dir, which=None):
-    """(model, info, TrainConfig of the task) of a run directory or checkpoint file."""
+def open_run(path, which=None):
+    """(model, tokens, info) of a run directory, a checkpoint file or a Hugging Face folder
+    (``open.open_model``); a problem with it is one line."""
     try:
-        model, info = load_checkpoint(run_dir, which=which)
-    except (FileNotFoundError, CheckpointError) as err:
+        return open_model(path, which=which)
+    except (FileNotFoundError, CheckpointError, ValueError) as err:
         raise UsageError(str(err)) from None
+
+
+def toy_config(info: dict) -> TrainConfig:
+    """The TrainConfig of a toy run's task, as its checkpoint recorded it."""
     task = info["task"] or {}
     try:
-        config = TrainConfig(task=task["name"], n_symbols=task["n_symbols"], min_len=task["min_len"],
-                             max_len=task["max_len"], model=task["model"])
+        return TrainConfig(task=task["name"], n_symbols=task["n_symbols"], min_len=task["min_len"],
+                           max_len=task["max_len"], model=task["model"])
     except (KeyError, TypeError, ValueError):
         raise UsageError(f"{info['path']}: the checkpoint does not say which task it was trained on "
                          f"(saved without task=); eval and generate need it") from None
-    return model, info, config
 
 
 def model_output(model, config: TrainConfig, src: np.ndarray) -> np.ndarray:

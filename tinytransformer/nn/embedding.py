@@ -96,23 +96,22 @@ class SinusoidalPositionalEncoding(Module):
     No parameters. ``offset`` is the position of the first row of x (non-zero
     when decoding one token at a time). Backward: the table is a constant, so dx = dy.
     The table is computed in float64 and rounded once to the module's dtype; after
-    ``astype`` changed that dtype it is computed again, not widened from the old values.
+    ``astype`` changed that dtype it is computed again (``recompute_tables``), not widened.
     """
 
     def __init__(self, d_model: int, max_len: int, dtype=np.float32):
         super().__init__()
         self.d_model, self.max_len = d_model, max_len
         self.buffers["pe"] = sinusoidal_table(max_len, d_model).astype(dtype)
-        self._computed_in = np.dtype(dtype)       # the dtype the table was computed in
+
+    def recompute_tables(self) -> None:
+        self.buffers["pe"] = sinusoidal_table(self.max_len, self.d_model).astype(self.buffers["pe"].dtype)
 
     def extra_repr(self) -> str:
         return f"{self.d_model}, max_len={self.max_len}"
 
     def forward(self, x: np.ndarray, offset: int = 0) -> np.ndarray:   # x: (B, T, D)
         pe = self.buffers["pe"]
-        if pe.dtype != self._computed_in:                               # cast by astype
-            pe = self.buffers["pe"] = sinusoidal_table(self.max_len, self.d_model).astype(pe.dtype)
-            self._computed_in = pe.dtype
         check_positions("positional encoding input x", x, offset, self.max_len, self.d_model, pe.dtype)
         self.cache = PositionsCache(offset)
         return x + pe[offset: offset + x.shape[-2]]

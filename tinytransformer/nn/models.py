@@ -53,15 +53,20 @@ def layer_options(config: TransformerConfig) -> dict:
                 bias=config.bias)
 
 
-def tie_output_to_embedding(out_proj: Linear, embed: Embedding) -> None:
-    """Make out_proj compute h @ E^T + b with the embedding matrix E (V, D).
+def output_projection(config: TransformerConfig, embed: Embedding, rng, dtype) -> Linear:
+    """The Linear D -> V that gives the logits; with ``tie_embeddings`` it computes h @ E^T + b
+    with the embedding matrix E (V, D).
 
-    out_proj's weight and gradient become transposed views of E and of E's
-    gradient, so Linear's own backward adds its contribution straight into
-    the embedding's gradient buffer.
+    Tied, its weight and gradient are transposed views of E and of E's gradient, so
+    Linear's own backward adds its contribution straight into the embedding's gradient
+    buffer; nothing is drawn for it (a GPT-2-sized head would be 38 million numbers).
     """
-    out_proj.params["weight"] = embed.params["weight"].T        # (D, V) view
+    if not config.tie_embeddings:
+        return Linear(config.d_model, config.vocab_size, config.head_bias, rng=rng, dtype=dtype)
+    bias = np.zeros(config.vocab_size, dtype=dtype) if config.head_bias else None
+    out_proj = Linear.from_arrays(embed.params["weight"].T, bias)                # (D, V) view
     out_proj.grads["weight"] = embed.grads["weight"].T
+    return out_proj
 
 
 def attention_maps(model: Module) -> dict[str, np.ndarray]:
@@ -100,11 +105,10 @@ class Transformer(Module):
         self.pos = make_positional(c, rng, dtype)
         self.encoder = Encoder(c.n_encoder_layers, *layer_args, **layer_options(c))
         self.decoder = Decoder(c.n_decoder_layers, *layer_args, **layer_options(c))
-        self.out_proj = Linear(c.d_model, c.vocab_size, c.head_bias, rng=rng, dtype=dtype)
+        self.out_proj = output_projection(c, self.tgt_embed, rng, dtype)
         if c.tie_embeddings:      # Module.astype and load_state_dict keep these ties
             self.src_embed.params["weight"] = self.tgt_embed.params["weight"]
             self.src_embed.grads["weight"] = self.tgt_embed.grads["weight"]
-            tie_output_to_embedding(self.out_proj, self.tgt_embed)
 
     @holds_threads
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray | None = None):
@@ -196,9 +200,7 @@ class DecoderOnlyTransformer(Module):
                        for _ in range(c.n_decoder_layers)]
         if c.norm_first:
             self.norm = make_norm(c.norm, c.d_model, dtype, c.norm_eps)
-        self.out_proj = Linear(c.d_model, c.vocab_size, c.head_bias, rng=rng, dtype=dtype)
-        if c.tie_embeddings:
-            tie_output_to_embedding(self.out_proj, self.embed)
+        self.out_proj = output_projection(c, self.embed, rng, dtype)
 
     @holds_threads
     def forward(self, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

@@ -367,7 +367,13 @@ class Module:
                 for name in store:
                     store[name] = convert(store[name])
             module.cache = None
+            module.recompute_tables()
         return self
+
+    def recompute_tables(self) -> None:
+        """Compute again, in the buffers' new dtype, any fixed table made from constants
+        (sinusoidal positions): ``astype`` calls it after casting, so a float64 model holds
+        float64 values, not widened float32 ones. Nothing to do by default."""
 
     @property
     def dtype(self) -> np.dtype | None:

@@ -51,11 +51,11 @@ Legend: B batch, H heads, L layers, Tq query positions, Tk key positions,
 D d_model.
 """
 
-from .attention import plot_attention_grid, plot_attention_head
+from .attention import plot_attention_grid, plot_attention_head, plot_attention_layer
 from .diagrams import plot_gradcheck, plot_masks, plot_positional_encoding
 from .training import plot_length_generalisation, plot_training_curves
 
 __all__ = [
-    "plot_attention_grid", "plot_attention_head", "plot_training_curves",
+    "plot_attention_grid", "plot_attention_head", "plot_attention_layer", "plot_training_curves",
     "plot_positional_encoding", "plot_masks", "plot_gradcheck", "plot_length_generalisation",
 ]

@@ -109,6 +109,51 @@ def plot_attention_grid(maps: dict, kind: str, src_tokens=None, tgt_tokens=None,
     return save_figure(fig, save)
 
 
+def plot_attention_layer(maps: dict, layer: int, tokens, example: int = 0, columns: int = 4,
+                         title: str | None = None, save=None) -> Figure:
+    """Every head of one layer of a decoder-only model, for one example, labelled with its tokens.
+
+    ``maps``: as ``attention_maps()`` returns (keys ``layers.<l>.self_attn``, weights
+    (B, H, T, T)); ``tokens``: the T labels of the sequence (queries on y, keys on x).
+    The heads wrap into rows of ``columns``, each cell 0.22 inch per token (2.5 to 6 inches
+    a side), so a 12-head layer of a few dozen tokens stays readable; one figure per layer
+    is how a 12 x 12 model is read.
+    """
+    key = f"layers.{layer}.self_attn"
+    if key not in maps:
+        layers = sorted(int(m.group(1)) for k in maps
+                        if (m := re.fullmatch(ATTENTION_KINDS["self"][0], k)))
+        raise ValueError(f"layer: expected one of {layers} (the model's self-attention layers), "
+                         f"got {layer!r}")
+    weights = np.asarray(maps[key])                                   # (B, H, T, T)
+    B, H, T, _ = weights.shape
+    if not 0 <= example < B:
+        raise ValueError(f"example: {example} out of range for batch size {B}")
+    n = _crop_length(None, tokens, T, "tokens")
+    labels = as_labels(tokens, n, "tokens")
+    weights = weights[example, :, :n, :n]                              # (H, n, n)
+    _check_weights(f"maps[{key!r}]", weights)
+    columns = min(columns, H)
+    rows = -(-H // columns)
+    cell = min(max(2.5, 0.22 * n), 6.0)
+    fig = new_figure(columns * (cell + 0.6) + 1.6, rows * (cell + 0.6) + 1.4)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for head, ax in enumerate(axes.flat):
+        if head >= H:
+            ax.set_axis_off()
+            continue
+        image = ax.imshow(weights[head], cmap=ATTENTION_CMAP, vmin=0.0, vmax=1.0, aspect="auto",
+                          interpolation="nearest")
+        ax.set_title(f"head {head}", fontsize=10)
+        token_ticks(ax, "x", labels, cell, show=head + columns >= H)
+        token_ticks(ax, "y", labels, cell, show=head % columns == 0)
+    fig.colorbar(image, ax=axes, label="attention weight (each row sums to 1)")
+    fig.supylabel("query token", fontsize=10)
+    fig.supxlabel("key token (attended to)", fontsize=10)
+    fig.suptitle(title or f"Self-attention of layer {layer}, every head (causal)")
+    return save_figure(fig, save)
+
+
 def plot_attention_head(attn, query_tokens, key_tokens, title: str = "Attention weights",
                         save=None) -> Figure:
     """One head's weights (Tq, Tk), large, written in the cells when they fit (Tq, Tk <= 20)."""

@@ -41,12 +41,45 @@ def _no_data(ax, what: str) -> None:
             color="0.5")
 
 
+def _accuracy_panel(ax, evals: list, target, target_worst) -> None:
+    eval_steps = [e["step"] for e in evals]
+    ax.plot(eval_steps, [e["token_accuracy"] for e in evals], "o-", color="C2", ms=4,
+            label="token accuracy")
+    ax.plot(eval_steps, [e["exact_match"] for e in evals], "s-", color="C3", ms=4,
+            label="exact match (whole sequence)")
+    if all("worst" in e for e in evals):
+        ax.plot(eval_steps, [e["worst"] for e in evals], "^--", color="C3", ms=4, alpha=0.6,
+                label="exact match at the worst length")
+    if target is not None:
+        ax.axhline(target, color="0.3", ls="--", lw=1, label=f"target {target:g}")
+        reached = [s for s, e in zip(eval_steps, evals) if e["exact_match"] >= target
+                   and (target_worst is None or e.get("worst", 1.0) >= target_worst)]
+        if reached:
+            ax.axvline(reached[0], color="0.3", ls=":", lw=1,
+                       label=f"solved at step {reached[0]}" if target_worst is not None
+                       else f"target first reached, step {reached[0]}")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set(title="Held-out accuracy (greedy decoding)", ylabel="fraction correct", ylim=(-0.02, 1.02))
+
+
+def _bits_per_char_panel(ax, evals: list) -> None:
+    eval_steps = [e["step"] for e in evals]
+    bpc = [e["bpc"] for e in evals]
+    ax.plot(eval_steps, bpc, "o-", color="C2", ms=4, label="validation")
+    best = int(np.argmin(bpc))
+    ax.plot(eval_steps[best], bpc[best], "*", color="C3", ms=12, label=f"best, {bpc[best]:.3f} at step "
+            f"{eval_steps[best]}")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set(title="Validation bits per character (lower is better)", ylabel="bits per character")
+
+
 def plot_training_curves(history: dict, save=None) -> Figure:
     """Loss, learning rate, held-out accuracy and gradient norm against the training step.
 
     ``history``: ``{"step": [...], "loss": [...], "lr": [...], "grad_norm": [...],
     "eval": [{"step", "exact_match", "token_accuracy"}, ...]}`` (each evaluation may also
-    give "worst", the exact match of its worst length, and "worst_length") and optionally
+    give "worst", the exact match of its worst length, and "worst_length"; a text run's
+    evaluations give "bpc", validation bits per character, instead) and optionally
     ``"target"`` and ``"target_worst"`` (the stop rule: exact match at least ``target``
     overall and at least ``target_worst`` at every length). Missing series leave their
     panel empty with a note.
@@ -83,28 +116,13 @@ def plot_training_curves(history: dict, save=None) -> Figure:
         ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax_lr.set(title="Learning rate (warm-up, then decay)", ylabel="learning rate")
 
-    if evals:
-        eval_steps = [e["step"] for e in evals]
-        ax_eval.plot(eval_steps, [e["token_accuracy"] for e in evals], "o-", color="C2", ms=4,
-                     label="token accuracy")
-        ax_eval.plot(eval_steps, [e["exact_match"] for e in evals], "s-", color="C3", ms=4,
-                     label="exact match (whole sequence)")
-        if all("worst" in e for e in evals):
-            ax_eval.plot(eval_steps, [e["worst"] for e in evals], "^--", color="C3", ms=4, alpha=0.6,
-                         label="exact match at the worst length")
-        if target is not None:
-            ax_eval.axhline(target, color="0.3", ls="--", lw=1, label=f"target {target:g}")
-            reached = [s for s, e in zip(eval_steps, evals) if e["exact_match"] >= target
-                       and (target_worst is None or e.get("worst", 1.0) >= target_worst)]
-            if reached:
-                ax_eval.axvline(reached[0], color="0.3", ls=":", lw=1,
-                                label=f"solved at step {reached[0]}" if target_worst is not None
-                                else f"target first reached, step {reached[0]}")
-        ax_eval.legend(fontsize=8, loc="lower right")
-    else:
+    if not evals:
         _no_data(ax_eval, "evaluation")
-    ax_eval.set(title="Held-out accuracy (greedy decoding)", ylabel="fraction correct",
-                ylim=(-0.02, 1.02), xlabel="training step")
+    elif all("bpc" in e for e in evals):
+        _bits_per_char_panel(ax_eval, evals)
+    else:
+        _accuracy_panel(ax_eval, evals, target, target_worst)
+    ax_eval.set(xlabel="training step")
 
     if grad_norm is None:
         _no_data(ax_grad, "gradient norm")

@@ -35,15 +35,14 @@ def common_refusals(hf: dict) -> list[str]:
 def special_ids(hf: dict, defaults: dict) -> dict:
     """pad_id, bos_id and eos_id for TransformerConfig from pad/bos/eos_token_id.
 
-    A list of eos ids (LLaMA 3) gives its first: decoding stops there only. A pad token
+    A list of eos ids (LLaMA 3) gives its first: decoding stops there only. No eos id (a
+    character model of a text, exported) gives eos_id None: decoding runs to its length. A pad token
     that is also bos or eos (a common way of giving GPT-2 a pad token) gives pad_id None:
     here the pad id masks keys, and every eos would be masked.
     """
     pad, bos, eos = (setting(hf, f"{name}_token_id", defaults) for name in ("pad", "bos", "eos"))
     if isinstance(eos, list):
         eos = eos[0] if eos else None
-    if eos is None:
-        raise PretrainedError("eos_token_id is not given: decoding here needs an end-of-sequence id")
     if pad is not None and pad in (bos, eos):
         pad = None
     return dict(pad_id=pad, bos_id=bos, eos_id=eos)

@@ -28,6 +28,8 @@ import struct
 
 import numpy as np
 
+from ..atomic import atomic_write, save_json
+
 # safetensors dtype name -> the little-endian NumPy dtype its bytes hold
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -128,11 +130,13 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
         offset += array.nbytes
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % HEADER_ALIGNMENT)
-    with open(path, "wb") as f:
+
+    def write(f):
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
         for array in arrays:
             f.write(array.tobytes())
+    atomic_write(path, write)                 # the whole file or, after a kill, the old one
 
 
 def read_folder_tensors(folder: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -176,6 +180,5 @@ def write_sharded(folder: str | os.PathLike, tensors: dict[str, np.ndarray], max
         write_safetensors(os.path.join(folder, file), group, metadata)
         weight_map.update(dict.fromkeys(group, file))
     index = {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())}, "weight_map": weight_map}
-    with open(os.path.join(folder, INDEX_FILE), "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=2)
+    save_json(os.path.join(folder, INDEX_FILE), index)
     return files

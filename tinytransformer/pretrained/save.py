@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from types import ModuleType
 
 import numpy as np
 
+from ..atomic import save_json
 from ..nn.models import DecoderOnlyTransformer, Transformer
 from . import gpt2, llama
 from .namemap import PretrainedError, rows_for, to_theirs
@@ -16,11 +16,12 @@ from .safetensors import INDEX_FILE, SHARD_NAME, write_safetensors, write_sharde
 METADATA = {"format": "pt"}          # transformers reads a file only if its header says this
 
 
-def remove_old_weights(folder: str | os.PathLike) -> None:
+def remove_old_weights(folder: str | os.PathLike, keep: set[str]) -> None:
     """Delete the weight files an earlier save may have left in ``folder`` (model.safetensors,
-    the index and its shards): a stale index beside a new single file would be read instead."""
+    the index and its shards) but those in ``keep``, the ones just written: a stale index
+    beside a new single file would be read instead."""
     for name in os.listdir(folder):
-        if name in ("model.safetensors", INDEX_FILE) or SHARD_NAME.fullmatch(name):
+        if name not in keep and (name in ("model.safetensors", INDEX_FILE) or SHARD_NAME.fullmatch(name)):
             os.remove(os.path.join(folder, name))
 
 
@@ -73,13 +74,15 @@ def save_pretrained(model: DecoderOnlyTransformer, path: str | os.PathLike, toke
                               f"checkpoint: {', '.join(extra[:6])}{hint}")
     tensors = hf_tensors(family, rows, state)
     config = family.hf_config(model.config) | {"dtype": str(model.dtype)}
+    # each file is written whole (atomic_write); an earlier save's weights go only once the new
+    # ones are in place, so an interrupted save leaves a folder that still loads
     os.makedirs(path, exist_ok=True)
-    remove_old_weights(path)
-    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
     if max_shard_bytes is None:
         write_safetensors(os.path.join(path, "model.safetensors"), tensors, METADATA)
+        written = {"model.safetensors"}
     else:
-        write_sharded(path, tensors, max_shard_bytes, METADATA)
+        written = {INDEX_FILE, *write_sharded(path, tensors, max_shard_bytes, METADATA)}
+    remove_old_weights(path, keep=written)
+    save_json(os.path.join(path, "config.json"), config)
     if tokenizer is not None:
         tokenizer.save(path)
