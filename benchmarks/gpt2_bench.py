@@ -18,9 +18,10 @@ numbers: ours with ``load_pretrained``, theirs with ``GPT2LMHeadModel.from_pretr
   tokens per second, and how many leading tokens of each row the two agree on (float32 on both
   sides: near-ties of random logits may break differently, so agreement is reported, not required);
 - a full training step (forward, cross-entropy, backward, AdamW) at batch 4, block 256, and a
-  LoRA step (rank 8 on the attention's query and value projections, the CLI's default targets;
-  theirs: the hand-written ``LoRAQV`` wrapper below around ``c_attn``, which holds q, k and v
-  in one matrix; peft is not used), the median of several steps, the two sides taking turns;
+  LoRA step (rank 8 on the attention's query and value projections, ``add_lora``'s default
+  targets, the LoRA paper's; theirs: the hand-written ``LoRAQV`` wrapper below around
+  ``c_attn``, which holds q, k and v in one matrix; peft is not used), the median of several
+  steps, the two sides taking turns;
 - the peak memory of full fine-tuning: each side in a fresh subprocess, the growth of peak
   resident memory over two full steps (model, gradients, AdamW state, activations);
 - the machine's single-precision matrix-product peak: one large float32 product on all cores,
