@@ -219,3 +219,35 @@ def test_the_lora_defaults_table_reads_its_results_and_names_the_defaults(tmp_pa
     for pair in ("copy -> reverse", "reverse -> sort"):
         row = next(line for line in rows if f"| {pair} | 4 |" in line)
         assert "| 5/5 (seeds 0, 1, 2, 3, 4) |" in row, row
+
+
+def test_the_gpt2_benchmark_runs_in_quick_mode(tmp_path):
+    """benchmarks/gpt2_bench.py at tiny shapes: both sides load one folder, so the first full step's
+    losses agree to float32 rounding, greedy generation agrees on its first tokens, and every
+    measurement of the table is there; --table writes the same table again from the JSON."""
+    pytest.importorskip("torch", reason="the benchmark's other side is PyTorch (optional)")
+    pytest.importorskip("transformers", reason="the benchmark writes its folder with transformers (optional)")
+    script = ROOT / "benchmarks" / "gpt2_bench.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "gpt2.json").read_text())
+    assert results["quick"] is True and results["threads"] == 2
+    full = results["full_step"]
+    assert full["NumPy"]["first_loss"] == pytest.approx(full["PyTorch"]["first_loss"], rel=1e-5)
+    for kind in ("full_step", "lora_step"):
+        for side in ("NumPy", "PyTorch"):
+            assert results[kind][side]["median_s"] > 0 and results[kind][side]["fraction_of_peak"] > 0
+    assert results["lora_step"]["flops"] < full["flops"]
+    assert [row["batch"] for row in results["generation"]] == [1, 2]
+    assert results["generation"][0]["leading_tokens_equal"][0] >= 1       # the first token at least
+    for side in ("NumPy", "PyTorch"):
+        assert results["load"][side]["seconds"] > 0
+        assert results["memory_full_step"][side]["peak_rss_growth_bytes"] >= 0
+    assert results["matmul_peak"]["peak_gflops"] > 0
+    table = (tmp_path / "gpt2.md").read_text()
+    assert table.startswith("Measured on ") and "| LoRA step (rank 4, q and v), batch 2 x 16 (s) |" in table
+    proc = subprocess.run([sys.executable, str(script), "--table", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "gpt2.md").read_text() == table

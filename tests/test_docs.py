@@ -123,6 +123,15 @@ def test_the_benchmark_tables_are_what_the_script_writes():
     assert (RESULTS / "layers_before_after.md").read_text() == run.before_after_table(before_after)
 
 
+def test_the_gpt2_table_is_what_the_script_writes():
+    pytest.importorskip("torch", reason="benchmarks/gpt2_bench.py imports PyTorch, its other side")
+    pytest.importorskip("transformers", reason="benchmarks/gpt2_bench.py imports transformers")
+    bench = load(ROOT / "benchmarks" / "gpt2_bench.py", "gpt2_bench_for_docs")
+    saved = json.loads((RESULTS / "gpt2.json").read_text())
+    assert saved["quick"] is False
+    assert (RESULTS / "gpt2.md").read_text() == bench.markdown(saved)
+
+
 @pytest.mark.parametrize("script,results", [("positions_study.py", "positions_study.json"),
                                             ("finetune_experiment.py", "finetune.json")])
 def test_the_study_tables_are_what_the_scripts_write(tmp_path, script, results):
