@@ -173,3 +173,19 @@ def test_in_blocks_updates_a_view_that_is_not_contiguous():
 def test_in_blocks_refuses_arrays_of_different_shapes():
     with pytest.raises(ValueError, match=r"in_blocks arrays: expected one shape for all, got \[\(3,\), \(4,\)\]"):
         F.in_blocks(adam_like, np.zeros(3), np.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 7), (1, 1), (3, 1), (40, 3000), (2, 70000)])   # rows of one block,
+def test_log_softmax_equals_the_formula(dtype, shape):                    # of several, longer than one
+    rng = np.random.default_rng(6)
+    z = (4 * rng.standard_normal(shape)).astype(dtype)
+    z[0, 0] = 1e4                                    # a huge logit: exp(z) alone would overflow
+    got = F.log_softmax(z)
+    assert got.shape == shape and got.dtype == dtype and np.isfinite(got).all()
+    np.testing.assert_allclose(got, F.log_softmax_reference(z), **close(dtype))
+
+
+def test_log_softmax_refuses_anything_but_a_matrix():
+    with pytest.raises(ValueError, match=r"log_softmax: expected a matrix \(N, V\), got shape \(2, 3, 4\)"):
+        F.log_softmax(np.zeros((2, 3, 4)))

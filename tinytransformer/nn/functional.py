@@ -169,6 +169,30 @@ def in_blocks_reference(update: Callable[..., None], *arrays: np.ndarray) -> Non
     update(*arrays)
 
 
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log softmax(z) = (z - max) - log(sum(exp(z - max))) over each row of a matrix.     (N, V) -> (N, V)
+
+    A few rows at a time (about ``BLOCK`` numbers), so that exp(z - max), needed only for
+    its sum, lives in a small reused buffer and each row is read from memory once.
+    """
+    if z.ndim != 2:
+        raise ValueError(f"log_softmax: expected a matrix (N, V), got shape {z.shape}")
+    logp = np.empty_like(z)
+    rows = max(1, BLOCK // max(1, z.shape[1]))
+    scratch = np.empty((min(rows, z.shape[0]), z.shape[1]), dtype=z.dtype)
+    for start in range(0, z.shape[0], rows):
+        block = logp[start:start + rows]                                      # (rows, V)
+        np.subtract(z[start:start + rows], z[start:start + rows].max(1, keepdims=True), out=block)
+        exp = np.exp(block, out=scratch[:len(block)])
+        block -= np.log(exp.sum(1, keepdims=True))
+    return logp
+
+
+def log_softmax_reference(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max(1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(x - max) / sum(exp(x - max)): subtracting the max keeps exp from overflowing."""
     e = np.exp(x - x.max(axis=axis, keepdims=True))
