@@ -42,6 +42,13 @@ def check_numpy_side(results: dict) -> None:
     assert results["memory"]["NumPy"]["peak_step_bytes"] > 0
     assert [row["length"] for row in results["decode"]["rows"]] == [4]
     assert results["scaling"]["length"][0]["NumPy"] > 0 and results["scaling"]["d_model"][0]["NumPy"] > 0
+    assert results["peak"]["gflops"] > 0 and results["step"]["flops"] > 0
+    for kind in ("full", "lora"):                        # the GPT-2-shape steps, in their tiny stand-in
+        assert results["large"][kind]["NumPy"]["median_s"] > 0
+        assert results["large"][kind]["flops"] > 0
+    # LoRA trains the adapters only, and its frozen weights need no weight gradient
+    assert results["large"]["lora"]["trainable_parameters"] < results["large"]["full"]["trainable_parameters"]
+    assert results["large"]["lora"]["flops"] < results["large"]["full"]["flops"]
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (optional)")
@@ -49,6 +56,7 @@ def test_quick_run_with_pytorch_beside(tmp_path):
     results = run_quick(tmp_path)
     check_numpy_side(results)
     assert results["step"]["step"]["PyTorch"]["median_s"] > 0
+    assert results["large"]["full"]["PyTorch"]["median_s"] > 0 and results["large"]["lora"]["PyTorch"]["median_s"] > 0
     assert "PyTorch" in results["decode"]["rows"][0]
     assert results["memory"]["PyTorch"]["cache_bytes"] > 0
     check = results["same_model_check"]            # the PyTorch model is the same model
