@@ -213,3 +213,23 @@ def test_the_old_task_is_scored_at_the_positions_where_the_two_tasks_agree():
     assert flat["accuracy"] == 0.0 and flat["positions"] == int(where.sum())
     with pytest.raises(ValueError, match="same sources"):
         fx.agreeing_positions(old, held_out(TrainConfig(task="reverse", max_len=6, eval_size=300)))
+
+
+def test_step_flops_counts_every_product_of_a_gpt2_layout_step():
+    """The FLOPs behind the share of the peak: each product 2 m k n, three times for a trainable
+    weight and attention (forward and two gradients), twice for a frozen weight (no weight gradient)."""
+    spec = importlib.util.spec_from_file_location("bench_run", RUN)
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    import numpy as np
+    V, D, H, F, L, B, T, r = 31, 12, 3, 20, 2, 2, 5, 2
+    ids = np.random.default_rng(0).integers(0, V, (B, T + 1))
+    full = run.LMRunner(V, D, H, F, L, 16)
+    N = B * T
+    per_layer = 2 * N * (4 * D * D + 2 * D * F) + 2 * B * T * T * 2 * D         # projections, FF, attention
+    assert run.step_flops(full, ids) == 3 * (L * per_layer + 2 * N * D * V)
+    lora = run.LMRunner(V, D, H, F, L, 16, lora_rank=r)
+    frozen = 2 * (L * 2 * N * (2 * D * D + 2 * D * F) + 2 * N * D * V)         # w_k, w_o, FF, head
+    adapted = L * 2 * (2 * 2 * N * D * D + 3 * 2 * N * r * (D + D))            # w_q and w_v with adapters
+    attention = 3 * L * 2 * B * T * T * 2 * D
+    assert run.step_flops(lora, ids) == frozen + adapted + attention
