@@ -16,19 +16,22 @@ are the fastest of 7 x 200 calls on a 2-core AMD EPYC):
     masked_softmax_    6                         141 us    332 us    (64, 4, 17, 17)
     scatter_add_rows   2                         32 us     504 us    (N = 1088, V = 13)
 
-Two more were kept for the large shapes (GPT-2 small: batch 4, 256 positions, d_model 768;
+Three more were kept for the large shapes (GPT-2 small: batch 4, 256 positions, d_model 768;
 medians of 5-7 calls, the two taking turns, 2-core AMD EPYC with a load average of ~6):
 
     routine                  calls per step          fast         reference
     gelu_tanh (+ backward)   12 (GPT-2 small)        27 ms        334 ms      (4, 256, 3072)
     in_blocks                1 per parameter         155-235 ms   440-1040 ms AdamW, (768, 50257)
+    log_softmax              1 (the loss)            170 ms       256 ms      (1024, 50257)
 
 The tanh GELU's formula, written as one line, makes eight temporary arrays and raises
-x to the power 3 (a slow loop in float32); the fast one writes every step into two arrays
-it owns. An optimizer's formula over a large parameter makes as many temporaries of the
-parameter's size, each fresh memory the operating system hands out page by page, and
-passes over memory once per operation; applied to blocks of 64K numbers, its temporaries
-stay in the cache and are reused.
+x to the power 3 (NumPy's float32 power: slower than x * x * x by orders of magnitude, as
+measured); the fast one writes every step into two arrays it owns. An optimizer's formula over
+a large parameter makes as many temporaries of the parameter's size, each fresh memory the
+operating system hands out page by page, and passes over memory once per operation; applied
+to blocks of 64K numbers, its temporaries stay in the cache and are reused. The loss's
+log-softmax needs exp(z - max) only for its row sums: a few rows at a time, it lives in a
+small reused buffer, and the (N, V) logits make one new array instead of three.
 
 NumPy's reductions over a short last axis loop once per row; a matrix product
 with a column of ones (or of 1/D) does the same sums in one BLAS call. Sums down
