@@ -3,6 +3,7 @@
     python benchmarks/run.py                     # everything but the reference runs (a few minutes)
     python benchmarks/run.py --reference-runs    # instead: the reference run until solved, 10 seeds
     python benchmarks/run.py --quick             # a tiny smoke run (seconds), used by the tests
+    python benchmarks/run.py --large             # instead: only the steps at GPT-2 small's shapes
 
 What is measured, for the reference configuration (reverse task, 10 symbols,
 lengths 1..16, batch 64, d_model 64, 4 heads, d_ff 256, 2 + 2 layers, float32):
@@ -41,7 +42,8 @@ kept alongside.
 
 Results: ``benchmarks/results/benchmark.json`` (every number, raw samples
 included), ``benchmarks/results/README.md`` (the Markdown tables, also printed)
-and ``figures/benchmark_scaling.png`` (the scaling curves). ``--quick`` writes to
+and ``figures/benchmark_scaling.png`` (the scaling curves); the GPT-2-shape steps
+and the matrix-product peak in ``large.json`` and ``large.md``. ``--quick`` writes to
 ``--out`` only (default: a temporary directory), never over the full results.
 """
 
@@ -61,6 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reference-runs", action="store_true",
                         help="instead: the reference run until solved, over --seeds, NumPy and PyTorch "
                              "(benchmarks/reference_runs.py; 20-30 minutes)")
+    parser.add_argument("--large", action="store_true",
+                        help="instead: only the matrix-product peak and the training steps at GPT-2 "
+                             "small's shapes, full and LoRA (large.json, large.md; the full run "
+                             "measures them too)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)),
                         help="seeds of the reference runs (default 0-9)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it is installed")
@@ -771,9 +777,6 @@ def tables(results: dict) -> str:
             n = r["NumPy"]
             lines.append(f"| {r['length']} | {n['cached_s']:.3f} | {n['uncached_s']:.3f} | {n['speedup']:.1f}x |")
 
-    if "large" in results:
-        lines += large_tables(results, header, row)
-
     sc = results["scaling"]
     for key, label, note in (("length", "sequence length", "every sequence of this length, d_model 64"),
                              ("d_model", "d_model", "d_ff = 4 d_model, 4 heads, lengths 1..16")):
@@ -809,6 +812,35 @@ def tables(results: dict) -> str:
               "- Tokens are target tokens (non-PAD labels), the ones the loss counts.",
               "- Figure: figures/benchmark_scaling.png."]
     return "\n".join(lines) + "\n"
+
+
+def machine_line(results: dict, with_torch: bool) -> str:
+    """The sentence that states the machine, versions, commit, threads and load of a run."""
+    m = results["machine"]
+    return (stated(f"{m['cpu']}, {m['cpu_count']} cores, Python {m['python']}, NumPy {m['numpy']}"
+                   + (f" ({m['numpy_blas']})" if "numpy_blas" in m else "")
+                   + (f", PyTorch {m['torch']}" if with_torch else ""), m.get("commit"))
+            + f" {m['threads']} thread(s) for NumPy" + (" and PyTorch" if with_torch else "")
+            + (" (NumPy: one BLAS thread and the parameter-gradient worker)" if m["threads"] >= 2 else "")
+            + (f"; load average at the start {m['load_average'][0]:.2f}" if m.get("load_average") else "")
+            + (f", at the end {m['load_average_end'][0]:.2f}" if m.get("load_average_end") else "")
+            + ".")
+
+
+def large_markdown(results: dict) -> str:
+    """large.md: the GPT-2-shape steps, the matrix-product peak and each step's share of it."""
+    has_torch = "PyTorch" in results["large"]["full"]
+
+    def row(label, numpy_value, torch_value, fmt, ratio=True):
+        cells = [label, fmt(numpy_value)]
+        if has_torch:
+            cells += [fmt(torch_value), _ratio(numpy_value, torch_value) if ratio else "-"]
+        return "| " + " | ".join(cells) + " |"
+
+    header = ["| | NumPy | PyTorch | NumPy / PyTorch |", "|---|---:|---:|---:|"] if has_torch else \
+        ["| | NumPy |", "|---|---:|"]
+    lines = [machine_line(results, has_torch), "", f"Reproduce: `{results['command']}`"]
+    return "\n".join(lines + large_tables(results, header, row)) + "\n"
 
 
 def large_tables(results: dict, header: list, row) -> list[str]:
@@ -893,6 +925,27 @@ def write_markdown(results: dict, out_dir: Path) -> str:
     return text
 
 
+def write_large(results: dict, out_dir: Path) -> str:
+    """large.json (the peak and the GPT-2-shape steps, with the machine) and large.md."""
+    large = {key: results[key] for key in ("quick", "command", "machine", "peak", "large")}
+    (out_dir / "large.json").write_text(json.dumps(large, indent=1) + "\n")
+    text = large_markdown(large)
+    (out_dir / "large.md").write_text(text)
+    print(f"wrote {out_dir / 'large.json'} and {out_dir / 'large.md'}", file=sys.stderr)
+    return text
+
+
+def measure_large(results: dict, with_torch: bool, quick: bool, say) -> None:
+    """The matrix-product peak and the GPT-2-shape steps, into ``results``."""
+    say("matrix-product peak ...")
+    results["peak"] = matmul_peak(256 if quick else 2048, repeats=2 if quick else 5)
+    say("GPT-2 small's shapes: full and LoRA training steps ...")
+    large = GPT2_QUICK if quick else GPT2
+    results["large"] = {"setup": large,
+                        "full": large_benchmark(with_torch, large, lora=False, blocks=1 if quick else 3),
+                        "lora": large_benchmark(with_torch, large, lora=True, blocks=1 if quick else 3)}
+
+
 def plot_scaling(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -947,6 +1000,9 @@ def main(args: argparse.Namespace) -> dict:
         out_dir = Path(args.out) if args.out else HERE / "results"
         results = json.loads((out_dir / "benchmark.json").read_text())
         write_markdown(results, out_dir)
+        if (out_dir / "large.json").is_file():
+            large = json.loads((out_dir / "large.json").read_text())
+            (out_dir / "large.md").write_text(large_markdown(large))
         saved = out_dir / "layers_before_after.json"        # written by hand from two checkouts' runs
         if saved.is_file():
             saved.with_suffix(".md").write_text(before_after_table(json.loads(saved.read_text())))
@@ -957,10 +1013,16 @@ def main(args: argparse.Namespace) -> dict:
         (Path(tempfile.gettempdir()) / "tinytransformer-bench-quick" if q else HERE / "results")
     figure = Path(args.figure) if args.figure else \
         (out_dir / "benchmark_scaling.png" if q else ROOT / "figures" / "benchmark_scaling.png")
-    command = "python benchmarks/run.py" + (" --quick" if q else "") + \
+    command = "python benchmarks/run.py" + (" --quick" if q else "") + (" --large" if args.large else "") + \
         (f" --threads {args.threads}" if args.threads != 2 else "")
     results = {"quick": q, "command": command, "machine": machine_info(args.threads, with_torch)}
     say = (lambda text: print(text, file=sys.stderr, flush=True))
+    if args.large:
+        measure_large(results, with_torch, q, say)
+        results["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(write_large(results, out_dir))
+        return results
 
     setup = QUICK if q else REFERENCE
     results["setup"] = setup
@@ -992,14 +1054,8 @@ def main(args: argparse.Namespace) -> dict:
     say("decoding ...")
     results["decode"] = decode_benchmark(with_torch, lengths=(4,) if q else (16, 32, 64),
                                          batch=setup["batch_size"], repeats=1 if q else 5)
-    say("matrix-product peak and the step's share of it ...")
-    results["peak"] = matmul_peak(256 if q else 2048, repeats=2 if q else 5)
+    measure_large(results, with_torch, q, say)
     results["step"]["flops"] = float(np.mean([step_flops(runs[0], b) for b in batches]))
-    say("GPT-2 small's shapes: full and LoRA training steps ...")
-    large = GPT2_QUICK if q else GPT2
-    results["large"] = {"setup": large,
-                        "full": large_benchmark(with_torch, large, lora=False, blocks=1 if q else 3),
-                        "lora": large_benchmark(with_torch, large, lora=True, blocks=1 if q else 3)}
     say("scaling ...")
     results["scaling"] = scaling(with_torch, lengths=(4,) if q else (16, 32, 64, 128, 256, 512),
                                  d_models=(8,) if q else (32, 64, 128, 256, 512, 768),
@@ -1010,6 +1066,7 @@ def main(args: argparse.Namespace) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "benchmark.json").write_text(json.dumps(results, indent=1) + "\n")
     text = write_markdown(results, out_dir)
+    write_large(results, out_dir)
     plot_scaling(results, figure)
     print(text)
     say(f"wrote {out_dir / 'benchmark.json'}, {out_dir / 'README.md'} and {figure}")

@@ -26,6 +26,7 @@ def run_quick(out: Path, *extra: str, env: dict | None = None) -> dict:
     results = json.loads((out / "benchmark.json").read_text())
     assert (out / "README.md").read_text().startswith("# Benchmark results (quick mode")
     assert (out / "scaling.png").stat().st_size > 0
+    assert json.loads((out / "large.json").read_text())["large"] == results["large"]
     return results
 
 
@@ -43,7 +44,13 @@ def check_numpy_side(results: dict) -> None:
     assert [row["length"] for row in results["decode"]["rows"]] == [4]
     assert results["scaling"]["length"][0]["NumPy"] > 0 and results["scaling"]["d_model"][0]["NumPy"] > 0
     assert results["peak"]["gflops"] > 0 and results["step"]["flops"] > 0
-    for kind in ("full", "lora"):                        # the GPT-2-shape steps, in their tiny stand-in
+    check_large(results)
+
+
+def check_large(results: dict) -> None:
+    """The GPT-2-shape steps, in their tiny stand-in."""
+    assert results["peak"]["gflops"] > 0
+    for kind in ("full", "lora"):
         assert results["large"][kind]["NumPy"]["median_s"] > 0
         assert results["large"][kind]["flops"] > 0
     # LoRA trains the adapters only, and its frozen weights need no weight gradient
@@ -62,6 +69,16 @@ def test_quick_run_with_pytorch_beside(tmp_path):
     check = results["same_model_check"]            # the PyTorch model is the same model
     assert check["max_abs_logit_difference"] < 1e-4
     assert abs(check["numpy_loss"] - check["torch_loss"]) < 1e-5
+
+
+def test_quick_large_run_writes_only_the_large_shapes(tmp_path):
+    proc = subprocess.run([sys.executable, str(RUN), "--quick", "--large", "--no-torch", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "large.json").read_text())
+    check_large(results)
+    assert "### Training step at GPT-2 small's shapes" in (tmp_path / "large.md").read_text()
+    assert not (tmp_path / "benchmark.json").exists()
 
 
 def test_quick_run_without_pytorch(tmp_path):
