@@ -882,7 +882,7 @@ def _s(seconds) -> str:
 
 
 def _percent(share) -> str:
-    return "-" if share is None else f"{100 * share:.2g}%"
+    return "-" if share is None else f"{100 * share:.3g}%"
 
 
 # how the before-and-after breakdown groups layer_breakdown's parts; the rest is "everything else"
