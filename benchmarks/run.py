@@ -3,6 +3,7 @@
     python benchmarks/run.py                     # everything but the reference runs (a few minutes)
     python benchmarks/run.py --reference-runs    # instead: the reference run until solved, 10 seeds
     python benchmarks/run.py --quick             # a tiny smoke run (seconds), used by the tests
+    python benchmarks/run.py --large             # instead: only the steps at GPT-2 small's shapes
 
 What is measured, for the reference configuration (reverse task, 10 symbols,
 lengths 1..16, batch 64, d_model 64, 4 heads, d_ff 256, 2 + 2 layers, float32):
@@ -14,7 +15,14 @@ lengths 1..16, batch 64, d_model 64, 4 heads, d_ff 256, 2 + 2 layers, float32):
 - greedy decoding of 64 sequences of length 16/32/64, with and without the KV
   cache (``decode_bench.measure_decode``, NumPy's and PyTorch's runs taking turns on the
   same sources);
-- the step time against the sequence length (16..128) and d_model (32..256);
+- the step time against the sequence length (16..512) and d_model (32..768);
+- a training step at GPT-2 small's shapes (12 layers, d_model 768, 12 heads, vocabulary 50257,
+  learned positions, tanh GELU, tied embeddings, random weights; batch 4 of 256 tokens; AdamW),
+  full and with LoRA adapters (rank 8 on w_q and w_v), each with the growth of the resident
+  memory during a step;
+- the machine's single-precision matrix-product peak (one 2048 x 2048 product on every core,
+  measured in the same run), and the fraction of it each configuration's step reaches: the
+  matrix-product FLOPs of the step (counted from the shapes each product met) per second;
 - the peak memory of a training step (tracemalloc) and the bytes held between
   forward and backward (every array in a module's ``.cache``; for PyTorch, the
   tensors autograd saves);
@@ -34,7 +42,8 @@ kept alongside.
 
 Results: ``benchmarks/results/benchmark.json`` (every number, raw samples
 included), ``benchmarks/results/README.md`` (the Markdown tables, also printed)
-and ``figures/benchmark_scaling.png`` (the scaling curves). ``--quick`` writes to
+and ``figures/benchmark_scaling.png`` (the scaling curves); the GPT-2-shape steps
+and the matrix-product peak in ``large.json`` and ``large.md``. ``--quick`` writes to
 ``--out`` only (default: a temporary directory), never over the full results.
 """
 
@@ -54,6 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reference-runs", action="store_true",
                         help="instead: the reference run until solved, over --seeds, NumPy and PyTorch "
                              "(benchmarks/reference_runs.py; 20-30 minutes)")
+    parser.add_argument("--large", action="store_true",
+                        help="instead: only the matrix-product peak and the training steps at GPT-2 "
+                             "small's shapes, full and LoRA (large.json, large.md; the full run "
+                             "measures them too)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)),
                         help="seeds of the reference runs (default 0-9)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it is installed")
@@ -86,8 +99,12 @@ sys.path[:0] = [str(ROOT), str(HERE)]          # the package of this checkout, a
 from tinytransformer import optim, threads  # noqa: E402
 from tinytransformer.nn import overlap  # noqa: E402
 from tinytransformer.nn.loss import CrossEntropyLoss  # noqa: E402
+from tinytransformer.nn.attention import ScaledDotProductAttention  # noqa: E402
+from tinytransformer.nn.linear import Linear  # noqa: E402
+from tinytransformer.nn.lora import LoRALinear, add_lora  # noqa: E402
 from tinytransformer.nn.module import Module  # noqa: E402
-from tinytransformer.nn.transformer import Transformer, TransformerConfig  # noqa: E402
+from tinytransformer.nn.transformer import DecoderOnlyTransformer, Transformer, TransformerConfig  # noqa: E402
+from tinytransformer.threads import CORES  # noqa: E402
 from tinytransformer.tasks import PAD, Vocab, make_batch  # noqa: E402
 from machine import commit, cpu_name, stated  # noqa: E402
 
@@ -102,6 +119,12 @@ VOCAB = Vocab(N_SYMBOLS)
 # the reference configuration, and the tiny one of --quick (a smoke test, not a measurement)
 REFERENCE = {"sizes": dict(d_model=64, n_heads=4, d_ff=256, n_layers=2), "batch_size": 64, "max_len": 16}
 QUICK = {"sizes": dict(d_model=16, n_heads=2, d_ff=32, n_layers=1), "batch_size": 8, "max_len": 6}
+# GPT-2 small's shapes, and a tiny stand-in for --quick
+GPT2 = {"sizes": dict(vocab_size=50257, d_model=768, n_heads=12, d_ff=3072, n_layers=12, max_len=1024),
+        "batch_size": 4, "length": 256, "lora_rank": 8}
+GPT2_QUICK = {"sizes": dict(vocab_size=97, d_model=24, n_heads=2, d_ff=48, n_layers=1, max_len=16),
+              "batch_size": 2, "length": 8, "lora_rank": 2}
+ADAMW = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)      # torch's AdamW defaults
 
 
 # ---- the two implementations behind one interface --------------------------------------------
@@ -199,6 +222,53 @@ class TorchRunner:
         t5 = clock()
         return {"zero_grad": t1 - t0, "forward": t2 - t1, "loss": t3 - t2, "backward": t4 - t3,
                 "optimizer": t5 - t4}
+
+
+class LMRunner:
+    """A DecoderOnlyTransformer of GPT-2's layout and AdamW; a batch is ids (B, T + 1)."""
+
+    name = "NumPy"
+    threads = None
+
+    def __init__(self, vocab_size, d_model, n_heads, d_ff, n_layers, max_len, lora_rank=None, seed=0):
+        config = TransformerConfig(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
+                                   n_decoder_layers=n_layers, max_len=max_len, positional="learned",
+                                   activation="gelu_tanh", tie_embeddings=True, embed_scale=False,
+                                   head_bias=False)
+        self.model = DecoderOnlyTransformer(config, rng=np.random.default_rng(seed))
+        if lora_rank is not None:
+            add_lora(self.model, lora_rank, rng=np.random.default_rng(seed + 1))
+        self.opt = optim.AdamW(self.model, **ADAMW)
+        self.crit = CrossEntropyLoss()
+
+    def convert(self, ids):
+        return ids
+
+    def step(self, ids) -> None:
+        with threads(NumpyRunner.numpy_threads):
+            self.model.zero_grad()
+            self.crit(self.model(ids[:, :-1]), ids[:, 1:])
+            self.model.backward(self.crit.backward())
+            self.opt.step()
+
+
+class TorchLMRunner:
+    """The same layout in torch.nn (torch_reference.TorchLM), fused AdamW."""
+
+    name = "PyTorch"
+    threads = None
+
+    def __init__(self, vocab_size, d_model, n_heads, d_ff, n_layers, max_len, lora_rank=None, seed=0):
+        self.model, self.opt, self.loss_fn = torch_reference.build_lm(
+            vocab_size, d_model, n_heads, d_ff, n_layers, max_len, seed=seed, lora_rank=lora_rank, **ADAMW)
+
+    def convert(self, ids):
+        return torch.from_numpy(ids)
+
+    def step(self, ids) -> None:
+        self.opt.zero_grad()
+        self.loss_fn(self.model(ids[:, :-1]), ids[:, 1:]).backward()
+        self.opt.step()
 
 
 def same_model_check(batch, **sizes) -> dict:
@@ -385,6 +455,108 @@ def scaling(with_torch, lengths, d_models, warmup, blocks, per_block, sizes, bat
     return out
 
 
+# ---- large shapes, and the fraction of the machine's product peak ---------------------------
+
+
+def matmul_peak(n: int, repeats: int) -> dict:
+    """GFLOP/s of one float32 (n, n) @ (n, n) product with BLAS on every core (its best of
+    ``repeats``): the machine's single-precision matrix-product peak, as NumPy reaches it."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    with threadpool_limits(limits=CORES, user_api="blas"):
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return {"n": n, "threads": CORES, "seconds": best, "gflops": 2 * n ** 3 / best / 1e9}
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def step_flops(runner, batch) -> float:
+    """Matrix-product FLOPs of one training step of a NumPy runner on ``batch``, counted from the
+    shapes each product meets in a forward: a product with a trainable weight counts three times
+    (forward, input gradient, weight gradient), with a frozen one twice, attention's three times."""
+    total = [0.0]
+
+    def counting(module, count):
+        original = module.forward
+
+        def counted(*args, **kwargs):
+            total[0] += count(*args, **kwargs)
+            return original(*args, **kwargs)
+        module.forward = counted
+
+    def linear(m):
+        times = 2 if "weight" in m.frozen else 3
+        return lambda x: times * 2 * (x.size // m.in_features) * m.in_features * m.out_features
+
+    def lora(m):
+        return lambda x: (x.size // m.in_features) * 2 * (2 * m.in_features * m.out_features
+                                                         + 3 * m.rank * (m.in_features + m.out_features))
+
+    def attention(q, k, v, mask=None):
+        return 3 * 2 * (q.size // q.shape[-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+
+    modules = [m for _, m in runner.model.named_modules()]
+    for m in modules:
+        if isinstance(m, Linear):
+            counting(m, linear(m))
+        elif isinstance(m, LoRALinear):
+            counting(m, lora(m))
+        elif isinstance(m, ScaledDotProductAttention):
+            counting(m, attention)
+    try:
+        with threads(1):
+            if isinstance(runner, LMRunner):
+                runner.model(batch[:, :-1])
+            else:
+                runner.model(batch.src, batch.tgt_in)
+    finally:
+        for m in modules:
+            vars(m).pop("forward", None)
+    return total[0]
+
+
+def resident_growth(fn) -> int | None:
+    """Bytes by which the process's resident memory peaked above where it stood, while ``fn()``
+    ran (Linux: the high-water mark VmHWM, reset through /proc/self/clear_refs); else None."""
+    def status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(field)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = status("VmRSS")
+    except (OSError, KeyError):
+        return None
+    fn()
+    return status("VmHWM") - before
+
+
+def large_benchmark(with_torch, setup, lora: bool, blocks: int) -> dict:
+    """A training step at GPT-2 small's shapes, NumPy and PyTorch taking turns, one step a block,
+    and each side's growth of resident memory during one step."""
+    rank = setup["lora_rank"] if lora else None
+    runs = [LMRunner(**setup["sizes"], lora_rank=rank)]
+    if with_torch:
+        runs.append(TorchLMRunner(**setup["sizes"], lora_rank=rank))
+    rng = np.random.default_rng(3)
+    batches = [rng.integers(0, setup["sizes"]["vocab_size"], (setup["batch_size"], setup["length"] + 1))
+               for _ in range(2)]
+    out = interleaved(runs, "step", batches, warmup=1, blocks=blocks, per_block=1)
+    for r in runs:
+        batch = r.convert(batches[0])
+        out[r.name]["resident_growth_bytes"] = resident_growth(lambda: r.step(batch))
+    out["flops"] = step_flops(runs[0], batches[0])
+    out["trainable_parameters"] = runs[0].model.num_parameters(trainable_only=True)
+    return out
+
+
 # ---- memory ----------------------------------------------------------------------------------
 
 
@@ -563,6 +735,11 @@ def tables(results: dict) -> str:
     for method, label in (("step", "training step, CPU time of the process (ms)"),):
         lines.append(row(label, s[method]["NumPy"]["cpu_median_s"],
                          s[method].get("PyTorch", {}).get("cpu_median_s")))
+    if "flops" in s:
+        peak = results["peak"]["gflops"] * 1e9
+        lines.append(row("share of the matrix-product peak", s["flops"] / s["step"]["NumPy"]["median_s"] / peak,
+                         s["flops"] / s["step"]["PyTorch"]["median_s"] / peak if has_torch else None,
+                         fmt=_percent, ratio=False))
     lines.append(row("training tokens / s", s["step"]["NumPy"]["tokens_per_s"],
                      s["step"].get("PyTorch", {}).get("tokens_per_s"), fmt=lambda v: f"{v:,.0f}" if v else "-",
                      ratio=False))
@@ -637,6 +814,77 @@ def tables(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine_line(results: dict, with_torch: bool) -> str:
+    """The sentence that states the machine, versions, commit, threads and load of a run."""
+    m = results["machine"]
+    return (stated(f"{m['cpu']}, {m['cpu_count']} cores, Python {m['python']}, NumPy {m['numpy']}"
+                   + (f" ({m['numpy_blas']})" if "numpy_blas" in m else "")
+                   + (f", PyTorch {m['torch']}" if with_torch else ""), m.get("commit"))
+            + f" {m['threads']} thread(s) for NumPy" + (" and PyTorch" if with_torch else "")
+            + (" (NumPy: one BLAS thread and the parameter-gradient worker)" if m["threads"] >= 2 else "")
+            + (f"; load average at the start {m['load_average'][0]:.2f}" if m.get("load_average") else "")
+            + (f", at the end {m['load_average_end'][0]:.2f}" if m.get("load_average_end") else "")
+            + ".")
+
+
+def large_markdown(results: dict) -> str:
+    """large.md: the GPT-2-shape steps, the matrix-product peak and each step's share of it."""
+    has_torch = "PyTorch" in results["large"]["full"]
+
+    def row(label, numpy_value, torch_value, fmt, ratio=True):
+        cells = [label, fmt(numpy_value)]
+        if has_torch:
+            cells += [fmt(torch_value), _ratio(numpy_value, torch_value) if ratio else "-"]
+        return "| " + " | ".join(cells) + " |"
+
+    header = ["| | NumPy | PyTorch | NumPy / PyTorch |", "|---|---:|---:|---:|"] if has_torch else \
+        ["| | NumPy |", "|---|---:|"]
+    lines = [machine_line(results, has_torch), "", f"Reproduce: `{results['command']}`"]
+    return "\n".join(lines + large_tables(results, header, row)) + "\n"
+
+
+def large_tables(results: dict, header: list, row) -> list[str]:
+    """The GPT-2-shape steps, the matrix-product peak and each step's share of it."""
+    large, peak = results["large"], results["peak"]
+    setup = large["setup"]
+    sizes = setup["sizes"]
+    lines = ["", "### Training step at GPT-2 small's shapes" + (" (--quick: a tiny stand-in)" if results["quick"]
+                                                                else ""), "",
+             f"DecoderOnlyTransformer: {sizes['n_layers']} layers, d_model {sizes['d_model']}, "
+             f"{sizes['n_heads']} heads, d_ff {sizes['d_ff']}, vocabulary {sizes['vocab_size']}, learned "
+             f"positions, tanh GELU, tied embeddings, random weights; batch {setup['batch_size']} of "
+             f"{setup['length']} tokens; AdamW (PyTorch's fused). LoRA: rank {setup['lora_rank']} on w_q "
+             f"and w_v, everything else frozen. Median seconds of {len(large['full']['NumPy']['samples_s'])} "
+             f"steps each, the two taking turns step by step, after one untimed. Resident growth: how far "
+             f"the process's resident memory rose above where it stood during one step. Share of the peak: "
+             f"the step's matrix-product FLOPs ({large['full']['flops'] / 1e9:.3g} G full, "
+             f"{large['lora']['flops'] / 1e9:.3g} G LoRA, counted from the shapes) per second, over the "
+             f"machine's float32 product peak measured in this run ({peak['gflops']:.0f} GFLOP/s: one "
+             f"{peak['n']} x {peak['n']} product, BLAS on {peak['threads']} threads).", ""] + header
+    for kind, label in (("full", "full training step (s)"), ("lora", "LoRA training step (s)")):
+        got = large[kind]
+        lines.append(row(label, got["NumPy"]["median_s"], got.get("PyTorch", {}).get("median_s"), fmt=_s))
+    for kind, label in (("full", "full step: resident growth (MB)"), ("lora", "LoRA step: resident growth (MB)")):
+        got = large[kind]
+        lines.append(row(label, got["NumPy"]["resident_growth_bytes"],
+                         got.get("PyTorch", {}).get("resident_growth_bytes"), fmt=_mb))
+    for kind, label in (("full", "full step: share of the matrix-product peak"),
+                        ("lora", "LoRA step: share of the matrix-product peak")):
+        got = large[kind]
+        share = {name: got["flops"] / got[name]["median_s"] / (peak["gflops"] * 1e9)
+                 for name in ("NumPy", "PyTorch") if name in got}
+        lines.append(row(label, share["NumPy"], share.get("PyTorch"), fmt=_percent, ratio=False))
+    return lines
+
+
+def _s(seconds) -> str:
+    return "-" if seconds is None else f"{seconds:.2f}"
+
+
+def _percent(share) -> str:
+    return "-" if share is None else f"{100 * share:.3g}%"
+
+
 # how the before-and-after breakdown groups layer_breakdown's parts; the rest is "everything else"
 BREAKDOWN_GROUPS = {
     "Linear backward": ["Linear backward"],
@@ -675,6 +923,27 @@ def write_markdown(results: dict, out_dir: Path) -> str:
     (out_dir / "benchmark.md").write_text(tables(results))
     print(f"wrote {out_dir / 'README.md'} and {out_dir / 'benchmark.md'}", file=sys.stderr)
     return text
+
+
+def write_large(results: dict, out_dir: Path) -> str:
+    """large.json (the peak and the GPT-2-shape steps, with the machine) and large.md."""
+    large = {key: results[key] for key in ("quick", "command", "machine", "peak", "large")}
+    (out_dir / "large.json").write_text(json.dumps(large, indent=1) + "\n")
+    text = large_markdown(large)
+    (out_dir / "large.md").write_text(text)
+    print(f"wrote {out_dir / 'large.json'} and {out_dir / 'large.md'}", file=sys.stderr)
+    return text
+
+
+def measure_large(results: dict, with_torch: bool, quick: bool, say) -> None:
+    """The matrix-product peak and the GPT-2-shape steps, into ``results``."""
+    say("matrix-product peak ...")
+    results["peak"] = matmul_peak(256 if quick else 2048, repeats=2 if quick else 5)
+    say("GPT-2 small's shapes: full and LoRA training steps ...")
+    large = GPT2_QUICK if quick else GPT2
+    results["large"] = {"setup": large,
+                        "full": large_benchmark(with_torch, large, lora=False, blocks=1 if quick else 3),
+                        "lora": large_benchmark(with_torch, large, lora=True, blocks=1 if quick else 3)}
 
 
 def plot_scaling(results: dict, path: Path) -> None:
@@ -731,6 +1000,9 @@ def main(args: argparse.Namespace) -> dict:
         out_dir = Path(args.out) if args.out else HERE / "results"
         results = json.loads((out_dir / "benchmark.json").read_text())
         write_markdown(results, out_dir)
+        if (out_dir / "large.json").is_file():
+            large = json.loads((out_dir / "large.json").read_text())
+            (out_dir / "large.md").write_text(large_markdown(large))
         saved = out_dir / "layers_before_after.json"        # written by hand from two checkouts' runs
         if saved.is_file():
             saved.with_suffix(".md").write_text(before_after_table(json.loads(saved.read_text())))
@@ -741,10 +1013,16 @@ def main(args: argparse.Namespace) -> dict:
         (Path(tempfile.gettempdir()) / "tinytransformer-bench-quick" if q else HERE / "results")
     figure = Path(args.figure) if args.figure else \
         (out_dir / "benchmark_scaling.png" if q else ROOT / "figures" / "benchmark_scaling.png")
-    command = "python benchmarks/run.py" + (" --quick" if q else "") + \
+    command = "python benchmarks/run.py" + (" --quick" if q else "") + (" --large" if args.large else "") + \
         (f" --threads {args.threads}" if args.threads != 2 else "")
     results = {"quick": q, "command": command, "machine": machine_info(args.threads, with_torch)}
     say = (lambda text: print(text, file=sys.stderr, flush=True))
+    if args.large:
+        measure_large(results, with_torch, q, say)
+        results["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(write_large(results, out_dir))
+        return results
 
     setup = QUICK if q else REFERENCE
     results["setup"] = setup
@@ -776,9 +1054,11 @@ def main(args: argparse.Namespace) -> dict:
     say("decoding ...")
     results["decode"] = decode_benchmark(with_torch, lengths=(4,) if q else (16, 32, 64),
                                          batch=setup["batch_size"], repeats=1 if q else 5)
+    measure_large(results, with_torch, q, say)
+    results["step"]["flops"] = float(np.mean([step_flops(runs[0], b) for b in batches]))
     say("scaling ...")
-    results["scaling"] = scaling(with_torch, lengths=(4,) if q else (16, 32, 64, 128),
-                                 d_models=(8,) if q else (32, 64, 128, 256),
+    results["scaling"] = scaling(with_torch, lengths=(4,) if q else (16, 32, 64, 128, 256, 512),
+                                 d_models=(8,) if q else (32, 64, 128, 256, 512, 768),
                                  warmup=1 if q else 2, blocks=1 if q else 5, per_block=1 if q else 2,
                                  sizes=setup["sizes"], batch_size=setup["batch_size"])
     results["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -786,6 +1066,7 @@ def main(args: argparse.Namespace) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "benchmark.json").write_text(json.dumps(results, indent=1) + "\n")
     text = write_markdown(results, out_dir)
+    write_large(results, out_dir)
     plot_scaling(results, figure)
     print(text)
     say(f"wrote {out_dir / 'benchmark.json'}, {out_dir / 'README.md'} and {figure}")

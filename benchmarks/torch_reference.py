@@ -261,3 +261,74 @@ def load_numpy_weights(torch_model: TorchTransformer, np_model) -> None:
     norm(torch_model.encoder_norm, np_model.encoder.norm)
     norm(torch_model.decoder_norm, np_model.decoder.norm)
     linear(torch_model.out_proj, np_model.out_proj)
+
+
+# ---- a GPT-2-shaped language model, for the large-shape step --------------------------------
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (alpha / r) * (x @ A) @ B with base frozen, A (I, r) Xavier, B (r, O) zero,
+    as tinytransformer's LoRALinear (alpha = r)."""
+
+    def __init__(self, base: nn.Linear, rank: int):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.lora_a = nn.Parameter(nn.init.xavier_uniform_(torch.empty(base.in_features, rank)))
+        self.lora_b = nn.Parameter(torch.zeros(rank, base.out_features))
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.lora_a) @ self.lora_b
+
+
+class LMBlock(nn.Module):
+    """Pre-LN: x + attn(ln1(x)) under the causal mask, then x + mlp(ln2(x)), tanh GELU (GPT-2)."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.w_q, self.w_k, self.w_v, self.w_o = (nn.Linear(d_model, d_model) for _ in range(4))
+        self.linear1, self.linear2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        h = self.ln1(x)
+        q, k, v = (w(h).view(B, T, self.n_heads, -1).transpose(1, 2) for w in (self.w_q, self.w_k, self.w_v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.w_o(a.transpose(1, 2).reshape(B, T, D))
+        return x + self.linear2(F.gelu(self.linear1(self.ln2(x)), approximate="tanh"))
+
+
+class TorchLM(nn.Module):
+    """GPT-2's layout: learned positions, pre-LN blocks, a final LayerNorm, the head tied to the
+    token embedding (no head bias); the NumPy side is DecoderOnlyTransformer with those options."""
+
+    def __init__(self, vocab_size: int, d_model: int, n_heads: int, d_ff: int, n_layers: int, max_len: int):
+        super().__init__()
+        self.embed, self.pos = nn.Embedding(vocab_size, d_model), nn.Embedding(max_len, d_model)
+        self.blocks = nn.ModuleList(LMBlock(d_model, n_heads, d_ff) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, ids):
+        x = self.embed(ids) + self.pos(torch.arange(ids.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x) @ self.embed.weight.T                   # (B, T, V), the tied head
+
+
+def build_lm(vocab_size: int, d_model: int, n_heads: int, d_ff: int, n_layers: int, max_len: int,
+             seed: int = 0, lora_rank: int | None = None, **adamw):
+    """(model, AdamW (fused, given ``adamw``: lr, betas, ...), loss function); with ``lora_rank``,
+    adapters on w_q and w_v and everything else frozen, as tinytransformer's add_lora."""
+    torch.manual_seed(seed)
+    model = TorchLM(vocab_size, d_model, n_heads, d_ff, n_layers, max_len)
+    if lora_rank is not None:
+        model.requires_grad_(False)
+        for block in model.blocks:
+            block.w_q, block.w_v = LoRALinear(block.w_q, lora_rank), LoRALinear(block.w_v, lora_rank)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True, **adamw)
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+    return model, opt, loss_fn

@@ -26,6 +26,7 @@ def run_quick(out: Path, *extra: str, env: dict | None = None) -> dict:
     results = json.loads((out / "benchmark.json").read_text())
     assert (out / "README.md").read_text().startswith("# Benchmark results (quick mode")
     assert (out / "scaling.png").stat().st_size > 0
+    assert json.loads((out / "large.json").read_text())["large"] == results["large"]
     return results
 
 
@@ -42,6 +43,19 @@ def check_numpy_side(results: dict) -> None:
     assert results["memory"]["NumPy"]["peak_step_bytes"] > 0
     assert [row["length"] for row in results["decode"]["rows"]] == [4]
     assert results["scaling"]["length"][0]["NumPy"] > 0 and results["scaling"]["d_model"][0]["NumPy"] > 0
+    assert results["peak"]["gflops"] > 0 and results["step"]["flops"] > 0
+    check_large(results)
+
+
+def check_large(results: dict) -> None:
+    """The GPT-2-shape steps, in their tiny stand-in."""
+    assert results["peak"]["gflops"] > 0
+    for kind in ("full", "lora"):
+        assert results["large"][kind]["NumPy"]["median_s"] > 0
+        assert results["large"][kind]["flops"] > 0
+    # LoRA trains the adapters only, and its frozen weights need no weight gradient
+    assert results["large"]["lora"]["trainable_parameters"] < results["large"]["full"]["trainable_parameters"]
+    assert results["large"]["lora"]["flops"] < results["large"]["full"]["flops"]
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (optional)")
@@ -49,11 +63,22 @@ def test_quick_run_with_pytorch_beside(tmp_path):
     results = run_quick(tmp_path)
     check_numpy_side(results)
     assert results["step"]["step"]["PyTorch"]["median_s"] > 0
+    assert results["large"]["full"]["PyTorch"]["median_s"] > 0 and results["large"]["lora"]["PyTorch"]["median_s"] > 0
     assert "PyTorch" in results["decode"]["rows"][0]
     assert results["memory"]["PyTorch"]["cache_bytes"] > 0
     check = results["same_model_check"]            # the PyTorch model is the same model
     assert check["max_abs_logit_difference"] < 1e-4
     assert abs(check["numpy_loss"] - check["torch_loss"]) < 1e-5
+
+
+def test_quick_large_run_writes_only_the_large_shapes(tmp_path):
+    proc = subprocess.run([sys.executable, str(RUN), "--quick", "--large", "--no-torch", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "large.json").read_text())
+    check_large(results)
+    assert "### Training step at GPT-2 small's shapes" in (tmp_path / "large.md").read_text()
+    assert not (tmp_path / "benchmark.json").exists()
 
 
 def test_quick_run_without_pytorch(tmp_path):
@@ -251,3 +276,23 @@ def test_the_gpt2_benchmark_runs_in_quick_mode(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "gpt2.md").read_text() == table
+
+
+def test_step_flops_counts_every_product_of_a_gpt2_layout_step():
+    """The FLOPs behind the share of the peak: each product 2 m k n, three times for a trainable
+    weight and attention (forward and two gradients), twice for a frozen weight (no weight gradient)."""
+    spec = importlib.util.spec_from_file_location("bench_run", RUN)
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    import numpy as np
+    V, D, H, F, L, B, T, r = 31, 12, 3, 20, 2, 2, 5, 2
+    ids = np.random.default_rng(0).integers(0, V, (B, T + 1))
+    full = run.LMRunner(V, D, H, F, L, 16)
+    N = B * T
+    per_layer = 2 * N * (4 * D * D + 2 * D * F) + 2 * B * T * T * 2 * D         # projections, FF, attention
+    assert run.step_flops(full, ids) == 3 * (L * per_layer + 2 * N * D * V)
+    lora = run.LMRunner(V, D, H, F, L, 16, lora_rank=r)
+    frozen = 2 * (L * 2 * N * (2 * D * D + 2 * D * F) + 2 * N * D * V)         # w_k, w_o, FF, head
+    adapted = L * 2 * (2 * 2 * N * D * D + 3 * 2 * N * r * (D + D))            # w_q and w_v with adapters
+    attention = 3 * L * 2 * B * T * T * 2 * D
+    assert run.step_flops(lora, ids) == frozen + adapted + attention

@@ -116,3 +116,76 @@ def test_scatter_add_rows_equals_add_at_with_repeats(dtype, N):
     got = F.scatter_add_rows(ids, rows, 7)
     assert got.shape == (7, 6) and got.dtype == dtype
     np.testing.assert_allclose(got, F.scatter_add_rows_reference(ids, rows, 7), **close(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 7), (1, 1), (0, 5)])
+def test_gelu_tanh_and_its_backward_equal_the_formula(dtype, shape):
+    rng = np.random.default_rng(3)
+    x = (3 * rng.standard_normal(shape)).astype(dtype)
+    if x.size:
+        x.flat[:3] = [0.0, 40.0, -40.0][:x.size]          # 0, and |x| where tanh(u) = +-1
+    dy = rng.standard_normal(shape).astype(dtype)
+    before = x.copy(), dy.copy()
+    y, tanh_u = F.gelu_tanh(x)
+    want_y, want_tanh_u = F.gelu_tanh_reference(x)
+    assert y.dtype == tanh_u.dtype == dtype and y.shape == tanh_u.shape == shape
+    np.testing.assert_allclose(y, want_y, **close(dtype))
+    np.testing.assert_allclose(tanh_u, want_tanh_u, **close(dtype))
+    dx = F.gelu_tanh_backward(x, tanh_u, dy)
+    assert dx.dtype == dtype
+    np.testing.assert_allclose(dx, F.gelu_tanh_backward_reference(x, want_tanh_u, dy), **close(dtype))
+    np.testing.assert_array_equal(x, before[0])            # the inputs are left as they were
+    np.testing.assert_array_equal(dy, before[1])
+
+
+def adam_like(p, g, m, v):
+    """An elementwise update in place, with temporaries, as an optimizer writes it."""
+    m *= 0.9
+    m += 0.1 * g
+    v += g * g
+    p -= 0.01 * m / (np.sqrt(v) + 1e-8)
+
+
+@pytest.mark.parametrize("shape, block", [((50,), 7), ((6, 9), 8), ((4, 4), 16), ((3,), 5)])
+def test_in_blocks_gives_the_same_numbers_as_the_update_on_the_whole(shape, block):
+    rng = np.random.default_rng(4)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for _ in range(4)]
+    np.abs(arrays[3], out=arrays[3])                              # v >= 0, as a second moment
+    want = [a.copy() for a in arrays]
+    for _ in range(2):
+        F.in_blocks(adam_like, *arrays, block=block)
+        F.in_blocks_reference(adam_like, *want)
+    for got, expected in zip(arrays, want):
+        np.testing.assert_array_equal(got, expected)             # bit for bit, every block
+
+
+def test_in_blocks_updates_a_view_that_is_not_contiguous():
+    rng = np.random.default_rng(5)
+    owner = rng.standard_normal((6, 9))
+    arrays = [owner.T] + [np.abs(rng.standard_normal((9, 6))) for _ in range(3)]    # a transposed view
+    want = [a.copy() for a in arrays]
+    F.in_blocks(adam_like, *arrays, block=4)
+    adam_like(*want)
+    np.testing.assert_array_equal(owner.T, want[0])          # the update reached the owner
+
+
+def test_in_blocks_refuses_arrays_of_different_shapes():
+    with pytest.raises(ValueError, match=r"in_blocks arrays: expected one shape for all, got \[\(3,\), \(4,\)\]"):
+        F.in_blocks(adam_like, np.zeros(3), np.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 7), (1, 1), (3, 1), (40, 3000), (2, 70000)])   # rows of one block,
+def test_log_softmax_equals_the_formula(dtype, shape):                    # of several, longer than one
+    rng = np.random.default_rng(6)
+    z = (4 * rng.standard_normal(shape)).astype(dtype)
+    z[0, 0] = 1e4                                    # a huge logit: exp(z) alone would overflow
+    got = F.log_softmax(z)
+    assert got.shape == shape and got.dtype == dtype and np.isfinite(got).all()
+    np.testing.assert_allclose(got, F.log_softmax_reference(z), **close(dtype))
+
+
+def test_log_softmax_refuses_anything_but_a_matrix():
+    with pytest.raises(ValueError, match=r"log_softmax: expected a matrix \(N, V\), got shape \(2, 3, 4\)"):
+        F.log_softmax(np.zeros((2, 3, 4)))

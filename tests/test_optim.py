@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
+from tinytransformer import optim as optim_module
 from tinytransformer.nn import Linear, Module
+from tinytransformer.nn.functional import BLOCK, in_blocks_reference
 from tinytransformer.optim import (SGD, Adam, AdamW, clip_grad_norm, constant, cosine, get_schedule,
                                    grad_norm, warmup_inverse_sqrt)
 
@@ -202,6 +204,28 @@ def test_float32_stays_float32(make_opt):
         assert all(b.dtype == np.float32 for b in bufs)
     for arrays in opt.state_dict()["buffers"].values():
         assert all(a.dtype == np.float32 for a in arrays.values())
+
+
+class Large(Module):
+    """One parameter larger than the optimizers' update block (75000 numbers, not a multiple of it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = Linear(300, 250, rng=np.random.default_rng(0), dtype=np.float32)
+
+
+@pytest.mark.parametrize("make_opt", [lambda m: SGD(m, lr=0.1, momentum=0.9, weight_decay=0.01),
+                                      lambda m: Adam(m, lr=0.01, weight_decay=0.1),
+                                      lambda m: AdamW(m, lr=0.01, weight_decay=0.1)])
+def test_a_parameter_updated_in_blocks_gets_the_numbers_of_the_whole_update(make_opt, monkeypatch):
+    assert Large().layer.params["weight"].size > BLOCK
+    blocked = Large()
+    run(blocked, make_opt(blocked), 3)
+    monkeypatch.setattr(optim_module, "in_blocks", in_blocks_reference)    # the formula on the whole
+    whole = Large()
+    run(whole, make_opt(whole), 3)
+    for (name, got, _), (_, want, _) in zip(blocked.named_parameters(), whole.named_parameters()):
+        np.testing.assert_array_equal(got, want, err_msg=name)
 
 
 def test_float32_adam_matches_float64_formula():

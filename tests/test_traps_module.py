@@ -267,6 +267,10 @@ def example_arguments(rng):
         "column_sum": (m,), "softmax": (x,), "softmax_backward": (s, rng.standard_normal(s.shape)),
         "masked_softmax": (x, rng.random((2, 1, 5)) < 0.7),
         "scatter_add_rows": (rng.integers(0, 7, 6), m, 7),
+        "gelu_tanh": (x,), "gelu_tanh_backward": (x, np.tanh(x), rng.standard_normal(x.shape)),
+        "log_softmax": (m,),
+        # in_blocks changes what its update changes, and nothing else: here, nothing
+        "in_blocks": (lambda a, b: a + b, m, rng.standard_normal(m.shape)),
     }
 
 

@@ -13,7 +13,10 @@ the parameter's dtype, and every scalar is a Python float, so float32 training
 stays float32. Each update is its formula, written per parameter. (Doing Adam's
 arithmetic once over all parameters in one flat array measured 0.44 ms a step
 against 0.98 ms per parameter, ~1.5% of a reference training step: not worth
-hiding the formula.)
+hiding the formula.) A large parameter is updated block by block, 64K numbers at a time
+(``in_blocks``, nn/functional.py): the same formula, the same numbers bit for bit, but
+its temporaries stay in the cache (AdamW of GPT-2 small's (768, 50257) embedding: 155-235 ms
+against 440-1040 ms for the formula on the whole, on a loaded 2-core AMD EPYC).
 
 Schedules are plain functions of the step; the training loop sets the rate
 before each update:
@@ -33,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 
+from .nn.functional import in_blocks
 from .nn.module import Module
 
 __all__ = [
@@ -47,7 +51,8 @@ class Optimizer:
     """Base class: finds the parameters, counts steps, saves and restores state.
 
     Subclasses name their hyperparameters in ``HYPERPARAMS``, say which per-parameter
-    buffers they keep in ``_buffer_kinds`` and do the arithmetic in ``_update``.
+    buffers they keep in ``_buffer_kinds`` and do the arithmetic in ``_update``, elementwise
+    (it is given blocks of a large parameter, its gradient and its buffers in turn).
     """
 
     HYPERPARAMS: tuple[str, ...] = ("lr",)
@@ -76,7 +81,8 @@ class Optimizer:
     def _buffer_kinds(self, hyperparams: dict) -> tuple[str, ...]:
         return ()
 
-    def _update(self, i: int, p: np.ndarray, g: np.ndarray, hp: dict) -> None:
+    def _update(self, hp: dict, p: np.ndarray, g: np.ndarray, *buffers: np.ndarray) -> None:
+        """Update ``p`` in place from ``g``; ``buffers`` are the kinds of ``_buffer_kinds``, in order."""
         raise NotImplementedError
 
     # -- the step --
@@ -99,8 +105,10 @@ class Optimizer:
         hp = self.hyperparams()               # Python floats: float32 arrays stay float32
         self._ensure_buffers()
         self.step_count += 1
+        update = functools.partial(self._update, hp)
+        kinds = self._buffer_kinds(hp)
         for i, (p, g) in enumerate(zip(self._params, self._grads)):
-            self._update(i, p, g, hp)
+            in_blocks(update, p, g, *(self.buffers[kind][i] for kind in kinds))
 
     def _ensure_buffers(self) -> None:
         """Allocate (zeros, the parameter's dtype) the buffers the hyperparameters need."""
@@ -224,10 +232,9 @@ class SGD(Optimizer):
     def _buffer_kinds(self, hyperparams: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if hyperparams["momentum"] != 0 else ()
 
-    def _update(self, i, p, g, hp):
+    def _update(self, hp, p, g, b=None):
         d = g + hp["weight_decay"] * p if hp["weight_decay"] else g
         if hp["momentum"]:
-            b = self.buffers["momentum_buffer"][i]
             b *= hp["momentum"]
             b += d                                        # b = momentum * b + d
             d = b
@@ -263,10 +270,9 @@ class Adam(Optimizer):
     def _buffer_kinds(self, hyperparams: dict) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
-    def _update(self, i, p, g, hp):
+    def _update(self, hp, p, g, m, v):
         lr, (beta1, beta2), eps, wd = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
         t = self.step_count
-        m, v = self.buffers["exp_avg"][i], self.buffers["exp_avg_sq"][i]
         if wd and self._decoupled:
             p *= 1.0 - lr * wd                            # AdamW: p = p - lr * wd * p
         elif wd:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import erf, expit
 
-from .functional import softmax, softmax_backward
+from .functional import gelu_tanh, gelu_tanh_backward, softmax, softmax_backward
 from .module import Module, check_float_input
 
 
@@ -47,10 +47,6 @@ class ReLU(Module):
         return dy * self._saved().positive
 
 
-# Python floats, not NumPy float64 scalars, so float32 arrays stay float32
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
-
 class GELU(Module):
     """The Gaussian Error Linear Unit, y = x * Phi(x), Phi the standard normal CDF.
 
@@ -77,17 +73,16 @@ class GELU(Module):
             cdf = 0.5 * (1.0 + erf(x / math.sqrt(2.0)).astype(x.dtype))
             self.cache = GELUCache(x, cdf=cdf)
             return x * cdf
-        tanh_u = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)).astype(x.dtype)
+        y, tanh_u = gelu_tanh(x)                 # the formula above, in fewer passes (functional.py)
         self.cache = GELUCache(x, tanh_u=tanh_u)
-        return 0.5 * x * (1.0 + tanh_u)
+        return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         x, cdf, tanh_u = self._saved()
         if self.approximate == "none":
             pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
             return dy * (cdf + x * pdf)
-        du_dx = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
-        return dy * (0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u ** 2) * du_dx)
+        return gelu_tanh_backward(x, tanh_u, dy)
 
 
 class SiLU(Module):

@@ -16,6 +16,23 @@ are the fastest of 7 x 200 calls on a 2-core AMD EPYC):
     masked_softmax_    6                         141 us    332 us    (64, 4, 17, 17)
     scatter_add_rows   2                         32 us     504 us    (N = 1088, V = 13)
 
+Three more were kept for the large shapes (GPT-2 small: batch 4, 256 positions, d_model 768;
+medians of 5-7 calls, the two taking turns, 2-core AMD EPYC with a load average of ~6):
+
+    routine                  calls per step          fast         reference
+    gelu_tanh (+ backward)   12 (GPT-2 small)        27 ms        334 ms      (4, 256, 3072)
+    in_blocks                1 per parameter         155-235 ms   440-1040 ms AdamW, (768, 50257)
+    log_softmax              1 (the loss)            170 ms       256 ms      (1024, 50257)
+
+The tanh GELU's formula, written as one line, makes eight temporary arrays and raises
+x to the power 3 (NumPy's float32 power: slower than x * x * x by orders of magnitude, as
+measured); the fast one writes every step into two arrays it owns. An optimizer's formula over
+a large parameter makes as many temporaries of the parameter's size, each fresh memory the
+operating system hands out page by page, and passes over memory once per operation; applied
+to blocks of 64K numbers, its temporaries stay in the cache and are reused. The loss's
+log-softmax needs exp(z - max) only for its row sums: a few rows at a time, it lives in a
+small reused buffer, and the (N, V) logits make one new array instead of three.
+
 NumPy's reductions over a short last axis loop once per row; a matrix product
 with a column of ones (or of 1/D) does the same sums in one BLAS call. Sums down
 the first axis (over positions, for parameter gradients) are a row of ones times
@@ -29,6 +46,7 @@ Legend: N rows, D row length, V rows of the table being scattered into.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import scipy.sparse
@@ -75,6 +93,107 @@ def column_sum(x: np.ndarray) -> np.ndarray:
 
 def column_sum_reference(x: np.ndarray) -> np.ndarray:
     return x.sum(0)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)   # a Python float: float32 arrays stay float32
+_GELU_A = 0.044715
+
+
+def gelu_tanh(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """y = x (1 + tanh(u)) / 2 with u = sqrt(2/pi) (x + 0.044715 x^3); returns (y, tanh(u)).
+
+    u is computed as sqrt(2/pi) * x * (1 + 0.044715 x^2), each step written into the array
+    made for it (two arrays in all).
+    """
+    tanh_u = x * x                                   # x^2
+    tanh_u *= _GELU_A
+    tanh_u += 1.0
+    tanh_u *= x                                      # x + a x^3
+    tanh_u *= _SQRT_2_OVER_PI                        # u
+    np.tanh(tanh_u, out=tanh_u)
+    y = tanh_u + 1.0
+    y *= x
+    y *= 0.5
+    return y, tanh_u
+
+
+def gelu_tanh_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    tanh_u = np.tanh(_SQRT_2_OVER_PI * (x + _GELU_A * x ** 3))
+    return 0.5 * x * (1.0 + tanh_u), tanh_u
+
+
+def gelu_tanh_backward(x: np.ndarray, tanh_u: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """dx = dy * ((1 + tanh(u)) / 2 + x (1 - tanh(u)^2) / 2 * du/dx), du/dx = sqrt(2/pi) (1 + 3a x^2).
+
+    Two arrays made here; ``x``, ``tanh_u`` and ``dy`` are left as they were.
+    """
+    du_dx = x * x
+    du_dx *= 3 * _GELU_A
+    du_dx += 1.0
+    du_dx *= _SQRT_2_OVER_PI
+    dx = tanh_u * tanh_u
+    np.subtract(1.0, dx, out=dx)                     # 1 - tanh(u)^2
+    dx *= x
+    dx *= du_dx                                      # x (1 - tanh(u)^2) du/dx
+    dx += tanh_u
+    dx += 1.0
+    dx *= 0.5
+    dx *= dy
+    return dx
+
+
+def gelu_tanh_backward_reference(x: np.ndarray, tanh_u: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    du_dx = _SQRT_2_OVER_PI * (1.0 + 3 * _GELU_A * x * x)
+    return dy * (0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u ** 2) * du_dx)
+
+
+BLOCK = 1 << 16             # numbers per block of in_blocks: 256 KB of float32, within a core's cache
+
+
+def in_blocks(update: Callable[..., None], *arrays: np.ndarray, block: int = BLOCK) -> None:
+    """``update(*arrays)``, an elementwise update in place, run on consecutive blocks of ``block``
+    numbers of the flattened arrays (all of one shape), so that its temporaries are small.
+
+    Arrays that are not all C-contiguous (a view into a tied weight) are updated whole: their
+    flattening would be a copy, and the update would be lost.
+    """
+    shapes = [a.shape for a in arrays]
+    if len(set(shapes)) != 1:
+        raise ValueError(f"in_blocks arrays: expected one shape for all, got {shapes}")
+    if arrays[0].size <= block or not all(a.flags.c_contiguous for a in arrays):
+        update(*arrays)
+        return
+    flat = [a.reshape(-1) for a in arrays]                                   # views, no copy
+    for start in range(0, flat[0].size, block):
+        update(*(a[start:start + block] for a in flat))
+
+
+def in_blocks_reference(update: Callable[..., None], *arrays: np.ndarray) -> None:
+    update(*arrays)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log softmax(z) = (z - max) - log(sum(exp(z - max))) over each row of a matrix.     (N, V) -> (N, V)
+
+    A few rows at a time (about ``BLOCK`` numbers), so that exp(z - max), needed only for
+    its sum, lives in a small reused buffer and each row is read from memory once.
+    """
+    if z.ndim != 2:
+        raise ValueError(f"log_softmax: expected a matrix (N, V), got shape {z.shape}")
+    logp = np.empty_like(z)
+    rows = max(1, BLOCK // max(1, z.shape[1]))
+    scratch = np.empty((min(rows, z.shape[0]), z.shape[1]), dtype=z.dtype)
+    for start in range(0, z.shape[0], rows):
+        block = logp[start:start + rows]                                      # (rows, V)
+        np.subtract(z[start:start + rows], z[start:start + rows].max(1, keepdims=True), out=block)
+        exp = np.exp(block, out=scratch[:len(block)])
+        block -= np.log(exp.sum(1, keepdims=True))
+    return logp
+
+
+def log_softmax_reference(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max(1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

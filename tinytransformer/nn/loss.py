@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .functional import log_softmax
 from .module import Module, check_float_input
 
 
@@ -31,7 +32,8 @@ class CrossEntropyLoss(Module):
 
     Backward: d loss / d logits = (p - q) / n on kept positions, 0 on ignored ones.
     ``backward(dout=1.0)`` scales that by the gradient of whatever uses the loss.
-    log p is computed as logits - logsumexp(logits), stable for huge logits.
+    log p is computed as logits - logsumexp(logits), stable for huge logits (``log_softmax``,
+    a few rows at a time: nn/functional.py).
     """
 
     def __init__(self, ignore_index: int | None = None, label_smoothing: float = 0.0):
@@ -65,8 +67,7 @@ class CrossEntropyLoss(Module):
             raise ValueError(f"targets: class id {labels[i]} out of range for {V} classes "
                              f"(flat position {i})")
         z = logits.reshape(-1, V)                                     # (N, V)
-        shifted = z - z.max(axis=1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))   # (N, V)
+        logp = log_softmax(z)                        # (N, V): z - max - log(sum(exp(z - max)))
         safe_labels = np.where(keep, labels, 0)
         nll = -logp[np.arange(len(labels)), safe_labels]              # (N,)
         eps = self.label_smoothing
