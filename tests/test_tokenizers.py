@@ -443,10 +443,13 @@ def test_trained_bpe_equals_tiktoken_on_its_ranks(trained, tmp_path, corpus_samp
 
 # --- GPT-2's own tokenizer -------------------------------------------------------------------
 
+HAS_GPT2 = (GPT2_DIR / "vocab.json").is_file() and (GPT2_DIR / "gpt2.tiktoken").is_file()
+needs_gpt2 = pytest.mark.skipif(not HAS_GPT2, reason=f"GPT-2's tokenizer files are not in {GPT2_DIR}: "
+                                                     f"run python {FETCH_SCRIPT}")
+
+
 @pytest.fixture(scope="module")
 def gpt2_files() -> Path:
-    if not (GPT2_DIR / "vocab.json").is_file() or not (GPT2_DIR / "gpt2.tiktoken").is_file():
-        pytest.skip(f"GPT-2's tokenizer files are not in {GPT2_DIR}: run python {FETCH_SCRIPT}")
     return GPT2_DIR
 
 
@@ -460,6 +463,7 @@ def gpt2_from_ranks(gpt2_files) -> BPETokenizer:
     return BPETokenizer.from_tiktoken(gpt2_files / "gpt2.tiktoken")
 
 
+@needs_gpt2
 def test_gpt2_from_pretrained_and_from_tiktoken_agree(gpt2, gpt2_from_ranks):
     from_ranks = gpt2_from_ranks
     for tokenizer in (gpt2, from_ranks):
@@ -469,6 +473,7 @@ def test_gpt2_from_pretrained_and_from_tiktoken_agree(gpt2, gpt2_from_ranks):
     assert gpt2.encode("Hello world") == [15496, 995] and gpt2.encode(" Hello world") == [18435, 995]
 
 
+@needs_gpt2
 @pytest.mark.parametrize("name", ["GPT2Tokenizer", "GPT2TokenizerFast"])
 def test_gpt2_equals_transformers(gpt2, gpt2_files, corpus_sample, name):
     transformers = pytest.importorskip("transformers", reason="transformers is an optional reference")
@@ -479,6 +484,7 @@ def test_gpt2_equals_transformers(gpt2, gpt2_files, corpus_sample, name):
         assert gpt2.decode(ids) == text
 
 
+@needs_gpt2
 def test_gpt2_equals_tiktoken(gpt2_files, gpt2_from_ranks, corpus_sample):
     pytest.importorskip("tiktoken", reason="tiktoken is an optional reference")
     from tiktoken.load import load_tiktoken_bpe

@@ -152,10 +152,8 @@ def test_overlapping_threads_blocks_on_two_python_threads_leave_blas_as_it_was()
     out = subprocess.run([sys.executable, "-c", OVERLAPPING_BLOCKS], capture_output=True, text=True,
                          env=env, cwd=ROOT, check=True).stdout
     seen = json.loads(out)
-    if set(seen["before"]) == {1}:
-        pytest.skip("BLAS starts with one thread here: holding it to one changes nothing to restore")
     assert set(seen["inside, after the first left"]) == {1}      # still held: a block is open
-    assert seen["after"] == seen["before"]
+    assert seen["after"] == seen["before"]                        # (trivially so if BLAS had one)
 
 
 def test_threads_says_what_its_argument_controls():
