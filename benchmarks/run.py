@@ -695,6 +695,20 @@ def markdown(results: dict) -> str:
     return title + "\n\n" + tables(results)
 
 
+def beside_pytorch(has_torch: bool):
+    """(header, row) of a table with NumPy beside PyTorch and their ratio (NumPy alone without
+    torch); ``row(label, numpy_value, torch_value, fmt=_ms, ratio=True)`` is one line of it."""
+    def row(label, numpy_value, torch_value, fmt=_ms, ratio=True):
+        cells = [label, fmt(numpy_value)]
+        if has_torch:
+            cells += [fmt(torch_value), _ratio(numpy_value, torch_value) if ratio else "-"]
+        return "| " + " | ".join(cells) + " |"
+
+    header = ["| | NumPy | PyTorch | NumPy / PyTorch |", "|---|---:|---:|---:|"] if has_torch else \
+        ["| | NumPy |", "|---|---:|"]
+    return header, row
+
+
 def tables(results: dict) -> str:
     """Every table of a benchmark run, under the line that states its machine, versions and commit."""
     m = results["machine"]
@@ -712,14 +726,7 @@ def tables(results: dict) -> str:
         lines += [f"Same model: given the NumPy weights, the PyTorch model's logits differ by at most "
                   f"{c['max_abs_logit_difference']:.1e} (loss {c['numpy_loss']:.6f} vs {c['torch_loss']:.6f}).", ""]
 
-    def row(label, numpy_value, torch_value, fmt=_ms, ratio=True):
-        cells = [label, fmt(numpy_value)]
-        if has_torch:
-            cells += [fmt(torch_value), _ratio(numpy_value, torch_value) if ratio else "-"]
-        return "| " + " | ".join(cells) + " |"
-
-    header = ["| | NumPy | PyTorch | NumPy / PyTorch |", "|---|---:|---:|---:|"] if has_torch else \
-        ["| | NumPy |", "|---|---:|"]
+    header, row = beside_pytorch(has_torch)
     s = results["step"]
     setup = results["setup"]
     lines += ["### Training step, " + ("the tiny --quick configuration" if results["quick"] else
@@ -831,14 +838,7 @@ def large_markdown(results: dict) -> str:
     """large.md: the GPT-2-shape steps, the matrix-product peak and each step's share of it."""
     has_torch = "PyTorch" in results["large"]["full"]
 
-    def row(label, numpy_value, torch_value, fmt, ratio=True):
-        cells = [label, fmt(numpy_value)]
-        if has_torch:
-            cells += [fmt(torch_value), _ratio(numpy_value, torch_value) if ratio else "-"]
-        return "| " + " | ".join(cells) + " |"
-
-    header = ["| | NumPy | PyTorch | NumPy / PyTorch |", "|---|---:|---:|---:|"] if has_torch else \
-        ["| | NumPy |", "|---|---:|"]
+    header, row = beside_pytorch(has_torch)
     lines = [machine_line(results, has_torch), "", f"Reproduce: `{results['command']}`"]
     return "\n".join(lines + large_tables(results, header, row)) + "\n"
 
