@@ -52,13 +52,14 @@ from tinytransformer import (AdamW, CharTokenizer, CrossEntropyLoss, DecoderOnly
                              TransformerConfig, clip_grad_norm, generate, save_checkpoint)
 from tinytransformer.optim import cosine  # noqa: E402
 from tinytransformer.text import TextData, bits_per_char, default_corpus, random_windows  # noqa: E402
+from tinytransformer.text_task import TEXT_DEFAULTS  # noqa: E402
 from tinytransformer.threads import threads  # noqa: E402
 from machine import commit, cpu_name, stated  # noqa: E402
 
 TARGET = 1.75                    # validation bits per character
 RECIPE = dict(n_layers=4, d_model=128, n_heads=4, d_ff=512, block_size=128, batch_size=32,
               lr=3e-3, min_lr=3e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, warmup=100,
-              clip=1.0, steps=2000, eval_every=250)
+              clip=1.0, steps=1500, eval_every=250)
 SAMPLE_PROMPTS = ("The ", "def ", "    if ")
 SAMPLE_TOKENS = 120
 SAMPLE_TEMPERATURE = 0.8
@@ -103,12 +104,12 @@ def recipe_from(args: argparse.Namespace) -> dict:
 
 
 def model_config(vocab_size: int, recipe: dict) -> TransformerConfig:
-    """The reference text model: pre-LN, learned positions, exact GELU; no special ids (a
-    character model of a text has no padding, no start and no end token)."""
-    return TransformerConfig(vocab_size=vocab_size, d_model=recipe["d_model"], n_heads=recipe["n_heads"],
-                             d_ff=recipe["d_ff"], n_encoder_layers=0, n_decoder_layers=recipe["n_layers"],
-                             max_len=recipe["block_size"], positional="learned", activation="gelu",
-                             pad_id=None, bos_id=None, eos_id=None)
+    """The reference text model: ``tinytransformer train --task text``'s (``TEXT_DEFAULTS``: pre-LN,
+    learned positions, tanh GELU; no special ids, as a character model of a text has no
+    padding, no start and no end token) with the recipe's sizes."""
+    return TransformerConfig(**{**TEXT_DEFAULTS["model"], "vocab_size": vocab_size, "d_model": recipe["d_model"],
+                                "n_heads": recipe["n_heads"], "d_ff": recipe["d_ff"],
+                                "n_decoder_layers": recipe["n_layers"], "max_len": recipe["block_size"]})
 
 
 def learning_rate(step: int, recipe: dict) -> float:

@@ -3,7 +3,7 @@
 
 Only benchmarks import this file (PyTorch is never a dependency of the package). It is
 ``tinytransformer.DecoderOnlyTransformer`` with the text run's config (pre-LN, learned
-positions, exact GELU, biases everywhere, an untied output head):
+positions, GELU (exact or tanh), biases everywhere, an untied output head):
 
     logits = out_proj(norm(blocks(embed(ids) * sqrt(D) + P[:T])))
     block:   x = x + attn(norm1(x), causal);   x = x + linear2(gelu(linear1(norm2(x))))
@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+GELUS = {"gelu": "none", "gelu_tanh": "tanh"}      # the config's activation -> F.gelu's approximate
+
 
 class SelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int):
@@ -41,18 +43,19 @@ class SelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, d_model: int, d_ff: int):
+    def __init__(self, d_model: int, d_ff: int, activation: str):
         super().__init__()
         self.linear1, self.linear2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+        self.approximate = GELUS[activation]
 
     def forward(self, x):
-        return self.linear2(F.gelu(self.linear1(x)))                 # exact (erf) GELU
+        return self.linear2(F.gelu(self.linear1(x), approximate=self.approximate))
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, eps: float):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, eps: float, activation: str):
         super().__init__()
-        self.self_attn, self.ff = SelfAttention(d_model, n_heads), FeedForward(d_model, d_ff)
+        self.self_attn, self.ff = SelfAttention(d_model, n_heads), FeedForward(d_model, d_ff, activation)
         self.norm1, self.norm2 = nn.LayerNorm(d_model, eps=eps), nn.LayerNorm(d_model, eps=eps)
 
     def forward(self, x):
@@ -74,16 +77,16 @@ class TorchDecoderOnly(nn.Module):
     def __init__(self, config):
         super().__init__()
         c = config
-        supported = (c.positional == "learned" and c.activation == "gelu" and c.norm == "layernorm"
+        supported = (c.positional == "learned" and c.activation in GELUS and c.norm == "layernorm"
                      and c.norm_first and c.bias and c.head_bias and not c.tie_embeddings
                      and c.n_kv_heads in (None, c.n_heads) and c.dropout == 0.0)
         if not supported:
             raise ValueError(f"config: the peer is written for the text run's model only "
-                             f"(learned positions, gelu, pre-LN layernorm, biases, untied), got {c}")
+                             f"(learned positions, gelu or gelu_tanh, pre-LN layernorm, biases, untied), got {c}")
         self.scale = math.sqrt(c.d_model) if c.embed_scale else 1.0
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.pos = Positions(c.max_len, c.d_model)
-        self.layers = nn.ModuleList(Block(c.d_model, c.n_heads, c.d_ff, c.norm_eps)
+        self.layers = nn.ModuleList(Block(c.d_model, c.n_heads, c.d_ff, c.norm_eps, c.activation)
                                     for _ in range(c.n_decoder_layers))
         self.norm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
         self.out_proj = nn.Linear(c.d_model, c.vocab_size)

@@ -1,6 +1,7 @@
 """The reference text run's benchmark: its PyTorch peer computes the NumPy model's function, a short
 run records what the table needs, and the committed table is what the script writes from its results."""
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from tinytransformer import CharTokenizer, DecoderOnlyTransformer
+from tinytransformer import text_task
 from tinytransformer.text import TextData
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +36,11 @@ SMALL = {**text_reference.RECIPE, "n_layers": 2, "d_model": 16, "n_heads": 2, "d
 TEXT = "The cat sat on the mat.\ndef f(x):\n    if x:\n        return x\n" * 12   # the prompts' characters
 
 
-def test_the_peer_computes_the_numpy_model_and_its_gradients_in_float64():
+@pytest.mark.parametrize("activation", ["gelu_tanh", "gelu"])
+def test_the_peer_computes_the_numpy_model_and_its_gradients_in_float64(activation):
     torch = pytest.importorskip("torch", reason="PyTorch is the peer's reference")
     peer = load("torch_text_peer")
-    config = text_reference.model_config(11, SMALL)
+    config = dataclasses.replace(text_reference.model_config(11, SMALL), activation=activation)
     np_model = DecoderOnlyTransformer(config, rng=np.random.default_rng(0)).astype(np.float64)
     for _, param, _ in np_model.named_parameters():          # biases and norms away from their init
         param += 0.1 * np.random.default_rng(1).standard_normal(param.shape)
@@ -55,6 +58,18 @@ def test_the_peer_computes_the_numpy_model_and_its_gradients_in_float64():
         want = theirs[name].grad.numpy()
         linear_weight = grad.ndim == 2 and not name.startswith(("embed.", "pos."))    # torch's is (out, in)
         np.testing.assert_allclose(grad, want.T if linear_weight else want, rtol=0, atol=1e-10, err_msg=name)
+
+
+def test_the_benchmarks_run_is_the_command_lines_text_run():
+    recipe = text_reference.RECIPE
+    train = text_task.text_train_config()
+    for field in ("batch_size", "lr", "min_lr", "betas", "eps", "weight_decay", "warmup", "clip", "steps",
+                  "eval_every", "block_size"):
+        assert getattr(train, field) == recipe[field], field
+    assert train.minutes * 60 == text_reference.parse_args([]).budget
+    tokenizer = CharTokenizer.from_text(TEXT)
+    assert text_reference.model_config(tokenizer.vocab_size, recipe) == \
+        text_task.text_model_config(tokenizer, recipe["block_size"])
 
 
 def test_the_peer_refuses_a_model_it_is_not_written_for():

@@ -57,3 +57,65 @@ def test_importing_the_package_sets_no_environment_variable():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=ROOT, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_large_products_share_blas_threads_and_the_worker_stands_down():
+    module = sys.modules["tinytransformer.threads"]       # the module; the package's `threads` is its function
+    before = blas()
+    cores = min(2, module.CORES)
+    with threads(2):
+        with module.products_shared(module.SHARE_FROM - 1):            # small: nothing changes
+            assert set(blas()) == {1} and module.worker_allowed()
+        with module.products_shared(module.SHARE_FROM):
+            assert set(blas()) == {cores}
+            assert module.worker_allowed() == (cores < 2)             # one core: nothing was shared
+            with module.products_shared(module.SHARE_FROM):            # nested: as it was
+                assert set(blas()) == {cores}
+            assert set(blas()) == {cores}
+        assert set(blas()) == {1} and module.worker_allowed()
+    with threads(1), module.products_shared(module.SHARE_FROM):        # one thread: nothing to share
+        assert set(blas()) == {1} and not module.worker_allowed()
+    assert blas() == before
+
+
+def lm_step_grads(model, ids):
+    crit = CrossEntropyLoss()
+    model.zero_grad()
+    crit(model(ids[:, :-1]), ids[:, 1:])
+    model.backward(crit.backward())
+    return {name: g.copy() for name, _, g in model.named_parameters()}
+
+
+def test_a_large_models_step_shares_the_products_and_gives_the_same_gradients(monkeypatch):
+    from tinytransformer import DecoderOnlyTransformer
+    module = sys.modules["tinytransformer.threads"]
+    config = TransformerConfig(vocab_size=13, d_model=16, n_heads=2, d_ff=24, n_encoder_layers=0,
+                               n_decoder_layers=2, max_len=9)
+    model = DecoderOnlyTransformer(config, np.random.default_rng(0), dtype=np.float64)
+    ids = np.random.default_rng(1).integers(0, 13, (3, 9))
+    worker = lm_step_grads(model, ids)                                 # far below SHARE_FROM
+    seen = []
+    for direction in ("forward", "backward"):
+        method = getattr(model.out_proj, direction)
+        monkeypatch.setattr(model.out_proj, direction,
+                            lambda *a, method=method: (seen.append((blas(), module.worker_allowed())),
+                                                       method(*a))[1])
+    monkeypatch.setattr(module, "SHARE_FROM", 3 * 8 * model.multiply_adds_per_token)   # this batch
+    before = blas()
+    shared = lm_step_grads(model, ids)
+    cores = min(2, module.CORES)
+    assert seen == [([cores] * len(before), cores < 2)] * 2        # forward, then backward
+    assert blas() == before
+    assert worker.keys() == shared.keys()
+    for name in worker:
+        np.testing.assert_allclose(shared[name], worker[name], rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_multiply_adds_per_token_counts_the_weight_products_of_the_models_blocks():
+    from tinytransformer import DecoderOnlyTransformer
+    c = TransformerConfig(vocab_size=50, d_model=8, n_heads=4, d_ff=20, n_encoder_layers=1,
+                          n_decoder_layers=2, n_kv_heads=2, activation="swiglu", norm="rmsnorm",
+                          positional="rope")
+    per_layer = 8 * 8 * 2 + 2 * 8 * 4 + 3 * 8 * 20          # q and o; k and v of 2 heads of 2; swiglu
+    assert Transformer(c, np.random.default_rng(0)).multiply_adds_per_token == 3 * per_layer + 8 * 50
+    assert DecoderOnlyTransformer(c, np.random.default_rng(0)).multiply_adds_per_token == 2 * per_layer + 8 * 50

@@ -1,7 +1,7 @@
 """How many threads tinytransformer computes with, held where it computes, whatever the import order.
 
 NumPy's BLAS (OpenBLAS, MKL, Accelerate) starts one thread per core. The matrices
-of these models are small, so a second BLAS thread gains little on an idle machine
+of the small models are small, so a second BLAS thread gains little on an idle machine
 and, on a busy one, makes every small product wait for a free core: a reference
 training step measured 37 ms with one BLAS thread and 290 ms with two on a loaded
 2-core machine. So wherever the package computes (a model's forward, backward and
@@ -10,10 +10,13 @@ thread with threadpoolctl, and gives the count it found back when the last call
 leaves. Nothing process-wide changes: no environment variable, nothing left set
 after the call, and it works whether NumPy was imported first (as in a notebook) or not.
 
-What ``n`` controls today: BLAS runs on ONE thread whatever ``n`` is, and ``n >= 2``
-lets a model's backward compute its weight gradients on a second thread (the
-gradient worker, ``nn/overlap.py``); ``threads(8)`` computes exactly as ``threads(2)``.
-The results are bit-identical either way.
+What ``n`` controls: with ``n >= 2`` a model's backward computes its weight gradients on
+a second thread (the gradient worker, ``nn/overlap.py``) while BLAS stays on one; the
+results are bit-identical to one thread. A model call whose products are large (a
+GPT-2-small step, the text model's step: ``SHARE_FROM`` multiply-adds or more) goes the
+other way: inside ``products_shared`` BLAS gets the n threads (at most one per core) and
+the worker stands down, as two BLAS threads beside it would only take turns with it.
+``threads(8)`` on a 2-core machine computes as ``threads(2)``.
 
 Your own loop needs nothing: the model's methods hold the threads themselves.
 To choose the number, or to hold it around code of your own:
@@ -45,12 +48,13 @@ from typing import Iterator
 
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["threads", "CORES", "holds_threads", "worker_allowed"]
+__all__ = ["threads", "CORES", "holds_threads", "worker_allowed", "products_shared", "SHARE_FROM"]
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 DEFAULT = min(2, CORES)          # one BLAS thread, and the gradient worker if there is a second core
 
 _local = threading.local()       # .n: the thread count of the block open on this thread, else None
+                                 # .shared: True inside products_shared() with BLAS on .n threads
 _controller: ThreadpoolController | None = None
 _hold_lock = threading.Lock()    # guards the two below, shared by every Python thread
 _holders = 0                     # outermost blocks open now, over all Python threads
@@ -136,6 +140,42 @@ def holds_threads(method):
 
 
 def worker_allowed() -> bool:
-    """True inside a ``threads(n)`` block with n >= 2: the gradient worker may run."""
+    """True inside a ``threads(n)`` block with n >= 2, products not shared: the gradient worker may run."""
     n = getattr(_local, "n", None)
-    return n is not None and n >= 2
+    return n is not None and n >= 2 and not getattr(_local, "shared", False)
+
+
+# From this many multiply-adds in one call of a model (its tokens times its multiply-adds per
+# token, ``TransformerConfig.multiply_adds_per_token``), its products are large enough to share:
+# BLAS gets every thread of the block and the gradient worker stands down. Measured on an idle
+# 2-core AMD EPYC (benchmarks/results/sharing.md): a step of 0.2 to 0.9 G multiply-adds was
+# about as fast either way, from 1.6 G on sharing was faster (0.8x the time for the text
+# model's 3.3 G, 0.8x at GPT-2 small's 127 G); the reference step (0.2 G) keeps the worker,
+# which a busy machine hurts far less.
+SHARE_FROM = 1e9
+
+
+@contextmanager
+def products_shared(multiply_adds: float) -> Iterator[None]:
+    """Inside a ``threads(n)`` block with n >= 2 on a machine of 2 cores or more, and for work of
+    at least ``SHARE_FROM`` multiply-adds: BLAS on n threads (at most one per core) for the
+    block, and no gradient worker. Otherwise nothing changes.
+
+    Small products gain nothing from a second BLAS thread (each waits for it to start and
+    finish); there the second core is better spent on the parameter gradients. A GPT-2-small
+    step is the other way round: its products are big enough to split, and a worker beside
+    two BLAS threads would only take turns with them. The count is set from this thread; the
+    block's hold puts it back on leaving."""
+    n = min(getattr(_local, "n", None) or 1, CORES)
+    if n < 2 or getattr(_local, "shared", False) or multiply_adds < SHARE_FROM:
+        yield
+        return
+    with _hold_lock:
+        limited = _blas().limit(limits=n, user_api="blas")
+    _local.shared = True
+    try:
+        yield
+    finally:
+        _local.shared = False
+        with _hold_lock:
+            limited.restore_original_limits()

@@ -167,6 +167,17 @@ class TransformerConfig:
                 raise ValueError(f"TransformerConfig.pad_id: padding must differ from {other} (a padded "
                                  f"key is masked, a finished row is padded), both are {self.pad_id}")
 
+    def multiply_adds_per_token(self, layers: int) -> int:
+        """The multiply-adds of the weight products one token's forward passes through, in a
+        model of ``layers`` blocks: per block q, k, v, o (D x D each, k and v narrower with
+        fewer key/value heads) and the feed-forward (two D x d_ff, three for swiglu); then the
+        output head (D x V). The decoder's cross-attention and the attention scores are left
+        out: a measure of size (``threads.products_shared`` decides by it), not an exact count."""
+        D = self.d_model
+        attention = 2 * D * D + 2 * D * (D // self.n_heads * self.kv_heads)
+        feed_forward = (3 if self.activation == "swiglu" else 2) * D * self.d_ff
+        return layers * (attention + feed_forward) + D * self.vocab_size
+
     @property
     def attention_positional(self) -> str | None:
         """What the self-attentions do about positions: "rope", "alibi", or None (added to x, or none)."""

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..threads import holds_threads
+from ..threads import holds_threads, products_shared
 from . import inference
 from .attention import MultiHeadAttention
 from .config import TransformerConfig, check_model_ids
@@ -44,6 +44,12 @@ def make_positional(config: TransformerConfig, rng, dtype) -> Module | None:
     if config.positional == "sinusoidal":
         return SinusoidalPositionalEncoding(config.d_model, config.max_len, dtype=dtype)
     return None
+
+
+def shared_if_large(model: Module, tokens: int):
+    """The products of ``tokens`` tokens through ``model`` on every thread, when they are large
+    enough to gain from it (``threads.products_shared``)."""
+    return products_shared(tokens * model.multiply_adds_per_token)
 
 
 def layer_options(config: TransformerConfig) -> dict:
@@ -110,14 +116,20 @@ class Transformer(Module):
             self.src_embed.params["weight"] = self.tgt_embed.params["weight"]
             self.src_embed.grads["weight"] = self.tgt_embed.grads["weight"]
 
+    @property
+    def multiply_adds_per_token(self) -> int:
+        """Of the weight products, encoder and decoder together (``TransformerConfig.multiply_adds_per_token``)."""
+        return self.config.multiply_adds_per_token(self.config.n_encoder_layers + self.config.n_decoder_layers)
+
     @holds_threads
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray | None = None):
         """The encoder's memory (B, S, D) and the source key mask (B, 1, 1, S)."""
         self.cache = InvalidatedByInference("encode")   # until forward ends: no backward
         check_model_ids("src_ids", src_ids, self.config)
         src_keys = key_mask("src_mask", src_mask, src_ids, self.config.pad_id)
-        x = embed_forward(self.src_embed, self.pos, src_ids, scale=self.config.embed_scale)   # (B, S, D)
-        return self.encoder(x, src_keys), src_keys
+        with shared_if_large(self, src_ids.size):
+            x = embed_forward(self.src_embed, self.pos, src_ids, scale=self.config.embed_scale)  # (B, S, D)
+            return self.encoder(x, src_keys), src_keys
 
     @holds_threads
     def decode(self, tgt_ids: np.ndarray, memory: np.ndarray, src_keys: np.ndarray,
@@ -130,9 +142,10 @@ class Transformer(Module):
                              f"{memory.shape[0]}")
         tgt_keys = key_mask("tgt_mask", tgt_mask, tgt_ids, self.config.pad_id)       # (B, 1, 1, T)
         self_mask = causal_mask(tgt_ids.shape[1]) & tgt_keys                          # (B, 1, T, T)
-        y = embed_forward(self.tgt_embed, self.pos, tgt_ids, scale=self.config.embed_scale)   # (B, T, D)
-        y = self.decoder(y, memory, self_mask, src_keys)
-        return self.out_proj(y)                                                       # (B, T, V)
+        with shared_if_large(self, tgt_ids.size):
+            y = embed_forward(self.tgt_embed, self.pos, tgt_ids, scale=self.config.embed_scale)  # (B, T, D)
+            y = self.decoder(y, memory, self_mask, src_keys)
+            return self.out_proj(y)                                                   # (B, T, V)
 
     @holds_threads
     def forward(self, src_ids: np.ndarray, tgt_ids: np.ndarray, src_mask: np.ndarray | None = None,
@@ -147,7 +160,7 @@ class Transformer(Module):
         check_upstream("dlogits", dlogits, self._saved().logits_shape)
         self.cache = UsedByBackward()        # one backward per forward: a second would add it all again
         # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
-        with overlap_param_grads():
+        with shared_if_large(self, np.prod(dlogits.shape[:-1])), overlap_param_grads():
             dy, dmemory = self.decoder.backward(self.out_proj.backward(dlogits))
             embed_backward(self.tgt_embed, self.pos, dy, self.config.embed_scale)
             # dmemory only leads to the encoder's and the source embedding's parameters:
@@ -169,7 +182,8 @@ class Transformer(Module):
         """Inference only: logits (B, Tn, V) of Tn new target tokens, the earlier ones read from
         ``cache`` (which this updates); equal to the last Tn rows of ``decode`` on the whole prefix."""
         self.cache = InvalidatedByInference("decode_step")
-        return inference.seq2seq_step(self, tgt_ids, cache)
+        with shared_if_large(self, np.size(tgt_ids)):
+            return inference.seq2seq_step(self, tgt_ids, cache)
 
     def attention_maps(self) -> dict[str, np.ndarray]:
         return attention_maps(self)
@@ -202,17 +216,23 @@ class DecoderOnlyTransformer(Module):
             self.norm = make_norm(c.norm, c.d_model, dtype, c.norm_eps)
         self.out_proj = output_projection(c, self.embed, rng, dtype)
 
+    @property
+    def multiply_adds_per_token(self) -> int:
+        """Of the weight products of its blocks and head (``TransformerConfig.multiply_adds_per_token``)."""
+        return self.config.multiply_adds_per_token(self.config.n_decoder_layers)
+
     @holds_threads
     def forward(self, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         check_model_ids("ids", ids, self.config)
         keys = key_mask("mask", mask, ids, self.config.pad_id)                # (B, 1, 1, T)
         self_mask = causal_mask(ids.shape[1]) & keys                          # (B, 1, T, T)
-        x = embed_forward(self.embed, self.pos, ids, scale=self.config.embed_scale)   # (B, T, D)
-        for layer in self.layers:
-            x = layer(x, self_mask)
-        if hasattr(self, "norm"):
-            x = self.norm(x)
-        logits = self.out_proj(x)                                             # (B, T, V)
+        with shared_if_large(self, ids.size):
+            x = embed_forward(self.embed, self.pos, ids, scale=self.config.embed_scale)   # (B, T, D)
+            for layer in self.layers:
+                x = layer(x, self_mask)
+            if hasattr(self, "norm"):
+                x = self.norm(x)
+            logits = self.out_proj(x)                                         # (B, T, V)
         self.cache = ModelCache(logits.shape)
         return logits
 
@@ -221,7 +241,7 @@ class DecoderOnlyTransformer(Module):
         check_upstream("dlogits", dlogits, self._saved().logits_shape)
         self.cache = UsedByBackward()        # one backward per forward: a second would add it all again
         # parameter gradients on the second core meanwhile; complete on return (nn/overlap.py)
-        with overlap_param_grads():
+        with shared_if_large(self, np.prod(dlogits.shape[:-1])), overlap_param_grads():
             dx = self.out_proj.backward(dlogits)
             if hasattr(self, "norm"):
                 dx = self.norm.backward(dx)
@@ -239,7 +259,8 @@ class DecoderOnlyTransformer(Module):
         """Inference only: logits (B, Tn, V) of Tn new tokens, the earlier ones read from ``cache``
         (which this updates); equal to the last Tn rows of ``forward`` on the whole sequence."""
         self.cache = InvalidatedByInference("decode_step")
-        return inference.lm_step(self, ids, cache)
+        with shared_if_large(self, np.size(ids)):
+            return inference.lm_step(self, ids, cache)
 
     def attention_maps(self) -> dict[str, np.ndarray]:
         return attention_maps(self)
