@@ -30,12 +30,12 @@ def describe() -> str:
 
 
 def commit() -> str | None:
-    """The checkout's short commit, marked when the package or the benchmarks differ from it."""
+    """The checkout's short commit, marked when the package or the benchmarks (results apart) differ from it."""
     git = ["git", "-C", str(ROOT)]
     try:
         head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(git + ["status", "--porcelain", "--", "tinytransformer", "benchmarks"],
-                               capture_output=True, text=True)
+        dirty = subprocess.run(git + ["status", "--porcelain", "--", "tinytransformer", "benchmarks",
+                                      ":!benchmarks/results"], capture_output=True, text=True)
     except OSError:
         return None
     if head.returncode != 0:

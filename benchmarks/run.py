@@ -34,8 +34,9 @@ PyTorch interleaved in blocks so that a change in machine load hits both. Both
 get the same number of threads (``--threads``, default 2, the cores of the machine
 the targets are set for): PyTorch through ``torch.set_num_threads``; NumPy through
 ``tinytransformer.threads(N)``: its products on one BLAS thread and, from 2 threads on,
-its parameter gradients on a second thread (``tinytransformer.nn.overlap``); it has no
-use for a third. NumPy is imported first, as a learner does, and no thread variable is
+its parameter gradients on a second thread (``tinytransformer.nn.overlap``), or, for a
+model call of 1e9 multiply-adds or more (the GPT-2 shapes), every product on both
+(``threads.products_shared``); it has no use for a third. NumPy is imported first, as a learner does, and no thread variable is
 set: the package holds its threads itself. The training step is also measured with one
 thread each. The CPU time of the process is
 kept alongside.
@@ -59,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a tiny run to check that everything works")
     parser.add_argument("--threads", type=int, default=2,
                         help="threads for NumPy and PyTorch alike (default 2); NumPy uses at most 2: "
-                             "one BLAS thread and the parameter-gradient worker")
+                             "one BLAS thread and the parameter-gradient worker, or two BLAS threads "
+                             "for a large model call")
     parser.add_argument("--reference-runs", action="store_true",
                         help="instead: the reference run until solved, over --seeds, NumPy and PyTorch "
                              "(benchmarks/reference_runs.py; 20-30 minutes)")
@@ -711,16 +713,8 @@ def beside_pytorch(has_torch: bool):
 
 def tables(results: dict) -> str:
     """Every table of a benchmark run, under the line that states its machine, versions and commit."""
-    m = results["machine"]
     has_torch = "PyTorch" in results["step"]["step"]
-    lines = [stated(f"{m['cpu']}, {m['cpu_count']} cores, Python {m['python']}, NumPy {m['numpy']}"
-                    + (f" ({m['numpy_blas']})" if "numpy_blas" in m else "")
-                    + (f", PyTorch {m['torch']}" if has_torch else ""), m.get("commit"))
-             + f" {m['threads']} thread(s) for NumPy" + (" and PyTorch" if has_torch else "")
-             + (" (NumPy: one BLAS thread and the parameter-gradient worker)" if m["threads"] >= 2 else "")
-             + (f"; load average at the start {m['load_average'][0]:.2f}" if m.get("load_average") else "")
-             + ".",
-             "", f"Reproduce: `{results['command']}`", ""]
+    lines = [machine_line(results, has_torch), "", f"Reproduce: `{results['command']}`", ""]
     if "same_model_check" in results:
         c = results["same_model_check"]
         lines += [f"Same model: given the NumPy weights, the PyTorch model's logits differ by at most "
@@ -812,13 +806,18 @@ def tables(results: dict) -> str:
               "eager mode, attention through `F.scaled_dot_product_attention` (PyTorch's fused CPU kernel), "
               "`torch.optim.Adam` with its defaults apart from betas and eps.",
               "- Threads: `--threads N` (default 2) for each side. PyTorch: `torch.set_num_threads(N)`. "
-              "NumPy: one BLAS thread (at these sizes a second BLAS thread makes the products slower, "
-              "and on a busy machine BLAS threads that find no free core slow a step down several times "
-              "over) and, from N = 2, the worker thread that computes the parameter gradients while "
-              "backward goes on (`tinytransformer/nn/overlap.py`); it has no use for a third thread.",
+              "NumPy: one BLAS thread (on a busy machine BLAS threads that find no free core slow a "
+              "small step down several times over) and, from N = 2, the worker thread that computes the "
+              "parameter gradients while backward goes on (`tinytransformer/nn/overlap.py`); a model call "
+              "of 1e9 multiply-adds or more (the GPT-2 shapes) puts every product on both threads instead "
+              "(`threads.products_shared`, `benchmarks/sharing.py`); it has no use for a third thread.",
               "- Tokens are target tokens (non-PAD labels), the ones the loss counts.",
               "- Figure: figures/benchmark_scaling.png."]
     return "\n".join(lines) + "\n"
+
+
+NUMPY_THREADS = ("the parameter-gradient worker beside one BLAS thread, or both threads in BLAS for a "
+                 "model call of 1e9 multiply-adds or more")
 
 
 def machine_line(results: dict, with_torch: bool) -> str:
@@ -828,7 +827,7 @@ def machine_line(results: dict, with_torch: bool) -> str:
                    + (f" ({m['numpy_blas']})" if "numpy_blas" in m else "")
                    + (f", PyTorch {m['torch']}" if with_torch else ""), m.get("commit"))
             + f" {m['threads']} thread(s) for NumPy" + (" and PyTorch" if with_torch else "")
-            + (" (NumPy: one BLAS thread and the parameter-gradient worker)" if m["threads"] >= 2 else "")
+            + (f" (NumPy: {NUMPY_THREADS})" if m["threads"] >= 2 else "")
             + (f"; load average at the start {m['load_average'][0]:.2f}" if m.get("load_average") else "")
             + (f", at the end {m['load_average_end'][0]:.2f}" if m.get("load_average_end") else "")
             + ".")

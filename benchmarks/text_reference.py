@@ -24,8 +24,8 @@ between the two, so their trajectories part after a few dozen steps: compare the
 seeds, not one seed.
 
 Both sides get ``--threads`` threads (default 2), NumPy imported first: PyTorch through
-``torch.set_num_threads``, NumPy as its model holds them (one BLAS thread and the gradient
-worker). Seconds are training time; the evaluations' time is counted apart.
+``torch.set_num_threads``, NumPy as its model holds them (for this model's step, both in
+BLAS: ``tinytransformer.threads.products_shared``). Seconds are training time; the evaluations' time is counted apart.
 Results: ``benchmarks/results/textref.json`` and ``textref.md`` (the table and samples that
 ``docs/text.md`` includes).
 """
@@ -57,8 +57,8 @@ from tinytransformer.threads import threads  # noqa: E402
 from machine import commit, cpu_name, stated  # noqa: E402
 
 TARGET = 1.75                    # validation bits per character
-RECIPE = dict(n_layers=4, d_model=128, n_heads=4, d_ff=512, block_size=128, batch_size=32,
-              lr=3e-3, min_lr=3e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, warmup=100,
+RECIPE = dict(n_layers=4, d_model=128, n_heads=4, d_ff=512, activation="gelu_tanh", block_size=128,
+              batch_size=32, lr=3e-3, min_lr=3e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, warmup=100,
               clip=1.0, steps=1500, eval_every=250)
 SAMPLE_PROMPTS = ("The ", "def ", "    if ")
 SAMPLE_TOKENS = 120
@@ -105,11 +105,12 @@ def recipe_from(args: argparse.Namespace) -> dict:
 
 def model_config(vocab_size: int, recipe: dict) -> TransformerConfig:
     """The reference text model: ``tinytransformer train --task text``'s (``TEXT_DEFAULTS``: pre-LN,
-    learned positions, tanh GELU; no special ids, as a character model of a text has no
-    padding, no start and no end token) with the recipe's sizes."""
+    learned positions; no special ids, as a character model of a text has no padding, no start
+    and no end token) with the recipe's sizes and activation."""
     return TransformerConfig(**{**TEXT_DEFAULTS["model"], "vocab_size": vocab_size, "d_model": recipe["d_model"],
                                 "n_heads": recipe["n_heads"], "d_ff": recipe["d_ff"],
-                                "n_decoder_layers": recipe["n_layers"], "max_len": recipe["block_size"]})
+                                "activation": recipe["activation"], "n_decoder_layers": recipe["n_layers"],
+                                "max_len": recipe["block_size"]})
 
 
 def learning_rate(step: int, recipe: dict) -> float:

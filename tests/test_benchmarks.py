@@ -296,3 +296,27 @@ def test_step_flops_counts_every_product_of_a_gpt2_layout_step():
     adapted = L * 2 * (2 * 2 * N * D * D + 3 * 2 * N * r * (D + D))            # w_q and w_v with adapters
     attention = 3 * L * 2 * B * T * T * 2 * D
     assert run.step_flops(lora, ids) == frozen + adapted + attention
+
+
+def test_the_sharing_benchmark_runs_in_quick_mode_and_the_committed_table_is_its_json(tmp_path):
+    """benchmarks/sharing.py times a step both ways and writes what it measured; the committed
+    sharing.md is what its markdown() writes from the committed sharing.json."""
+    script = ROOT / "benchmarks" / "sharing.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "sharing.json").read_text())
+    assert results["quick"] is True and len(results["rows"]) == 2
+    for row in results["rows"]:
+        assert row["multiply_adds"] > 0 and row["worker"] > 0 and row["shared"] > 0
+    sys.path[:0] = [str(ROOT / "benchmarks")]
+    try:
+        spec = importlib.util.spec_from_file_location("sharing", script)
+        sharing = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sharing)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert (tmp_path / "sharing.md").read_text() == sharing.markdown(results)
+    committed = json.loads((ROOT / "benchmarks" / "results" / "sharing.json").read_text())
+    assert committed["quick"] is False
+    assert (ROOT / "benchmarks" / "results" / "sharing.md").read_text() == sharing.markdown(committed)

@@ -64,7 +64,9 @@ def test_the_committed_model_is_the_script_s_small_float32_checkpoint():
         spec.loader.exec_module(text_reference)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    assert model.config == text_reference.model_config(tokenizer.vocab_size, extra["recipe"])
+    # a recipe saved before the recipe named its activation was trained with the exact GELU
+    recipe = {"activation": "gelu", **extra["recipe"]}
+    assert model.config == text_reference.model_config(tokenizer.vocab_size, recipe)
     assert info["step"] == extra["recipe"]["steps"]
     sample = "def f(x):\n    return x"
     assert tokenizer.decode(tokenizer.encode(sample)) == sample

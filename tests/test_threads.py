@@ -64,8 +64,10 @@ def test_large_products_share_blas_threads_and_the_worker_stands_down():
     before = blas()
     cores = min(2, module.CORES)
     with threads(2):
-        with module.products_shared(module.SHARE_FROM - 1):            # small: nothing changes
-            assert set(blas()) == {1} and module.worker_allowed()
+        with module.products_shared(module.SHARE_FROM - 1, weights=module.SHARE_WEIGHTS_FROM - 1):
+            assert set(blas()) == {1} and module.worker_allowed()     # small: nothing changes
+        with module.products_shared(1, weights=module.SHARE_WEIGHTS_FROM):   # a large model's token
+            assert set(blas()) == {cores}
         with module.products_shared(module.SHARE_FROM):
             assert set(blas()) == {cores}
             assert module.worker_allowed() == (cores < 2)             # one core: nothing was shared
@@ -119,3 +121,20 @@ def test_multiply_adds_per_token_counts_the_weight_products_of_the_models_blocks
     per_layer = 8 * 8 * 2 + 2 * 8 * 4 + 3 * 8 * 20          # q and o; k and v of 2 heads of 2; swiglu
     assert Transformer(c, np.random.default_rng(0)).multiply_adds_per_token == 3 * per_layer + 8 * 50
     assert DecoderOnlyTransformer(c, np.random.default_rng(0)).multiply_adds_per_token == 2 * per_layer + 8 * 50
+
+
+def test_a_model_with_many_weights_shares_even_a_one_token_decoding_step(monkeypatch):
+    from tinytransformer import DecoderOnlyTransformer
+    module = sys.modules["tinytransformer.threads"]
+    config = TransformerConfig(vocab_size=13, d_model=16, n_heads=2, d_ff=24, n_encoder_layers=0,
+                               n_decoder_layers=2, max_len=9)
+    model = DecoderOnlyTransformer(config, np.random.default_rng(0))
+    seen = []
+    method = model.out_proj.forward
+    monkeypatch.setattr(model.out_proj, "forward", lambda *a: (seen.append(blas()), method(*a))[1])
+    model.eval()
+    cache = model.init_cache(batch_size=1)
+    model.decode_step(np.array([[3]]), cache)                          # few weights: one BLAS thread
+    monkeypatch.setattr(module, "SHARE_WEIGHTS_FROM", model.multiply_adds_per_token)
+    model.decode_step(np.array([[4]]), cache)
+    assert [set(s) for s in seen] == [{1}, {min(2, module.CORES)}]

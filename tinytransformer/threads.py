@@ -13,8 +13,9 @@ after the call, and it works whether NumPy was imported first (as in a notebook)
 What ``n`` controls: with ``n >= 2`` a model's backward computes its weight gradients on
 a second thread (the gradient worker, ``nn/overlap.py``) while BLAS stays on one; the
 results are bit-identical to one thread. A model call whose products are large (a
-GPT-2-small step, the text model's step: ``SHARE_FROM`` multiply-adds or more) goes the
-other way: inside ``products_shared`` BLAS gets the n threads (at most one per core) and
+GPT-2-small step, the text model's step: ``SHARE_FROM`` multiply-adds or more; or any call
+of a model with ``SHARE_WEIGHTS_FROM`` weights or more, such as GPT-2's decoding steps) goes
+the other way: inside ``products_shared`` BLAS gets the n threads (at most one per core) and
 the worker stands down, as two BLAS threads beside it would only take turns with it.
 ``threads(8)`` on a 2-core machine computes as ``threads(2)``.
 
@@ -48,7 +49,8 @@ from typing import Iterator
 
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["threads", "CORES", "holds_threads", "worker_allowed", "products_shared", "SHARE_FROM"]
+__all__ = ["threads", "CORES", "holds_threads", "worker_allowed", "products_shared", "SHARE_FROM",
+           "SHARE_WEIGHTS_FROM"]
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 DEFAULT = min(2, CORES)          # one BLAS thread, and the gradient worker if there is a second core
@@ -148,18 +150,24 @@ def worker_allowed() -> bool:
 # From this many multiply-adds in one call of a model (its tokens times its multiply-adds per
 # token, ``TransformerConfig.multiply_adds_per_token``), its products are large enough to share:
 # BLAS gets every thread of the block and the gradient worker stands down. Measured on an idle
-# 2-core AMD EPYC (benchmarks/results/sharing.md): a step of 0.2 to 0.9 G multiply-adds was
-# about as fast either way, from 1.6 G on sharing was faster (0.8x the time for the text
-# model's 3.3 G, 0.8x at GPT-2 small's 127 G); the reference step (0.2 G) keeps the worker,
-# which a busy machine hurts far less.
+# 2-core AMD EPYC (benchmarks/results/sharing.md) sharing was faster at every size (0.86x the
+# time for the text model's 3.3 G, 0.91x at GPT-2 small's 127 G, 0.83x at the reference
+# step's 0.2 G); the reference step keeps the worker all the same, as a busy 2-core machine
+# makes small products on two BLAS threads several times slower (docs/performance.md).
 SHARE_FROM = 1e9
+# A model with this many weights in its products or more (its multiply-adds per token; 120 MB
+# of float32) shares even one token's call: decoding a token reads every weight once, and two
+# cores read memory faster than one (GPT-2 small, 124 M weights, greedy at batch 1, measured
+# once on the idle AMD EPYC: 34.4 tokens/s shared against 24.8).
+SHARE_WEIGHTS_FROM = 3e7
 
 
 @contextmanager
-def products_shared(multiply_adds: float) -> Iterator[None]:
-    """Inside a ``threads(n)`` block with n >= 2 on a machine of 2 cores or more, and for work of
-    at least ``SHARE_FROM`` multiply-adds: BLAS on n threads (at most one per core) for the
-    block, and no gradient worker. Otherwise nothing changes.
+def products_shared(multiply_adds: float, weights: float = 0.0) -> Iterator[None]:
+    """Inside a ``threads(n)`` block with n >= 2 on a machine of 2 cores or more, for work of at
+    least ``SHARE_FROM`` multiply-adds or products of at least ``SHARE_WEIGHTS_FROM`` weights:
+    BLAS on n threads (at most one per core) for the block, and no gradient worker. Otherwise
+    nothing changes.
 
     Small products gain nothing from a second BLAS thread (each waits for it to start and
     finish); there the second core is better spent on the parameter gradients. A GPT-2-small
@@ -167,7 +175,8 @@ def products_shared(multiply_adds: float) -> Iterator[None]:
     two BLAS threads would only take turns with them. The count is set from this thread; the
     block's hold puts it back on leaving."""
     n = min(getattr(_local, "n", None) or 1, CORES)
-    if n < 2 or getattr(_local, "shared", False) or multiply_adds < SHARE_FROM:
+    large = multiply_adds >= SHARE_FROM or weights >= SHARE_WEIGHTS_FROM
+    if n < 2 or getattr(_local, "shared", False) or not large:
         yield
         return
     with _hold_lock:

@@ -48,8 +48,10 @@ def make_positional(config: TransformerConfig, rng, dtype) -> Module | None:
 
 def shared_if_large(model: Module, tokens: int):
     """The products of ``tokens`` tokens through ``model`` on every thread, when they are large
-    enough to gain from it (``threads.products_shared``)."""
-    return products_shared(tokens * model.multiply_adds_per_token)
+    enough to gain from it (``threads.products_shared``; the model's weights in its products
+    are its multiply-adds per token)."""
+    per_token = model.multiply_adds_per_token
+    return products_shared(tokens * per_token, weights=per_token)
 
 
 def layer_options(config: TransformerConfig) -> dict:
