@@ -1,13 +1,14 @@
 """Where to split the products over both cores: a training step with the gradient worker beside one
 BLAS thread, and with BLAS on every thread and no worker (``tinytransformer.threads.products_shared``).
 
-    python benchmarks/sharing.py            # about 10 minutes on 2 cores; sharing.json and sharing.md
+    python benchmarks/sharing.py            # about 5 minutes on 2 cores; sharing.json and sharing.md
     python benchmarks/sharing.py --quick    # tiny shapes, seconds (a smoke test, not a measurement)
 
 Each configuration's step is timed both ways, the two taking turns (run.py's ``interleaved``):
-"worker" sets ``SHARE_FROM`` to infinity (never share), "shared" to 0 (always). The size of a
-step is its model's multiply-adds per token times the tokens of its batch (what the package
-compares with ``SHARE_FROM``), so the table says where the crossover lies on this machine.
+"worker" sets ``SHARE_FROM`` and ``SHARE_WEIGHTS_FROM`` to infinity (never share), "shared" to 0
+(always). The size of a step is its model's multiply-adds per token times the tokens of its
+batch (what the package compares with ``SHARE_FROM``), so the table says where the crossover
+lies on this machine.
 Configurations: the reference step (reverse, batch 64, lengths 1..16) and the same model at
 longer sequences and wider d_model; the text model's shapes (4 layers, d_model 128, block 128,
 batch 32) and GPT-2 small's (batch 4 of 256 tokens), each as run.py's ``LMRunner`` (GPT-2's
@@ -76,7 +77,7 @@ def lm_batches(vocab_size: int, batch_size: int, length: int, n: int) -> list[np
 
 
 class Mode:
-    """One runner's step under one choice of SHARE_FROM (what run.interleaved times)."""
+    """One runner's step under one choice of the thresholds (what run.interleaved times)."""
 
     threads = None
 
@@ -87,14 +88,14 @@ class Mode:
         return batch
 
     def step(self, batch) -> None:
-        threads_module.SHARE_FROM = MODES[self.name]
+        threads_module.SHARE_FROM = threads_module.SHARE_WEIGHTS_FROM = MODES[self.name]
         try:
             self.runner.step(batch)
         finally:
-            threads_module.SHARE_FROM = DEFAULT_SHARE_FROM
+            threads_module.SHARE_FROM, threads_module.SHARE_WEIGHTS_FROM = DEFAULT_SHARE_FROM, DEFAULT_WEIGHTS_FROM
 
 
-DEFAULT_SHARE_FROM = threads_module.SHARE_FROM
+DEFAULT_SHARE_FROM, DEFAULT_WEIGHTS_FROM = threads_module.SHARE_FROM, threads_module.SHARE_WEIGHTS_FROM
 
 
 def tokens(batch) -> int:

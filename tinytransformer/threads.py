@@ -1,7 +1,7 @@
 """How many threads tinytransformer computes with, held where it computes, whatever the import order.
 
 NumPy's BLAS (OpenBLAS, MKL, Accelerate) starts one thread per core. The matrices
-of the small models are small, so a second BLAS thread gains little on an idle machine
+of the toy models are small, so a second BLAS thread gains little on an idle machine
 and, on a busy one, makes every small product wait for a free core: a reference
 training step measured 37 ms with one BLAS thread and 290 ms with two on a loaded
 2-core machine. So wherever the package computes (a model's forward, backward and
@@ -148,7 +148,7 @@ def worker_allowed() -> bool:
 
 
 # From this many multiply-adds in one call of a model (its tokens times its multiply-adds per
-# token, ``TransformerConfig.multiply_adds_per_token``), its products are large enough to share:
+# token, a model's ``multiply_adds_per_token``), its products are large enough to share:
 # BLAS gets every thread of the block and the gradient worker stands down. Measured on an idle
 # 2-core AMD EPYC (benchmarks/results/sharing.md) sharing was faster at every size (0.86x the
 # time for the text model's 3.3 G, 0.91x at GPT-2 small's 127 G, 0.83x at the reference
@@ -169,11 +169,11 @@ def products_shared(multiply_adds: float, weights: float = 0.0) -> Iterator[None
     BLAS on n threads (at most one per core) for the block, and no gradient worker. Otherwise
     nothing changes.
 
-    Small products gain nothing from a second BLAS thread (each waits for it to start and
-    finish); there the second core is better spent on the parameter gradients. A GPT-2-small
-    step is the other way round: its products are big enough to split, and a worker beside
-    two BLAS threads would only take turns with them. The count is set from this thread; the
-    block's hold puts it back on leaving."""
+    Small products gain least from a second BLAS thread and, on a busy machine, lose most
+    (each waits for a free core); there the second core is safer spent on the parameter
+    gradients. A GPT-2-small step is the other way round: its products are big enough to
+    split, and a worker beside two BLAS threads would only take turns with them. The count is
+    set from this thread and put back (to the hold's one thread) on leaving."""
     n = min(getattr(_local, "n", None) or 1, CORES)
     large = multiply_adds >= SHARE_FROM or weights >= SHARE_WEIGHTS_FROM
     if n < 2 or getattr(_local, "shared", False) or not large:
