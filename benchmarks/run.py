@@ -35,7 +35,8 @@ get the same number of threads (``--threads``, default 2, the cores of the machi
 the targets are set for): PyTorch through ``torch.set_num_threads``; NumPy through
 ``tinytransformer.threads(N)``: its products on one BLAS thread and, from 2 threads on,
 its parameter gradients on a second thread (``tinytransformer.nn.overlap``), or, for a
-model call of 1e9 multiply-adds or more (the GPT-2 shapes), every product on both
+model call of 1e9 multiply-adds or more (the GPT-2 shapes; the scaling rows from length 128
+and d_model 256 on), every product on both
 (``threads.products_shared``); it has no use for a third. NumPy is imported first, as a learner does, and no thread variable is
 set: the package holds its threads itself. The training step is also measured with one
 thread each. The CPU time of the process is
@@ -809,7 +810,8 @@ def tables(results: dict) -> str:
               "NumPy: one BLAS thread (on a busy machine BLAS threads that find no free core slow a "
               "small step down several times over) and, from N = 2, the worker thread that computes the "
               "parameter gradients while backward goes on (`tinytransformer/nn/overlap.py`); a model call "
-              "of 1e9 multiply-adds or more (the GPT-2 shapes) puts every product on both threads instead "
+              "of 1e9 multiply-adds or more (the GPT-2 shapes; the scaling rows from length 128 and d_model 256 "
+              "on) puts every product on both threads instead "
               "(`threads.products_shared`, `benchmarks/sharing.py`); it has no use for a third thread.",
               "- Tokens are target tokens (non-PAD labels), the ones the loss counts.",
               "- Figure: figures/benchmark_scaling.png."]

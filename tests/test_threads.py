@@ -106,7 +106,7 @@ def test_a_large_models_step_shares_the_products_and_gives_the_same_gradients(mo
     before = blas()
     shared = lm_step_grads(model, ids)
     cores = min(2, module.CORES)
-    assert seen == [([cores] * len(before), cores < 2)] * 2        # forward, then backward
+    assert seen == [([cores] * len(before), False)] * 2            # forward, then backward: no worker
     assert blas() == before
     assert worker.keys() == shared.keys()
     for name in worker:
@@ -138,3 +138,27 @@ def test_a_model_with_many_weights_shares_even_a_one_token_decoding_step(monkeyp
     monkeypatch.setattr(module, "SHARE_WEIGHTS_FROM", model.multiply_adds_per_token)
     model.decode_step(np.array([[4]]), cache)
     assert [set(s) for s in seen] == [{1}, {min(2, module.CORES)}]
+
+
+def test_a_shared_backward_inside_an_open_gradient_block_completes_its_gradients_itself(monkeypatch):
+    # an outer overlap block keeps the worker's queue open; a shared backward must not hand its
+    # jobs to it (they would finish after backward returned) but run them at once
+    from tinytransformer import DecoderOnlyTransformer
+    from tinytransformer.nn import overlap
+    module = sys.modules["tinytransformer.threads"]
+    config = TransformerConfig(vocab_size=13, d_model=16, n_heads=2, d_ff=24, n_encoder_layers=0,
+                               n_decoder_layers=2, max_len=9)
+    model = DecoderOnlyTransformer(config, np.random.default_rng(0), dtype=np.float64)
+    ids = np.random.default_rng(1).integers(0, 13, (3, 9))
+    expected = lm_step_grads(model, ids)
+    at_once = []
+    method = model.out_proj.backward
+    monkeypatch.setattr(model.out_proj, "backward",
+                        lambda *a: (at_once.append(getattr(overlap._state, "errors", None) is None),
+                                    method(*a))[1])
+    monkeypatch.setattr(module, "SHARE_FROM", 0.0)
+    with threads(2), overlap.overlap_param_grads():
+        got = lm_step_grads(model, ids)                # compared before the outer block waits
+    assert at_once == [module.CORES >= 2]              # one core: nothing shared, the worker as before
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-14, err_msg=name)

@@ -28,8 +28,10 @@ To choose the number, or to hold it around code of your own:
 
 A block inside another keeps the outer block's choice unless it names a number.
 BLAS's thread count belongs to the process, not to a Python thread: while any
-thread is inside a block BLAS is held to one thread, and the count found when the
-first block opened is put back when the last one closes (two Python threads that
+thread is inside a block BLAS is held to one thread (except while a large call shares
+its products, which raises it for the process: another Python thread computing at that
+moment shares them too), and the count found when the first block opened is put back
+when the last one closes (two Python threads that
 each saved and restored it themselves could leave it at one). One exception we cannot
 mend from here: OpenBLAS 0.3.30 (NumPy 2.4's) ignores a count set on another thread
 once the main thread has set one, so when the main thread opened the first block and
@@ -111,9 +113,10 @@ def _restore(held, found: list[int]) -> None:
 def threads(n: int | None = None) -> Iterator[None]:
     """Compute with ``n`` threads inside the block (default: 2, or 1 on a single core).
 
-    BLAS runs on one thread whatever ``n``; with ``n >= 2`` the parameter gradients of a
-    model's backward go to a second one (``nn/overlap.py``). When the last block open in
-    the process closes, BLAS gets back the thread count it had.
+    BLAS runs on one thread and, with ``n >= 2``, the parameter gradients of a model's
+    backward go to a second one (``nn/overlap.py``); a large model call puts its products on
+    n BLAS threads instead (``products_shared``). When the last block open in the process
+    closes, BLAS gets back the thread count it had.
     """
     outer = getattr(_local, "n", None)
     if n is None and outer is not None:
@@ -173,7 +176,8 @@ def products_shared(multiply_adds: float, weights: float = 0.0) -> Iterator[None
     (each waits for a free core); there the second core is safer spent on the parameter
     gradients. A GPT-2-small step is the other way round: its products are big enough to
     split, and a worker beside two BLAS threads would only take turns with them. The count is
-    set from this thread and put back (to the hold's one thread) on leaving."""
+    set from this thread and, on leaving, put back to what it was on entering (the hold's
+    one thread, unless another Python thread was sharing at the same time)."""
     n = min(getattr(_local, "n", None) or 1, CORES)
     large = multiply_adds >= SHARE_FROM or weights >= SHARE_WEIGHTS_FROM
     if n < 2 or getattr(_local, "shared", False) or not large:

@@ -144,7 +144,8 @@ def overlap_param_grads() -> Iterator[None]:
     complete gradients wherever it is called.
     """
     if not (enabled and worker_allowed()):
-        yield
+        with worker_paused():      # an outer block's worker may hold jobs: they finish first, ours run here
+            yield
         return
     outer = getattr(_state, "errors", None)
     errors = [] if outer is None else outer
