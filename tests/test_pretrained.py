@@ -22,6 +22,8 @@ from tinytransformer import (BPETokenizer, CrossEntropyLoss, DecoderOnlyTransfor
                              TransformerConfig, add_lora, load_pretrained, load_tokenizer, save_pretrained)
 from tinytransformer.pretrained import PretrainedError, SafetensorsError, read_safetensors, write_safetensors
 from tinytransformer.pretrained import gpt2, llama
+from tinytransformer.checkpoint import model_generators
+from tinytransformer.pretrained.load import Undrawn
 from tinytransformer.pretrained.namemap import rows_for
 from tinytransformer.pretrained.save import hf_tensors
 from tinytransformer.pretrained.safetensors import read_folder_tensors, read_header, write_sharded
@@ -212,6 +214,26 @@ def test_load_converts_to_the_dtype_asked_for(tmp_path):
     assert {p.dtype for _, p, _ in back.named_parameters()} == {np.dtype(np.float32)}
     np.testing.assert_array_equal(back.embed.params["weight"],
                                   model.embed.params["weight"].astype(np.float32))
+
+
+def test_the_loader_builds_its_model_without_drawing_weights(tmp_path):
+    """load_pretrained builds the model from an Undrawn Generator, as every parameter is then
+    overwritten: no random number is drawn, every drawn matrix (embeddings, projections)
+    starts at zero, the model's dtype is kept, and the Generator's other methods (a Dropout's
+    masks) are a real Generator's."""
+    rng = Undrawn(np.random.PCG64(3))
+    state = rng.bit_generator.state
+    config = TransformerConfig(n_encoder_layers=0, n_decoder_layers=2, **OUR_CONFIGS["gpt2_untied"])
+    model = DecoderOnlyTransformer(config, rng=rng, dtype=np.float64)
+    assert rng.bit_generator.state == state
+    params = [p for _, p, _ in model.named_parameters()]
+    assert {p.dtype for p in params} == {np.dtype(np.float64)}
+    matrices = [p for p in params if p.ndim == 2]
+    assert len(matrices) == 2 + 2 * 6 + 1 and not any(p.any() for p in matrices)   # embeddings, layers, head
+    np.testing.assert_array_equal(rng.random(4), np.random.default_rng(np.random.PCG64(3)).random(4))
+    save_pretrained(our_model("gpt2_untied"), tmp_path)
+    generators = model_generators(load_pretrained(tmp_path))
+    assert generators and all(isinstance(g, Undrawn) for g in generators)
 
 
 def test_sharded_save_loads(tmp_path):

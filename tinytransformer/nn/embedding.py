@@ -5,6 +5,7 @@ Legend: B batch, T time, D d_model, V vocabulary size (number of embeddings).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -51,7 +52,7 @@ class Embedding(Module):
         rng = require_rng(rng, "Embedding")
         self.num_embeddings, self.d_model = num_embeddings, d_model
         self.add_param("weight", (rng.standard_normal((num_embeddings, d_model))
-                                  / np.sqrt(d_model)).astype(dtype))
+                                  / math.sqrt(d_model)).astype(dtype, copy=False))
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.d_model}"
@@ -138,7 +139,7 @@ class LearnedPositionalEmbedding(Module):
         super().__init__()
         rng = require_rng(rng, "LearnedPositionalEmbedding")
         self.max_len, self.d_model = max_len, d_model
-        self.add_param("weight", (rng.standard_normal((max_len, d_model)) / np.sqrt(2.0)).astype(dtype))
+        self.add_param("weight", (rng.standard_normal((max_len, d_model)) / math.sqrt(2.0)).astype(dtype, copy=False))
 
     def extra_repr(self) -> str:
         return f"{self.max_len}, {self.d_model}"

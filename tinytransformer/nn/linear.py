@@ -20,7 +20,7 @@ class LinearCache(NamedTuple):
 def xavier_uniform(rng: np.random.Generator, fan_in: int, fan_out: int, dtype) -> np.ndarray:
     """W (fan_in, fan_out) ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio)."""
     limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(dtype)
+    return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(dtype, copy=False)
 
 
 class Linear(Module):

@@ -216,9 +216,14 @@ class Module:
         defer(accumulate)
 
     def add_param(self, name: str, value: np.ndarray) -> np.ndarray:
-        """Register a parameter and a zero gradient buffer of the same shape and dtype."""
+        """Register a parameter and a zero gradient buffer of the same shape and dtype.
+
+        ``np.zeros`` rather than ``np.zeros_like``: its memory comes from the operating system
+        already zero and is touched only when a gradient is written (a model that only
+        generates never touches it); ``zeros_like`` writes every zero (0.5 s for GPT-2 small).
+        """
         self.params[name] = value
-        self.grads[name] = np.zeros_like(value)
+        self.grads[name] = np.zeros(value.shape, value.dtype)
         return value
 
     # ---- the tree ---------------------------------------------------------------------

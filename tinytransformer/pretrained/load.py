@@ -16,6 +16,24 @@ from .safetensors import read_folder_tensors
 FAMILIES = {family.MODEL_TYPE: family for family in (gpt2, llama)}
 
 
+class Undrawn(np.random.Generator):
+    """A Generator that draws no initial weights: ``uniform`` and ``standard_normal`` (the
+    two the layers draw their weights with) give float32 zeros, which a float32 layer keeps
+    as its parameter without a copy.
+
+    For a model whose every parameter is overwritten at once from a file: drawing GPT-2
+    small's 124 M random numbers, in float64 and then cast, took 3.3 s of a 4.1 s load
+    (2-core AMD EPYC). Every other method is a real Generator's (the model's Dropouts keep
+    it for their masks).
+    """
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return np.zeros(size, np.float32)
+
+    def standard_normal(self, size=None, dtype=np.float64, out=None):
+        return np.zeros(size, np.float32)
+
+
 def read_hf_config(folder: str | os.PathLike) -> dict:
     """The folder's config.json, parsed."""
     path = os.path.join(folder, "config.json")
@@ -62,7 +80,8 @@ def load_pretrained(path: str | os.PathLike, dtype=np.float32) -> DecoderOnlyTra
     family = family_of(hf)
     config = family.config_from_hf(hf)
     tensors = strip_prefix(read_folder_tensors(path), family.PREFIX)
-    model = DecoderOnlyTransformer(config, rng=np.random.default_rng(0), dtype=dtype)
+    # every parameter is overwritten below (load_state_dict is strict): nothing to draw
+    model = DecoderOnlyTransformer(config, rng=Undrawn(np.random.PCG64(0)), dtype=dtype)
     params = {name: param for name, param, _ in model.named_parameters()}
     rows = rows_for(family.TABLE, config)
     state = to_ours(rows, tensors, params)
