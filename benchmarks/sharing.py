@@ -1,18 +1,21 @@
-"""Where to split the products over both cores: a training step with the gradient worker beside one
-BLAS thread, and with BLAS on every thread and no worker (``tinytransformer.threads.products_shared``).
+"""Where to spread a training step over both cores: the gradient worker beside one BLAS thread, BLAS
+on every thread with no worker (``tinytransformer.threads.products_shared``), or the batch split
+over the threads, each part on a replica of the model (``tinytransformer/nn/batch_split.py``).
 
-    python benchmarks/sharing.py            # about 5 minutes on 2 cores; sharing.json and sharing.md
+    python benchmarks/sharing.py            # about 8 minutes on 2 cores; sharing.json and sharing.md
     python benchmarks/sharing.py --quick    # tiny shapes, seconds (a smoke test, not a measurement)
 
-Each configuration's step is timed both ways, the two taking turns (run.py's ``interleaved``):
-"worker" sets ``SHARE_FROM`` and ``SHARE_WEIGHTS_FROM`` to infinity (never share), "shared" to 0
-(always). The size of a step is its model's multiply-adds per token times the tokens of its
-batch (what the package compares with ``SHARE_FROM``), so the table says where the crossover
-lies on this machine.
+Each configuration's step is timed the three ways, taking turns (run.py's ``interleaved``):
+"worker" never shares or splits (``SHARE_FROM`` and ``SHARE_WEIGHTS_FROM`` infinite), "shared"
+always shares and never splits (both 0, ``SPLIT_UNDER_WEIGHTS`` 0), "split" always splits
+(``SHARE_FROM`` 0, the two weight thresholds infinite). The size of a step is its model's multiply-adds per token
+times the tokens of its batch (what the package compares with ``SHARE_FROM``), so the table
+says where the crossovers lie on this machine.
 Configurations: the reference step (reverse, batch 64, lengths 1..16) and the same model at
 longer sequences and wider d_model; the text model's shapes (4 layers, d_model 128, block 128,
 batch 32) and GPT-2 small's (batch 4 of 256 tokens), each as run.py's ``LMRunner`` (GPT-2's
-layout, AdamW).
+layout, AdamW). GPT-2 small is not split (each part would keep 500 MB of gradients; the
+package shares its products instead).
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ from machine import commit, describe, stated  # noqa: E402
 
 threads_module = sys.modules["tinytransformer.threads"]      # the package exports the function `threads`
 
-MODES = {"worker": float("inf"), "shared": 0.0}
+# SHARE_FROM, SHARE_WEIGHTS_FROM and SPLIT_UNDER_WEIGHTS for each way of running a step
+INF = float("inf")
+MODES = {"worker": (INF, INF, 0.0), "shared": (0.0, 0.0, 0.0), "split": (0.0, INF, INF)}
+SETTINGS = ("SHARE_FROM", "SHARE_WEIGHTS_FROM", "SPLIT_UNDER_WEIGHTS")
 
 
 def configurations(quick: bool) -> list[dict]:
@@ -67,7 +73,8 @@ def configurations(quick: bool) -> list[dict]:
                   "batches": lambda: lm_batches(100, 32, 128, 4)})
     found.append({"label": "GPT-2 small's shapes (batch 4 of 256)",
                   "runner": lambda: run.LMRunner(**run.GPT2["sizes"]),
-                  "batches": lambda: lm_batches(run.GPT2["sizes"]["vocab_size"], 4, 256, 2), "blocks": 3})
+                  "batches": lambda: lm_batches(run.GPT2["sizes"]["vocab_size"], 4, 256, 2), "blocks": 3,
+                  "no_split": True})
     return found
 
 
@@ -88,14 +95,16 @@ class Mode:
         return batch
 
     def step(self, batch) -> None:
-        threads_module.SHARE_FROM = threads_module.SHARE_WEIGHTS_FROM = MODES[self.name]
+        for name, value in zip(SETTINGS, MODES[self.name]):
+            setattr(threads_module, name, value)
         try:
             self.runner.step(batch)
         finally:
-            threads_module.SHARE_FROM, threads_module.SHARE_WEIGHTS_FROM = DEFAULT_SHARE_FROM, DEFAULT_WEIGHTS_FROM
+            for name, value in DEFAULTS.items():
+                setattr(threads_module, name, value)
 
 
-DEFAULT_SHARE_FROM, DEFAULT_WEIGHTS_FROM = threads_module.SHARE_FROM, threads_module.SHARE_WEIGHTS_FROM
+DEFAULTS = {name: getattr(threads_module, name) for name in SETTINGS}
 
 
 def tokens(batch) -> int:
@@ -109,15 +118,16 @@ def measure(quick: bool) -> dict:
         work = tokens(batches[0]) * runner.model.multiply_adds_per_token
         blocks = 2 if quick else c.get("blocks", 5)
         per_block = 1 if quick or "blocks" in c else 4
-        timed = run.interleaved([Mode(name, runner) for name in MODES], "step", batches,
+        modes = [name for name in MODES if name != "split" or not c.get("no_split")]
+        timed = run.interleaved([Mode(name, runner) for name in modes], "step", batches,
                                 warmup=1, blocks=blocks, per_block=per_block)
         rows.append({"label": c["label"], "multiply_adds": work,
-                     **{name: timed[name]["median_s"] for name in MODES},
-                     "samples_s": {name: timed[name]["samples_s"] for name in MODES}})
-        print(f"{c['label']}: {work / 1e9:.2f} G, worker {1e3 * rows[-1]['worker']:.1f} ms, "
-              f"shared {1e3 * rows[-1]['shared']:.1f} ms", flush=True)
+                     **{name: timed[name]["median_s"] if name in timed else None for name in MODES},
+                     "samples_s": {name: timed[name]["samples_s"] for name in modes}})
+        print(f"{c['label']}: {work / 1e9:.2f} G, " + ", ".join(
+            f"{name} {1e3 * timed[name]['median_s']:.1f} ms" for name in modes), flush=True)
     return {"machine": describe() + blas_version(), "commit": commit(), "quick": quick,
-            "share_from": DEFAULT_SHARE_FROM, "load_average_end": os.getloadavg()[0], "rows": rows}
+            "share_from": DEFAULTS["SHARE_FROM"], "load_average_end": os.getloadavg()[0], "rows": rows}
 
 
 def blas_version() -> str:
@@ -128,16 +138,20 @@ def blas_version() -> str:
 
 def markdown(results: dict) -> str:
     lines = [stated(results["machine"], results["commit"]) + " What: median seconds of a training "
-             "step with the parameter-gradient worker beside one BLAS thread (worker) and with BLAS "
-             "on both threads and no worker (shared), the two taking turns; size: the model's "
-             "multiply-adds per token times the batch's tokens, what the package compares with "
-             f"`SHARE_FROM` = {results['share_from']:.0e}. Load average at the end: "
+             "step with the parameter-gradient worker beside one BLAS thread (worker), with BLAS "
+             "on both threads and no worker (shared), and with the batch split in two halves, each "
+             "on a thread of its own with one BLAS thread (split), the three taking turns; size: "
+             "the model's multiply-adds per token times the batch's tokens, what the package compares "
+             f"with `SHARE_FROM` = {results['share_from']:.0e}. Load average at the end: "
              f"{results['load_average_end']:.2f}.", "",
-             "| step | size (G multiply-adds) | worker (ms) | shared (ms) | shared / worker |",
-             "|---|---:|---:|---:|---:|"]
+             "| step | size (G multiply-adds) | worker (ms) | shared (ms) | split (ms) | shared / worker "
+             "| split / worker |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results["rows"]:
+        split = ("not split", "") if r["split"] is None else (f"{1e3 * r['split']:.1f}",
+                                                              f"{r['split'] / r['worker']:.2f}")
         lines.append(f"| {r['label']} | {r['multiply_adds'] / 1e9:.2f} | {1e3 * r['worker']:.1f} | "
-                     f"{1e3 * r['shared']:.1f} | {r['shared'] / r['worker']:.2f} |")
+                     f"{1e3 * r['shared']:.1f} | {split[0]} | {r['shared'] / r['worker']:.2f} | {split[1]} |")
     return "\n".join(lines) + "\n"
 
 

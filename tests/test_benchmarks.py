@@ -299,7 +299,7 @@ def test_step_flops_counts_every_product_of_a_gpt2_layout_step():
 
 
 def test_the_sharing_benchmark_runs_in_quick_mode_and_the_committed_table_is_its_json(tmp_path):
-    """benchmarks/sharing.py times a step both ways and writes what it measured; the committed
+    """benchmarks/sharing.py times a step the three ways and writes what it measured; the committed
     sharing.md is what its markdown() writes from the committed sharing.json."""
     script = ROOT / "benchmarks" / "sharing.py"
     proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)],
@@ -308,7 +308,7 @@ def test_the_sharing_benchmark_runs_in_quick_mode_and_the_committed_table_is_its
     results = json.loads((tmp_path / "sharing.json").read_text())
     assert results["quick"] is True and len(results["rows"]) == 2
     for row in results["rows"]:
-        assert row["multiply_adds"] > 0 and row["worker"] > 0 and row["shared"] > 0
+        assert row["multiply_adds"] > 0 and row["worker"] > 0 and row["shared"] > 0 and row["split"] > 0
     sys.path[:0] = [str(ROOT / "benchmarks")]
     try:
         spec = importlib.util.spec_from_file_location("sharing", script)

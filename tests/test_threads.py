@@ -103,6 +103,7 @@ def test_a_large_models_step_shares_the_products_and_gives_the_same_gradients(mo
                             lambda *a, method=method: (seen.append((blas(), module.worker_allowed())),
                                                        method(*a))[1])
     monkeypatch.setattr(module, "SHARE_FROM", 3 * 8 * model.multiply_adds_per_token)   # this batch
+    monkeypatch.setattr(module, "split_count", lambda *args: 1)        # shared, not split (batch_split.py)
     before = blas()
     shared = lm_step_grads(model, ids)
     cores = min(2, module.CORES)
@@ -157,6 +158,7 @@ def test_a_shared_backward_inside_an_open_gradient_block_completes_its_gradients
                         lambda *a: (at_once.append(getattr(overlap._state, "errors", None) is None),
                                     method(*a))[1])
     monkeypatch.setattr(module, "SHARE_FROM", 0.0)
+    monkeypatch.setattr(module, "split_count", lambda *args: 1)        # shared, not split
     with threads(2), overlap.overlap_param_grads():
         got = lm_step_grads(model, ids)                # compared before the outer block waits
     assert at_once == [module.CORES >= 2]              # one core: nothing shared, the worker as before

@@ -158,9 +158,9 @@ def test_overlapping_threads_blocks_on_two_python_threads_leave_blas_as_it_was()
 
 def test_threads_says_what_its_argument_controls():
     doc = threads.__doc__ + inspect.getmodule(threads).__doc__
-    # n >= 2: the gradient worker beside one BLAS thread, or n BLAS threads for a large call;
-    # and what a count beyond the cores does
-    assert "gradient worker" in doc and "products_shared" in doc and "threads(8)" in doc
+    # n >= 2: the gradient worker beside one BLAS thread, or for a large call the batch split
+    # over n threads or n BLAS threads; and what a count beyond the cores does
+    assert "gradient worker" in doc and "products_shared" in doc and "split_count" in doc and "threads(8)" in doc
 
 
 # ---- 6: freezing one holder of a tied matrix ---------------------------------------------------

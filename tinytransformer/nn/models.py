@@ -19,6 +19,7 @@ import numpy as np
 from ..threads import holds_threads, products_shared
 from . import inference
 from .attention import MultiHeadAttention
+from .batch_split import BatchSplit, joins_gradients, splits_batch
 from .config import TransformerConfig, check_model_ids
 from .embedding import (Embedding, LearnedPositionalEmbedding, SinusoidalPositionalEncoding,
                         embed_backward, embed_forward)
@@ -80,6 +81,9 @@ def output_projection(config: TransformerConfig, embed: Embedding, rng, dtype) -
 def attention_maps(model: Module) -> dict[str, np.ndarray]:
     """Attention weights (B, H, Tq, Tk) of every MultiHeadAttention after the last forward,
     keyed by dotted module name, e.g. ``decoder.layers.1.cross_attn``; copies, for plotting."""
+    split = model.cache if isinstance(model.cache, BatchSplit) else getattr(model.cache, "split", None)
+    if split is not None:               # the last forward ran on replicas (batch_split.py)
+        return split.attention_maps()
     return {name: m.attn for name, m in model.named_modules()
             if isinstance(m, MultiHeadAttention) and m.attn is not None}
 
@@ -150,6 +154,7 @@ class Transformer(Module):
             return self.out_proj(y)                                                   # (B, T, V)
 
     @holds_threads
+    @splits_batch
     def forward(self, src_ids: np.ndarray, tgt_ids: np.ndarray, src_mask: np.ndarray | None = None,
                 tgt_mask: np.ndarray | None = None) -> np.ndarray:
         memory, src_keys = self.encode(src_ids, src_mask)                    # (B, S, D)
@@ -158,6 +163,7 @@ class Transformer(Module):
         return logits
 
     @holds_threads
+    @joins_gradients
     def backward(self, dlogits: np.ndarray) -> None:
         check_upstream("dlogits", dlogits, self._saved().logits_shape)
         self.cache = UsedByBackward()        # one backward per forward: a second would add it all again
@@ -224,6 +230,7 @@ class DecoderOnlyTransformer(Module):
         return self.config.multiply_adds_per_token(self.config.n_decoder_layers)
 
     @holds_threads
+    @splits_batch
     def forward(self, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         check_model_ids("ids", ids, self.config)
         keys = key_mask("mask", mask, ids, self.config.pad_id)                # (B, 1, 1, T)
@@ -239,6 +246,7 @@ class DecoderOnlyTransformer(Module):
         return logits
 
     @holds_threads
+    @joins_gradients
     def backward(self, dlogits: np.ndarray) -> None:
         check_upstream("dlogits", dlogits, self._saved().logits_shape)
         self.cache = UsedByBackward()        # one backward per forward: a second would add it all again

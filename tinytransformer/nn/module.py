@@ -132,7 +132,9 @@ class InvalidatedByInference(NamedTuple):
 
 class UsedByBackward(NamedTuple):
     """A model's cache once its backward has run: what the forward kept is used up (every
-    gradient was added), so a second backward, which would add them all again, is refused."""
+    gradient was added), so a second backward, which would add them all again, is refused.
+    After a forward split over the cores, ``split`` keeps its replicas (their attention maps)."""
+    split: object = None
 
 
 # what every Module keeps of its own (set in Module.__init__): never a child, so the tree
