@@ -129,6 +129,7 @@ def splits_batch(forward: Callable) -> Callable:
                 or any(isinstance(m, Dropout) and m.p > 0 for _, m in model.named_modules())):
             return forward(model, *args, **kwargs)
         parts = parts_of(batch, n)
+        model.cache = None             # the last split's replicas and their activations go first
         replicas = [replica(model) for _ in parts]
         outs = on_threads([functools.partial(forward, r, *(_part(a, rows) for a in args),
                                              **{k: _part(v, rows) for k, v in kwargs.items()})
