@@ -20,7 +20,8 @@ every split forward (so it follows every change to the model: LoRA, freezing, a 
 
 Part 0 runs on the calling thread, every part with one BLAS thread and no gradient worker.
 The additions come in a fixed order, so the same thread count gives the same numbers; a
-different count rounds differently in float32 (float64 agrees to ~1e-15, tests/test_batch_split.py).
+different count rounds differently in float32 (in float64 a split step equals the whole
+batch's to 1e-12, tests/test_batch_split.py).
 When a model splits is ``threads.split_count``'s decision (a large call of a model with few
 enough weights) and this file's (training mode, no dropout drawing masks: n threads drawing
 from one Generator would draw in no fixed order, and every array argument batch first).

@@ -7,7 +7,8 @@ is when the vocabulary has no padding, ``pad_id`` None) unless given. A model's
 ``backward`` differentiates its last forward, once: it uses up what that forward kept,
 and a second backward without a new forward raises. Each model's public methods hold
 NumPy's BLAS threads themselves (``threads.py``), so a
-learner's own loop runs as fast as ``train()``.
+learner's own loop runs as fast as ``train()``; a large training call splits its batch over
+the cores (``batch_split.py``).
 """
 
 from __future__ import annotations
