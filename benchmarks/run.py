@@ -818,8 +818,9 @@ def tables(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-NUMPY_THREADS = ("the parameter-gradient worker beside one BLAS thread, or both threads in BLAS for a "
-                 "model call of 1e9 multiply-adds or more")
+NUMPY_THREADS = ("the parameter-gradient worker beside one BLAS thread; for a model call of 1e9 "
+                 "multiply-adds or more, the batch split over both threads (a training call of a model "
+                 "under 8e6 weights) or both threads in BLAS")
 
 
 def machine_line(results: dict, with_torch: bool) -> str:
