@@ -810,9 +810,11 @@ def tables(results: dict) -> str:
               "NumPy: one BLAS thread (on a busy machine BLAS threads that find no free core slow a "
               "small step down several times over) and, from N = 2, the worker thread that computes the "
               "parameter gradients while backward goes on (`tinytransformer/nn/overlap.py`); a model call "
-              "of 1e9 multiply-adds or more (the GPT-2 shapes; the scaling rows from length 128 and d_model 256 "
-              "on) puts every product on both threads instead "
-              "(`threads.products_shared`, `benchmarks/sharing.py`); it has no use for a third thread.",
+              "of 1e9 multiply-adds or more spreads over the threads instead: a training call of a model "
+              "under 8e6 weights splits its batch, each part on a replica of the model on a thread of its own "
+              "(`tinytransformer/nn/batch_split.py`: the scaling rows from length 128 and d_model 256), any "
+              "other puts every product on all threads (`threads.products_shared`: the GPT-2 shapes, "
+              "d_model 512 and 768); `benchmarks/sharing.py` times the three ways.",
               "- Tokens are target tokens (non-PAD labels), the ones the loss counts.",
               "- Figure: figures/benchmark_scaling.png."]
     return "\n".join(lines) + "\n"
