@@ -88,12 +88,17 @@ def lm_step_grads(model, ids):
     return {name: g.copy() for name, _, g in model.named_parameters()}
 
 
-def test_a_large_models_step_shares_the_products_and_gives_the_same_gradients(monkeypatch):
+def small_lm(dtype=np.float32):
+    """A two-block decoder-only model of vocabulary 13, far below every sharing threshold."""
     from tinytransformer import DecoderOnlyTransformer
-    module = sys.modules["tinytransformer.threads"]
     config = TransformerConfig(vocab_size=13, d_model=16, n_heads=2, d_ff=24, n_encoder_layers=0,
                                n_decoder_layers=2, max_len=9)
-    model = DecoderOnlyTransformer(config, np.random.default_rng(0), dtype=np.float64)
+    return DecoderOnlyTransformer(config, np.random.default_rng(0), dtype=dtype)
+
+
+def test_a_large_models_step_shares_the_products_and_gives_the_same_gradients(monkeypatch):
+    module = sys.modules["tinytransformer.threads"]
+    model = small_lm(np.float64)
     ids = np.random.default_rng(1).integers(0, 13, (3, 9))
     worker = lm_step_grads(model, ids)                                 # far below SHARE_FROM
     seen = []
@@ -125,11 +130,8 @@ def test_multiply_adds_per_token_counts_the_weight_products_of_the_models_blocks
 
 
 def test_a_model_with_many_weights_shares_even_a_one_token_decoding_step(monkeypatch):
-    from tinytransformer import DecoderOnlyTransformer
     module = sys.modules["tinytransformer.threads"]
-    config = TransformerConfig(vocab_size=13, d_model=16, n_heads=2, d_ff=24, n_encoder_layers=0,
-                               n_decoder_layers=2, max_len=9)
-    model = DecoderOnlyTransformer(config, np.random.default_rng(0))
+    model = small_lm()
     seen = []
     method = model.out_proj.forward
     monkeypatch.setattr(model.out_proj, "forward", lambda *a: (seen.append(blas()), method(*a))[1])
@@ -144,12 +146,9 @@ def test_a_model_with_many_weights_shares_even_a_one_token_decoding_step(monkeyp
 def test_a_shared_backward_inside_an_open_gradient_block_completes_its_gradients_itself(monkeypatch):
     # an outer overlap block keeps the worker's queue open; a shared backward must not hand its
     # jobs to it (they would finish after backward returned) but run them at once
-    from tinytransformer import DecoderOnlyTransformer
     from tinytransformer.nn import overlap
     module = sys.modules["tinytransformer.threads"]
-    config = TransformerConfig(vocab_size=13, d_model=16, n_heads=2, d_ff=24, n_encoder_layers=0,
-                               n_decoder_layers=2, max_len=9)
-    model = DecoderOnlyTransformer(config, np.random.default_rng(0), dtype=np.float64)
+    model = small_lm(np.float64)
     ids = np.random.default_rng(1).integers(0, 13, (3, 9))
     expected = lm_step_grads(model, ids)
     at_once = []
