@@ -1,13 +1,19 @@
 """Shared fixtures: a seeded Generator, a gradient-check assertion that prints the table on failure,
-and a check that the suite leaves the repository as it found it."""
+a check that the suite leaves the repository as it found it, and the notebooks' executions, started
+with the session."""
 
+import asyncio
 import hashlib
+import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
+from nbclient import NotebookClient
 
 from tinytransformer.gradcheck import gradcheck
 
@@ -64,3 +70,45 @@ def repository_left_clean():
     after = tree_state(ROOT)
     changed = sorted(path for path in set(before) | set(after) if before.get(path) != after.get(path))
     assert not changed, f"the tests wrote into the repository {ROOT}: {changed}"
+
+
+CELL_TIMEOUT = 600   # seconds for one cell; the notebooks aim at well under a minute in total
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def execute_notebook(path: Path, folder: Path):
+    """Run a copy of the notebook in ``folder``, in a learner's environment; the executed notebook.
+    Raises CellExecutionError, naming the cell, on any error."""
+    copy = folder / path.name
+    shutil.copy(path, copy)
+    nb = nbformat.read(copy, as_version=4)
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                            resources={"metadata": {"path": str(folder)}})
+    learner_env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    asyncio.run(client.async_execute(env=learner_env))    # a loop of its own, closed after, on any thread
+    return nb
+
+
+def pytest_collection_modifyitems(items):
+    """The notebooks' checks last, so that their executions (``notebook_executions``) have run
+    beside every other test by the time they are checked."""
+    items.sort(key=lambda item: getattr(item, "originalname", None) == "test_notebook_runs")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def notebook_executions(request, tmp_path_factory):
+    """{notebook: a future of its execution} for every notebook that this session's
+    ``test_notebook_runs`` (tests/test_notebooks.py) checks, started when the session starts and
+    executed one at a time beside the other tests (their checks come last): a kernel is a process
+    of its own, a notebook's small models keep about one core busy, and the rest of the suite,
+    mostly on one thread, leaves the second core of the 2-core machines it aims at to them.
+    Nothing starts when no notebook test is selected; notebooks not yet started when the session
+    ends are dropped."""
+    selected = [item.callspec.params["path"] for item in request.session.items
+                if getattr(item, "originalname", None) == "test_notebook_runs"]
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notebook")
+    try:
+        yield {path: pool.submit(execute_notebook, path, tmp_path_factory.mktemp(path.stem)) for path in selected}
+    finally:
+        pool.shutdown(cancel_futures=True)

@@ -1,5 +1,7 @@
 """The notebooks: each runs top to bottom, and each is committed executed.
 
+The notebooks are executed by conftest.py's ``notebook_executions``, one at a time beside the
+other tests from the start of the session; ``test_notebook_runs`` waits for each one's result.
 Execution happens on a copy in a temporary directory (the committed notebooks are never
 rewritten by the tests), with the kernel's working directory set to that copy's folder, as
 when a reader opens the notebook next to its siblings, so relative paths such as a run
@@ -21,61 +23,26 @@ and tests/test_notebook_08.py run the notebooks' own checks on right answers and
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from tinytransformer.exercises import EXERCISES, check, reference, stub
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 assert NOTEBOOKS, f"no notebooks found in {NOTEBOOK_DIR}: the tests below would silently run nothing"
-CELL_TIMEOUT = 600   # seconds for one cell; the notebooks aim at well under a minute in total
-# the ones that train for a while, started first so that the others fill in beside them
-SLOW_NOTEBOOKS = ("03_transformer.ipynb", "04_train_reverse.ipynb", "05_decoding.ipynb", "06_decoder_only.ipynb")
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def code_cells(nb) -> list:
     return [cell for cell in nb.cells if cell.cell_type == "code"]
 
 
-def execute(path: Path, folder: Path):
-    """Run a copy of the notebook in ``folder``, in a learner's environment; the executed notebook.
-    Raises CellExecutionError, naming the cell, on any error."""
-    copy = folder / path.name
-    shutil.copy(path, copy)
-    nb = nbformat.read(copy, as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                            resources={"metadata": {"path": str(folder)}})
-    learner_env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    asyncio.run(client.async_execute(env=learner_env))    # a loop of its own, closed after, on any thread
-    return nb
-
-
-@pytest.fixture(scope="module")
-def executions(request, tmp_path_factory):
-    """{notebook: a future of its execution} for the notebooks this session runs, executed two at a
-    time: each kernel is a process of its own, and a notebook's small models mostly keep one core
-    busy, so two at once take about half the time on the 2-core machines the suite aims at."""
-    selected = [item.callspec.params["path"] for item in request.session.items
-                if getattr(item, "originalname", None) == "test_notebook_runs"]
-    slowest_first = sorted(selected, key=lambda p: p.name not in SLOW_NOTEBOOKS)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        yield {path: pool.submit(execute, path, tmp_path_factory.mktemp(path.stem)) for path in slowest_first}
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, executions):
-    nb = executions[path].result()      # raises the notebook's CellExecutionError, if any
+def test_notebook_runs(path, notebook_executions):
+    nb = notebook_executions[path].result()      # raises the notebook's CellExecutionError, if any
     errors = [out for cell in code_cells(nb) for out in cell.outputs if out.output_type == "error"]
     assert not errors, f"{path.name}: error outputs {[e.ename for e in errors]}"
 
