@@ -6,11 +6,12 @@ over the threads, each part on a replica of the model (``tinytransformer/nn/batc
     python benchmarks/sharing.py --quick    # tiny shapes, seconds (a smoke test, not a measurement)
 
 Each configuration's step is timed the three ways, taking turns (run.py's ``interleaved``):
-"worker" never shares or splits (``SHARE_FROM`` and ``SHARE_WEIGHTS_FROM`` infinite), "shared"
-always shares and never splits (both 0, ``SPLIT_UNDER_WEIGHTS`` 0), "split" always splits
-(``SHARE_FROM`` 0, the two weight thresholds infinite). The size of a step is its model's multiply-adds per token
-times the tokens of its batch (what the package compares with ``SHARE_FROM``), so the table
-says where the crossovers lie on this machine.
+"worker" never shares or splits (``SHARE_FROM``, ``SHARE_WEIGHTS_FROM`` and ``SPLIT_FROM``
+infinite), "shared" always shares and never splits (the first two 0, ``SPLIT_UNDER_WEIGHTS`` 0),
+"split" always splits (``SPLIT_FROM`` 0, ``SPLIT_UNDER_WEIGHTS`` infinite, never shared). The
+size of a step is its model's multiply-adds per token times the tokens of its batch (what the
+package compares with ``SPLIT_FROM`` and ``SHARE_FROM``), so the table says where the crossovers
+lie on this machine.
 Configurations: the reference step (reverse, batch 64, lengths 1..16) and the same model at
 longer sequences and wider d_model; the text model's shapes (4 layers, d_model 128, block 128,
 batch 32) and GPT-2 small's (batch 4 of 256 tokens), each as run.py's ``LMRunner`` (GPT-2's
@@ -36,10 +37,10 @@ from machine import commit, describe, stated  # noqa: E402
 
 threads_module = sys.modules["tinytransformer.threads"]      # the package exports the function `threads`
 
-# SHARE_FROM, SHARE_WEIGHTS_FROM and SPLIT_UNDER_WEIGHTS for each way of running a step
+# the thresholds of tinytransformer/threads.py for each way of running a step
 INF = float("inf")
-MODES = {"worker": (INF, INF, 0.0), "shared": (0.0, 0.0, 0.0), "split": (0.0, INF, INF)}
-SETTINGS = ("SHARE_FROM", "SHARE_WEIGHTS_FROM", "SPLIT_UNDER_WEIGHTS")
+SETTINGS = ("SHARE_FROM", "SHARE_WEIGHTS_FROM", "SPLIT_FROM", "SPLIT_UNDER_WEIGHTS")
+MODES = {"worker": (INF, INF, INF, 0.0), "shared": (0.0, 0.0, INF, 0.0), "split": (INF, INF, 0.0, INF)}
 
 
 def configurations(quick: bool) -> list[dict]:
@@ -57,7 +58,7 @@ def configurations(quick: bool) -> list[dict]:
     found = [{"label": "reference step (lengths 1..16)",
               "runner": lambda: run.NumpyRunner(**ref, max_len=17),
               "batches": lambda: run.reference_batches(4, seed=2)}]
-    for length in (64, 128, 256):
+    for length in (32, 48, 64, 128, 256):
         found.append({"label": f"reference model, length {length}",
                       "runner": lambda length=length: run.NumpyRunner(**ref, max_len=length + 1),
                       "batches": lambda length=length: run.reference_batches(
@@ -127,7 +128,8 @@ def measure(quick: bool) -> dict:
         print(f"{c['label']}: {work / 1e9:.2f} G, " + ", ".join(
             f"{name} {1e3 * timed[name]['median_s']:.1f} ms" for name in modes), flush=True)
     return {"machine": describe() + blas_version(), "commit": commit(), "quick": quick,
-            "share_from": DEFAULTS["SHARE_FROM"], "load_average_end": os.getloadavg()[0], "rows": rows}
+            "share_from": DEFAULTS["SHARE_FROM"], "split_from": DEFAULTS["SPLIT_FROM"],
+            "load_average_end": os.getloadavg()[0], "rows": rows}
 
 
 def blas_version() -> str:
@@ -139,10 +141,12 @@ def blas_version() -> str:
 def markdown(results: dict) -> str:
     lines = [stated(results["machine"], results["commit"]) + " What: median seconds of a training "
              "step with the parameter-gradient worker beside one BLAS thread (worker), with BLAS "
-             "on both threads and no worker (shared), and with the batch split in two halves, each "
-             "on a thread of its own with one BLAS thread (split), the three taking turns; size: "
+             "on both threads and no worker (shared), and with the batch split in two halves, the "
+             "model computing the first and a replica of it the second, each on a thread of its own "
+             "with one BLAS thread (split), the three taking turns; size: "
              "the model's multiply-adds per token times the batch's tokens, what the package compares "
-             f"with `SHARE_FROM` = {results['share_from']:.0e}. Load average at the end: "
+             f"with `SPLIT_FROM` = {results['split_from']:.0e} and `SHARE_FROM` = "
+             f"{results['share_from']:.0e}. Load average at the end: "
              f"{results['load_average_end']:.2f}.", "",
              "| step | size (G multiply-adds) | worker (ms) | shared (ms) | split (ms) | shared / worker "
              "| split / worker |",

@@ -1,7 +1,7 @@
 """A large training step's batch split over the cores (tinytransformer/nn/batch_split.py): the same
 logits, gradients and attention maps as the whole batch, in float64; and no split where it must not.
 
-SHARE_FROM is lowered so that these small models count as large, and CORES is set to 2, so that the
+SPLIT_FROM is lowered so that these small models count as large, and CORES is set to 2, so that the
 split runs (on two threads) on any machine."""
 
 import sys
@@ -19,7 +19,7 @@ LM = dict(vocab_size=13, d_model=16, n_heads=2, d_ff=24, n_encoder_layers=0, n_d
 
 @pytest.fixture
 def split_everything(monkeypatch):
-    monkeypatch.setattr(THREADS, "SHARE_FROM", 0.0)
+    monkeypatch.setattr(THREADS, "SPLIT_FROM", 0.0)
     monkeypatch.setattr(THREADS, "CORES", 2)
 
 
@@ -63,7 +63,7 @@ def test_a_split_step_gives_the_whole_batchs_logits_gradients_and_maps(split_eve
     ids = np.random.default_rng(1).integers(0, 13, (5, 9))
     whole = step(model, ids, 1)                                  # one thread: never split
     split = step(model, ids, 2)
-    assert isinstance(model.cache.split, BatchSplit) and len(model.cache.split.replicas) == 2
+    assert isinstance(model.cache.split, BatchSplit) and len(model.cache.split.replicas) == 1   # and the model
     assert_same_step(split, whole)
     assert split[2]["layers.0.self_attn"].shape == (5, 2, 8, 8)
 
@@ -104,14 +104,14 @@ def test_a_split_run_is_the_same_run_twice_in_float32(split_everything):
         np.testing.assert_array_equal(first[1][name], second[1][name], err_msg=name)
 
 
-def test_no_split_in_eval_mode_with_dropout_below_share_from_or_for_a_model_of_many_weights(monkeypatch):
+def test_no_split_in_eval_mode_with_dropout_below_split_from_or_for_a_model_of_many_weights(monkeypatch):
     monkeypatch.setattr(THREADS, "CORES", 2)
     ids = np.random.default_rng(1).integers(0, 13, (4, 9))
     model = lm()
     with threads(2):
         model(ids)
-        assert not isinstance(model.cache, BatchSplit)         # far below SHARE_FROM
-        monkeypatch.setattr(THREADS, "SHARE_FROM", 0.0)
+        assert not isinstance(model.cache, BatchSplit)         # far below SPLIT_FROM
+        monkeypatch.setattr(THREADS, "SPLIT_FROM", 0.0)
         model(ids)
         assert isinstance(model.cache, BatchSplit)
         model.eval()

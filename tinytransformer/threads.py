@@ -12,11 +12,12 @@ after the call, and it works whether NumPy was imported first (as in a notebook)
 
 What ``n`` controls: with ``n >= 2`` a model's backward computes its weight gradients on
 a second thread (the gradient worker, ``nn/overlap.py``) while BLAS stays on one; the
-results are bit-identical to one thread. A model call whose products are large goes another
-way (``SHARE_FROM`` multiply-adds or more: the text model's step, GPT-2 small's):
-a training call of a model below ``SPLIT_UNDER_WEIGHTS`` weights splits its batch into n
-parts, each run by a replica of the model on a thread of its own (``split_count``,
-``nn/batch_split.py``); any other large call, and every call of a model with
+results are bit-identical to one thread. A large model call goes another way: a training
+call of ``SPLIT_FROM`` multiply-adds or more (the text model's step) by a model below
+``SPLIT_UNDER_WEIGHTS`` weights splits its batch into n parts, the first run by the model,
+each other by a replica of it, each on a thread of its own (``split_count``,
+``nn/batch_split.py``); any other call of ``SHARE_FROM`` multiply-adds or more (GPT-2
+small's step), and every call of a model with
 ``SHARE_WEIGHTS_FROM`` weights or more (GPT-2's, decoding steps included), puts its products
 on n BLAS threads inside ``products_shared`` while the worker stands down, as two BLAS
 threads beside it would only take turns with it. ``threads(8)`` on a 2-core machine
@@ -55,7 +56,7 @@ from typing import Iterator
 from threadpoolctl import ThreadpoolController
 
 __all__ = ["threads", "CORES", "holds_threads", "worker_allowed", "products_shared", "split_count",
-           "SHARE_FROM", "SHARE_WEIGHTS_FROM", "SPLIT_UNDER_WEIGHTS"]
+           "SHARE_FROM", "SHARE_WEIGHTS_FROM", "SPLIT_FROM", "SPLIT_UNDER_WEIGHTS"]
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 DEFAULT = min(2, CORES)          # one BLAS thread, and the gradient worker if there is a second core
@@ -154,20 +155,25 @@ def worker_allowed() -> bool:
 
 
 # From this many multiply-adds in one call of a model (its tokens times its multiply-adds per
-# token, a model's ``multiply_adds_per_token``), the call is large enough to spread over the
-# cores: its batch split (``split_count``) or its products shared (BLAS gets every thread of the
-# block and the gradient worker stands down). Measured on an idle 2-core AMD EPYC
+# token, a model's ``multiply_adds_per_token``), a call that is not split (``SPLIT_FROM``) is
+# large enough for its products to be shared: BLAS gets every thread of the block and the
+# gradient worker stands down. Measured on an idle 2-core AMD EPYC
 # (benchmarks/results/sharing.md), against the worker: sharing 0.79x the time for the text
-# model's 3.3 G, 0.82x at GPT-2 small's 127 G, 1.00x at the reference step's 0.2 G; splitting
-# 0.67x for the text model, 1.47x for the reference step. Below it the worker stays, and a busy
-# 2-core machine makes small products on two BLAS threads several times slower besides
-# (docs/performance.md).
+# model's 3.3 G, 0.82x at GPT-2 small's 127 G, 1.00x at the reference step's 0.2 G. Below it
+# the worker stays, and a busy 2-core machine makes small products on two BLAS threads several
+# times slower besides (docs/performance.md).
 SHARE_FROM = 1e9
 # A model with this many weights in its products or more (its multiply-adds per token; 120 MB
 # of float32) shares even one token's call: decoding a token reads every weight once, and two
 # cores read memory faster than one (GPT-2 small, 124 M weights, greedy at batch 1, measured
 # once on the idle AMD EPYC: 34.4 tokens/s shared against 24.8).
 SHARE_WEIGHTS_FROM = 3e7
+# From this many multiply-adds, a training call of a model with fewer than
+# ``SPLIT_UNDER_WEIGHTS`` weights splits its batch over the threads (``split_count``). Measured on
+# the idle AMD EPYC (benchmarks/results/sharing.md), split against the worker: the reference
+# model's step from length 48 (0.62 G) on, and the text model's, are faster split; at length 32
+# (0.42 G) and below the two threads' turns at the interpreter cost more than the split gains.
+SPLIT_FROM = 5e8
 # A large training call of a model with fewer weights than this (in its products) splits its
 # batch over the threads instead of sharing its products (``split_count``). Measured on the idle
 # AMD EPYC (benchmarks/results/sharing.md), split against shared: 0.85x the time for the text
@@ -207,13 +213,13 @@ def products_shared(multiply_adds: float, weights: float = 0.0) -> Iterator[None
 
 def split_count(multiply_adds: float, weights: float, batch: int) -> int:
     """Into how many parts a model's training call splits its batch (``nn/batch_split.py``): the
-    block's n threads (at most one per core and one per sequence) for a call of ``SHARE_FROM``
+    block's n threads (at most one per core and one per sequence) for a call of ``SPLIT_FROM``
     multiply-adds or more by a model of fewer than ``SPLIT_UNDER_WEIGHTS`` weights; otherwise 1.
 
     Split, each part has a core for all of its work, not only for its products (as when they
     are shared): the attention's (B, H, T, T) passes, GELU, LayerNorm. The more of a step is
     products, the less that gains, and every part keeps a gradient buffer of every weight."""
     n = min(getattr(_local, "n", None) or 1, CORES, batch)
-    if n < 2 or getattr(_local, "shared", False) or multiply_adds < SHARE_FROM or weights >= SPLIT_UNDER_WEIGHTS:
+    if n < 2 or getattr(_local, "shared", False) or multiply_adds < SPLIT_FROM or weights >= SPLIT_UNDER_WEIGHTS:
         return 1
     return n

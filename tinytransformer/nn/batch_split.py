@@ -10,18 +10,20 @@ with the products shared and 429 ms with the gradient worker; the reference mode
 length 128, 333 ms against 483 and 489 (idle 2-core AMD EPYC, NumPy 2.4,
 benchmarks/results/sharing.md).
 
-A replica is the model's tree with the very same parameter arrays and buffers (an update by
-the optimizer is seen at once), and its own caches and zero gradient buffers, made afresh at
-every split forward (so it follows every change to the model: LoRA, freezing, a cast):
+The model itself computes the first part; each other part goes through a replica: the model's
+tree with the very same parameter arrays and buffers (an update by the optimizer is seen at
+once), and its own caches and zero gradient buffers, made afresh at every split forward (so it
+follows every change to the model: LoRA, freezing, a cast):
 
-    forward:   part i of every batch array -> replica i, on thread i;  the outputs joined
-    backward:  part i of dout -> replica i, on thread i;  then every replica's gradients
-               are added into the model's, replica after replica
+    forward:   part 0 of every batch array -> the model, on this thread;
+               part i -> replica i, on thread i;                 the outputs joined
+    backward:  part 0 of dout -> the model (its gradients added as in any backward);
+               part i -> replica i, on thread i;  then each replica's gradients are added
+               into the model's, replica after replica
 
-Part 0 runs on the calling thread, every part with one BLAS thread and no gradient worker.
-The additions come in a fixed order, so the same thread count gives the same numbers; a
-different count rounds differently in float32 (in float64 a split step equals the whole
-batch's to 1e-12, tests/test_batch_split.py).
+Every part runs with one BLAS thread and no gradient worker. The additions come in a fixed
+order, so the same thread count gives the same numbers; a different count rounds differently
+in float32 (in float64 a split step equals the whole batch's to 1e-12, tests/test_batch_split.py).
 When a model splits is ``threads.split_count``'s decision (a large call of a model with few
 enough weights) and this file's (training mode, no dropout drawing masks: n threads drawing
 from one Generator would draw in no fixed order, and every array argument batch first).
@@ -103,23 +105,21 @@ def on_threads(jobs: list[Callable]) -> list:
 
 
 class BatchSplit(NamedTuple):
-    """A model's cache after a split forward: the replicas, their parts of the batch, and the
-    shape of the joined output (what backward's upstream gradient must be)."""
+    """A model's cache after a split forward: the cache of its own forward over the first part,
+    the replicas that computed the others, the parts of the batch, and the shape of the joined
+    output (what backward's upstream gradient must be)."""
+    own: object
     replicas: list
     parts: list
     shape: tuple
-
-    def attention_maps(self) -> dict[str, np.ndarray]:
-        """Every attention module's weights (B, H, Tq, Tk), the replicas' parts joined."""
-        maps = [r.attention_maps() for r in self.replicas]
-        return {name: np.concatenate([m[name] for m in maps]) for name in maps[0]}
 
 
 def splits_batch(forward: Callable) -> Callable:
     """Decorator of a model's forward whose arrays (ids, masks; None stays None) have the batch on
     their first axis: the forward over parts of the batch on replicas, joined, when
     ``threads.split_count`` says so (training mode, no dropout); then ``model.cache`` is the
-    BatchSplit. The size of the call is the first array's tokens."""
+    BatchSplit, and the model's layers hold the first part's caches. The size of the call is the
+    first array's tokens."""
     @functools.wraps(forward)
     def whole_or_split(model, *args, **kwargs):
         arrays = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray)]
@@ -131,27 +131,32 @@ def splits_batch(forward: Callable) -> Callable:
             return forward(model, *args, **kwargs)
         parts = parts_of(batch, n)
         model.cache = None             # the last split's replicas and their activations go first
-        replicas = [replica(model) for _ in parts]
-        outs = on_threads([functools.partial(forward, r, *(_part(a, rows) for a in args),
+        runners = [model] + [replica(model) for _ in parts[1:]]
+        outs = on_threads([functools.partial(forward, m, *(_part(a, rows) for a in args),
                                              **{k: _part(v, rows) for k, v in kwargs.items()})
-                           for r, rows in zip(replicas, parts)])
+                           for m, rows in zip(runners, parts)])
         out = np.concatenate(outs)
-        model.cache = BatchSplit(replicas, parts, out.shape)
+        model.cache = BatchSplit(model.cache, runners[1:], parts, out.shape)
         return out
     return whole_or_split
 
 
 def joins_gradients(backward: Callable) -> Callable:
-    """Decorator of a model's backward: after a split forward, each replica's backward on its
-    part of the upstream gradient, then their gradients added into the model's."""
+    """Decorator of a model's backward: after a split forward, the model's own backward on the
+    first part of the upstream gradient and each replica's on its part, then the replicas'
+    gradients added into the model's."""
     @functools.wraps(backward)
     def whole_or_split(model, dout):
         split = model.cache
         if not isinstance(split, BatchSplit):
             return backward(model, dout)
         check_upstream("dlogits", dout, split.shape)
-        model.cache = UsedByBackward(split)     # a second backward is refused; the maps stay
-        on_threads([functools.partial(backward, r, dout[rows]) for r, rows in zip(split.replicas, split.parts)])
+        model.cache = split.own                 # what the model's backward of the first part uses up
+        try:
+            on_threads([functools.partial(backward, m, dout[rows])
+                        for m, rows in zip([model, *split.replicas], split.parts)])
+        finally:
+            model.cache = UsedByBackward(split)     # a second backward is refused; the maps stay
         for r in split.replicas:
             add_gradients(model, r)
     return whole_or_split

@@ -83,10 +83,11 @@ def attention_maps(model: Module) -> dict[str, np.ndarray]:
     """Attention weights (B, H, Tq, Tk) of every MultiHeadAttention after the last forward,
     keyed by dotted module name, e.g. ``decoder.layers.1.cross_attn``; copies, for plotting."""
     split = model.cache if isinstance(model.cache, BatchSplit) else getattr(model.cache, "split", None)
-    if split is not None:               # the last forward ran on replicas (batch_split.py)
-        return split.attention_maps()
-    return {name: m.attn for name, m in model.named_modules()
-            if isinstance(m, MultiHeadAttention) and m.attn is not None}
+    # a split forward: the model ran the first part of the batch, replicas the others (batch_split.py)
+    parts = [model] if split is None else [model, *split.replicas]
+    maps = [{name: m.attn for name, m in part.named_modules()
+             if isinstance(m, MultiHeadAttention) and m.attn is not None} for part in parts]
+    return maps[0] if split is None else {name: np.concatenate([m[name] for m in maps]) for name in maps[0]}
 
 
 class Transformer(Module):

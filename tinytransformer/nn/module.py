@@ -133,7 +133,7 @@ class InvalidatedByInference(NamedTuple):
 class UsedByBackward(NamedTuple):
     """A model's cache once its backward has run: what the forward kept is used up (every
     gradient was added), so a second backward, which would add them all again, is refused.
-    After a forward split over the cores, ``split`` keeps its replicas (their attention maps)."""
+    After a forward split over the cores, ``split`` keeps the BatchSplit (its replicas' attention maps)."""
     split: object = None
 
 
