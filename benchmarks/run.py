@@ -35,9 +35,11 @@ get the same number of threads (``--threads``, default 2, the cores of the machi
 the targets are set for): PyTorch through ``torch.set_num_threads``; NumPy through
 ``tinytransformer.threads(N)``: its products on one BLAS thread and, from 2 threads on,
 its parameter gradients on a second thread (``tinytransformer.nn.overlap``), or, for a
-model call of 1e9 multiply-adds or more (the GPT-2 shapes; the scaling rows from length 128
-and d_model 256 on), every product on both
-(``threads.products_shared``); it has no use for a third. NumPy is imported first, as a learner does, and no thread variable is
+large model call, both threads otherwise: a training call of 7e8 multiply-adds or more by a
+model under 2e7 weights splits its batch over them (``nn/batch_split.py``: the scaling rows
+from length 64 and from d_model 128 to 512), any other call of 1e9 or more puts every
+product on both (``threads.products_shared``: the GPT-2 shapes, d_model 768); it has no use
+for a third. NumPy is imported first, as a learner does, and no thread variable is
 set: the package holds its threads itself. The training step is also measured with one
 thread each. The CPU time of the process is
 kept alongside.
@@ -809,20 +811,21 @@ def tables(results: dict) -> str:
               "- Threads: `--threads N` (default 2) for each side. PyTorch: `torch.set_num_threads(N)`. "
               "NumPy: one BLAS thread (on a busy machine BLAS threads that find no free core slow a "
               "small step down several times over) and, from N = 2, the worker thread that computes the "
-              "parameter gradients while backward goes on (`tinytransformer/nn/overlap.py`); a model call "
-              "of 1e9 multiply-adds or more spreads over the threads instead: a training call of a model "
-              "under 8e6 weights splits its batch, each part on a replica of the model on a thread of its own "
-              "(`tinytransformer/nn/batch_split.py`: the scaling rows from length 128 and d_model 256), any "
-              "other puts every product on all threads (`threads.products_shared`: the GPT-2 shapes, "
-              "d_model 512 and 768); `benchmarks/sharing.py` times the three ways.",
+              "parameter gradients while backward goes on (`tinytransformer/nn/overlap.py`); a large model "
+              "call spreads over the threads instead: a training call of 7e8 multiply-adds or more by a "
+              "model under 2e7 weights splits its batch, the model computing one part and a replica of it "
+              "each other, each on a thread of its own (`tinytransformer/nn/batch_split.py`: the scaling "
+              "rows from length 64 and from d_model 128 to 512), any other call of 1e9 or more puts every "
+              "product on all threads (`threads.products_shared`: the GPT-2 shapes, d_model 768); "
+              "`benchmarks/sharing.py` times the three ways.",
               "- Tokens are target tokens (non-PAD labels), the ones the loss counts.",
               "- Figure: figures/benchmark_scaling.png."]
     return "\n".join(lines) + "\n"
 
 
-NUMPY_THREADS = ("the parameter-gradient worker beside one BLAS thread; for a model call of 1e9 "
-                 "multiply-adds or more, the batch split over both threads (a training call of a model "
-                 "under 8e6 weights) or both threads in BLAS")
+NUMPY_THREADS = ("the parameter-gradient worker beside one BLAS thread; the batch split over both "
+                 "threads for a training call of 7e8 multiply-adds or more by a model under 2e7 weights, "
+                 "both threads in BLAS for any other call of 1e9 or more")
 
 
 def machine_line(results: dict, with_torch: bool) -> str:

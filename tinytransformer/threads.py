@@ -170,16 +170,20 @@ SHARE_FROM = 1e9
 SHARE_WEIGHTS_FROM = 3e7
 # From this many multiply-adds, a training call of a model with fewer than
 # ``SPLIT_UNDER_WEIGHTS`` weights splits its batch over the threads (``split_count``). Measured on
-# the idle AMD EPYC (benchmarks/results/sharing.md), split against the worker: the reference
-# model's step from length 48 (0.62 G) on, and the text model's, are faster split; at length 32
-# (0.42 G) and below the two threads' turns at the interpreter cost more than the split gains.
-SPLIT_FROM = 5e8
+# the idle AMD EPYC (benchmarks/results/sharing.md), split against the worker: 1.38x the time at
+# the reference step (0.2 G), 1.13x for the reference model at length 32 (0.42 G), even at
+# length 48 (0.62 G), 0.93x at length 64 (0.82 G), 0.95x at d_model 128 (0.86 G), 0.71x at the
+# text model's step (3.3 G). Below it the two threads' turns at the interpreter cost more than
+# the split gains.
+SPLIT_FROM = 7e8
 # A large training call of a model with fewer weights than this (in its products) splits its
-# batch over the threads instead of sharing its products (``split_count``). Measured on the idle
-# AMD EPYC (benchmarks/results/sharing.md), split against shared: 0.85x the time for the text
-# model's step (0.8 M weights), 0.69x for the reference model at length 128, 0.93x at d_model
-# 256 (3.2 M weights), but 1.10x at d_model 512 (12.6 M), where products are most of the step.
-SPLIT_UNDER_WEIGHTS = 8e6
+# batch over the threads instead of sharing its products (``split_count``); every part but the
+# first keeps a gradient buffer of every weight. Measured on the idle AMD EPYC
+# (benchmarks/results/sharing.md), split against shared: 0.78x the time at the text model's step
+# (0.8 M weights), 0.93x at d_model 256 (3.2 M), 0.94x at d_model 512 (12.6 M), where products
+# are most of the step (with two replicas instead of one, the split was 1.10x there). GPT-2
+# small (124 M) shares.
+SPLIT_UNDER_WEIGHTS = 2e7
 
 
 @contextmanager
