@@ -158,8 +158,9 @@ def worker_allowed() -> bool:
 # token, a model's ``multiply_adds_per_token``), a call that is not split (``SPLIT_FROM``) is
 # large enough for its products to be shared: BLAS gets every thread of the block and the
 # gradient worker stands down. Measured on an idle 2-core AMD EPYC
-# (benchmarks/results/sharing.md), against the worker: sharing 0.79x the time for the text
-# model's 3.3 G, 0.82x at GPT-2 small's 127 G, 1.00x at the reference step's 0.2 G. Below it
+# (benchmarks/results/sharing.md and the run before it), against the worker: sharing 0.79x to
+# 0.95x the time for the text model's 3.3 G, 0.82x to 0.99x at GPT-2 small's 127 G, 0.94x to
+# 1.00x at the reference step's 0.2 G. Below it
 # the worker stays, and a busy 2-core machine makes small products on two BLAS threads several
 # times slower besides (docs/performance.md).
 SHARE_FROM = 1e9
@@ -170,17 +171,17 @@ SHARE_FROM = 1e9
 SHARE_WEIGHTS_FROM = 3e7
 # From this many multiply-adds, a training call of a model with fewer than
 # ``SPLIT_UNDER_WEIGHTS`` weights splits its batch over the threads (``split_count``). Measured on
-# the idle AMD EPYC (benchmarks/results/sharing.md), split against the worker: 1.38x the time at
-# the reference step (0.2 G), 1.13x for the reference model at length 32 (0.42 G), even at
-# length 48 (0.62 G), 0.93x at length 64 (0.82 G), 0.95x at d_model 128 (0.86 G), 0.71x at the
-# text model's step (3.3 G). Below it the two threads' turns at the interpreter cost more than
-# the split gains.
+# the idle AMD EPYC (benchmarks/results/sharing.md), split against the worker: 1.15x the time at
+# the reference step (0.2 G), 0.97x for the reference model at length 32 (0.42 G) and 1.06x at
+# length 48 (0.62 G) (1.13x and 1.00x the run before), 0.80x at length 64 (0.82 G), 0.87x at
+# d_model 128 (0.86 G), 0.66x at the text model's step (3.3 G). Below it the two threads' turns
+# at the interpreter cost about what the split gains.
 SPLIT_FROM = 7e8
 # A large training call of a model with fewer weights than this (in its products) splits its
 # batch over the threads instead of sharing its products (``split_count``); every part but the
 # first keeps a gradient buffer of every weight. Measured on the idle AMD EPYC
-# (benchmarks/results/sharing.md), split against shared: 0.78x the time at the text model's step
-# (0.8 M weights), 0.93x at d_model 256 (3.2 M), 0.94x at d_model 512 (12.6 M), where products
+# (benchmarks/results/sharing.md), split against shared: 0.70x the time at the text model's step
+# (0.8 M weights), 0.95x at d_model 256 (3.2 M), 0.98x at d_model 512 (12.6 M), where products
 # are most of the step (with two replicas instead of one, the split was 1.10x there). GPT-2
 # small (124 M) shares.
 SPLIT_UNDER_WEIGHTS = 2e7
@@ -222,7 +223,8 @@ def split_count(multiply_adds: float, weights: float, batch: int) -> int:
 
     Split, each part has a core for all of its work, not only for its products (as when they
     are shared): the attention's (B, H, T, T) passes, GELU, LayerNorm. The more of a step is
-    products, the less that gains, and every part keeps a gradient buffer of every weight."""
+    products, the less that gains, and every part but the first keeps a gradient buffer of
+    every weight."""
     n = min(getattr(_local, "n", None) or 1, CORES, batch)
     if n < 2 or getattr(_local, "shared", False) or multiply_adds < SPLIT_FROM or weights >= SPLIT_UNDER_WEIGHTS:
         return 1

@@ -1,13 +1,13 @@
-"""A large training step's batch split over the cores: each part through a replica of the model,
-on a thread of its own.
+"""A large training step's batch split over the cores: the first part through the model, each
+other through a replica of it, each on a thread of its own.
 
 NumPy runs a matrix product on as many threads as BLAS has, but every other operation (the
 softmax's exp, GELU's tanh, LayerNorm's sums) on the one thread that calls it. Two Python
 threads each running a model on half of the batch keep both cores busy through all of it:
 NumPy releases the GIL inside its array loops and products. The text model's training step
-(batch 32 of 128 characters, 4 layers of d_model 128) took 287 ms this way against 339 ms
-with the products shared and 429 ms with the gradient worker; the reference model's at
-length 128, 333 ms against 483 and 489 (idle 2-core AMD EPYC, NumPy 2.4,
+(batch 32 of 128 characters, 4 layers of d_model 128) took 351 ms this way against 504 ms
+with the products shared and 532 ms with the gradient worker; the reference model's at
+length 128, 356 ms against 481 and 500 (idle 2-core AMD EPYC, NumPy 2.4,
 benchmarks/results/sharing.md).
 
 The model itself computes the first part; each other part goes through a replica: the model's
@@ -116,7 +116,8 @@ class BatchSplit(NamedTuple):
 
 def splits_batch(forward: Callable) -> Callable:
     """Decorator of a model's forward whose arrays (ids, masks; None stays None) have the batch on
-    their first axis: the forward over parts of the batch on replicas, joined, when
+    their first axis: the forward over parts of the batch, the first on the model and the others
+    on replicas, joined, when
     ``threads.split_count`` says so (training mode, no dropout); then ``model.cache`` is the
     BatchSplit, and the model's layers hold the first part's caches. The size of the call is the
     first array's tokens."""
