@@ -68,6 +68,17 @@ def test_a_split_step_gives_the_whole_batchs_logits_gradients_and_maps(split_eve
     assert split[2]["layers.0.self_attn"].shape == (5, 2, 8, 8)
 
 
+def test_a_split_in_three_parts_gives_the_whole_batchs_step(split_everything, monkeypatch):
+    # the model computes the first part, a replica each of the other two
+    monkeypatch.setattr(THREADS, "CORES", 3)
+    model = lm(tie_embeddings=True)
+    ids = np.random.default_rng(4).integers(0, 13, (5, 9))
+    whole = step(model, ids, 1)
+    split = step(model, ids, 3)
+    assert len(model.cache.split.replicas) == 2 and model.cache.split.parts == parts_of(5, 3)
+    assert_same_step(split, whole)
+
+
 def test_the_encoder_decoder_with_tied_embeddings_adds_each_shared_gradient_once(split_everything):
     # src_embed, tgt_embed and the head share one matrix and one gradient buffer
     model = Transformer(TransformerConfig(**{**LM, "n_encoder_layers": 1, "tie_embeddings": True}),
