@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from repo_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -189,16 +191,8 @@ def test_the_positions_study_runs_in_quick_mode_and_resumes(tmp_path):
 
 
 def finetune_module():
-    """benchmarks/finetune_experiment.py imported (benchmarks/ on the path for machine.py)."""
-    sys.path[:0] = [str(ROOT / "benchmarks")]
-    try:
-        spec = importlib.util.spec_from_file_location("finetune_experiment_for_tests",
-                                                      ROOT / "benchmarks" / "finetune_experiment.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+    """benchmarks/finetune_experiment.py imported."""
+    return load_script(ROOT / "benchmarks" / "finetune_experiment.py", "finetune_experiment_for_tests")
 
 
 def test_the_old_task_is_scored_at_the_positions_where_the_two_tasks_agree():
@@ -284,9 +278,7 @@ def test_the_gpt2_benchmark_runs_in_quick_mode(tmp_path):
 def test_step_flops_counts_every_product_of_a_gpt2_layout_step():
     """The FLOPs behind the share of the peak: each product 2 m k n, three times for a trainable
     weight and attention (forward and two gradients), twice for a frozen weight (no weight gradient)."""
-    spec = importlib.util.spec_from_file_location("bench_run", RUN)
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run = load_script(RUN, "bench_run")
     import numpy as np
     V, D, H, F, L, B, T, r = 31, 12, 3, 20, 2, 2, 5, 2
     ids = np.random.default_rng(0).integers(0, V, (B, T + 1))
@@ -312,13 +304,7 @@ def test_the_sharing_benchmark_runs_in_quick_mode_and_the_committed_table_is_its
     assert results["quick"] is True and len(results["rows"]) == 2
     for row in results["rows"]:
         assert row["multiply_adds"] > 0 and row["worker"] > 0 and row["shared"] > 0 and row["split"] > 0
-    sys.path[:0] = [str(ROOT / "benchmarks")]
-    try:
-        spec = importlib.util.spec_from_file_location("sharing", script)
-        sharing = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sharing)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    sharing = load_script(script, "sharing")
     assert (tmp_path / "sharing.md").read_text() == sharing.markdown(results)
     committed = json.loads((ROOT / "benchmarks" / "results" / "sharing.json").read_text())
     assert committed["quick"] is False

@@ -4,7 +4,6 @@ is what its script writes from the saved results, and every relative link resolv
 Nothing here writes into the repository: the scripts that must run write into tmp_path.
 """
 
-import importlib.util
 import json
 import re
 import shutil
@@ -14,23 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from repo_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def load(path: Path, name: str):
-    """A script of the repository, imported as a module (benchmarks/ on the path for machine.py)."""
-    sys.path[:0] = [str(path.parent)]
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
-
-
-include = load(ROOT / "docs" / "include.py", "docs_include")
+include = load_script(ROOT / "docs" / "include.py", "docs_include")
 PAGES = include.pages(ROOT)
 
 
@@ -95,7 +84,7 @@ def test_a_stale_block_is_found_and_include_rewrites_it(tmp_path):
 
 
 def test_the_reference_runs_tables_are_what_the_script_writes():
-    reference_runs = load(ROOT / "benchmarks" / "reference_runs.py", "reference_runs_for_docs")
+    reference_runs = load_script(ROOT / "benchmarks" / "reference_runs.py", "reference_runs_for_docs")
     paths = sorted(RESULTS.glob("reference_runs*.json"), key=lambda p: (p.stem != "reference_runs", p.stem))
     assert (RESULTS / "reference_runs-all.md").read_text() == reference_runs.combined_table(paths)
     for path in paths:
@@ -103,19 +92,19 @@ def test_the_reference_runs_tables_are_what_the_script_writes():
 
 
 def test_the_recipe_sweep_table_is_what_the_script_writes():
-    recipe_sweep = load(ROOT / "benchmarks" / "recipe_sweep.py", "recipe_sweep_for_docs")
+    recipe_sweep = load_script(ROOT / "benchmarks" / "recipe_sweep.py", "recipe_sweep_for_docs")
     runs = [json.loads(p.read_text()) for p in sorted((RESULTS / "recipe_sweep").glob("*.json"))]
     assert (RESULTS / "recipe_sweep.md").read_text() == recipe_sweep.table(runs)
 
 
 def test_the_modern_cost_table_is_what_the_script_writes():
-    modern_cost = load(ROOT / "benchmarks" / "modern_cost.py", "modern_cost_for_docs")
+    modern_cost = load_script(ROOT / "benchmarks" / "modern_cost.py", "modern_cost_for_docs")
     saved = json.loads((RESULTS / "modern_cost.json").read_text())
     assert (RESULTS / "modern_cost.md").read_text() == modern_cost.table(saved)
 
 
 def test_the_benchmark_tables_are_what_the_script_writes():
-    run = load(ROOT / "benchmarks" / "run.py", "run_for_docs")
+    run = load_script(ROOT / "benchmarks" / "run.py", "run_for_docs")
     saved = json.loads((RESULTS / "benchmark.json").read_text())
     assert (RESULTS / "benchmark.md").read_text() == run.tables(saved)
     assert (RESULTS / "README.md").read_text() == run.markdown(saved)
@@ -126,7 +115,7 @@ def test_the_benchmark_tables_are_what_the_script_writes():
 def test_the_gpt2_table_is_what_the_script_writes():
     pytest.importorskip("torch", reason="benchmarks/gpt2_bench.py imports PyTorch, its other side")
     pytest.importorskip("transformers", reason="benchmarks/gpt2_bench.py imports transformers")
-    bench = load(ROOT / "benchmarks" / "gpt2_bench.py", "gpt2_bench_for_docs")
+    bench = load_script(ROOT / "benchmarks" / "gpt2_bench.py", "gpt2_bench_for_docs")
     saved = json.loads((RESULTS / "gpt2.json").read_text())
     assert saved["quick"] is False
     assert (RESULTS / "gpt2.md").read_text() == bench.markdown(saved)

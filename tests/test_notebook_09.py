@@ -4,8 +4,6 @@ what it takes to rebuild its tokenizer)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import nbformat
@@ -14,6 +12,8 @@ import pytest
 
 from tinytransformer import CharTokenizer, load_checkpoint
 from tinytransformer.exercises import OUTPUT_EXERCISES, check, reference, stub
+
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "09_text.ipynb"
@@ -56,14 +56,7 @@ def test_the_committed_model_is_the_script_s_small_float32_checkpoint():
     assert info["dtype"] == "float32" and info["task"] == "text"
     extra = info["extra"]
     tokenizer = CharTokenizer(list(extra["characters"]))
-    sys.path[:0] = [str(ROOT / "benchmarks")]
-    try:
-        spec = importlib.util.spec_from_file_location("text_reference_nb09",
-                                                      ROOT / "benchmarks" / "text_reference.py")
-        text_reference = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(text_reference)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    text_reference = load_script(ROOT / "benchmarks" / "text_reference.py", "text_reference_nb09")
     # a recipe saved before the recipe named its activation was trained with the exact GELU
     recipe = {"activation": "gelu", **extra["recipe"]}
     assert model.config == text_reference.model_config(tokenizer.vocab_size, recipe)

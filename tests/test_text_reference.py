@@ -2,9 +2,7 @@
 run records what the table needs, and the committed table is what the script writes from its results."""
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +12,15 @@ from tinytransformer import CharTokenizer, DecoderOnlyTransformer
 from tinytransformer import text_task
 from tinytransformer.text import TextData
 
+from repo_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "textref.json"
 
 
 def load(name: str):
-    """A script of benchmarks/, imported as a module (benchmarks/ on the path for its own imports)."""
-    sys.path[:0] = [str(ROOT / "benchmarks")]
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+    """benchmarks/<name>.py, imported as a module."""
+    return load_script(ROOT / "benchmarks" / f"{name}.py", name)
 
 
 text_reference = load("text_reference")
