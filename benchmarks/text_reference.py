@@ -24,8 +24,9 @@ between the two, so their trajectories part after a few dozen steps: compare the
 seeds, not one seed.
 
 Both sides get ``--threads`` threads (default 2), NumPy imported first: PyTorch through
-``torch.set_num_threads``, NumPy as its model holds them (for this model's step, both in
-BLAS: ``tinytransformer.threads.products_shared``). Seconds are training time; the evaluations' time is counted apart.
+``torch.set_num_threads``, NumPy as its model holds them (this model's step splits its batch
+over both: ``tinytransformer/nn/batch_split.py``). Seconds are training time; the evaluations'
+time is counted apart.
 Results: ``benchmarks/results/textref.json`` and ``textref.md`` (the table and samples that
 ``docs/text.md`` includes).
 """

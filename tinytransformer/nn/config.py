@@ -172,7 +172,8 @@ class TransformerConfig:
         model of ``layers`` blocks: per block q, k, v, o (D x D each, k and v narrower with
         fewer key/value heads) and the feed-forward (two D x d_ff, three for swiglu); then the
         output head (D x V). The decoder's cross-attention and the attention scores are left
-        out: a measure of size (``threads.products_shared`` decides by it), not an exact count."""
+        out: a measure of size (``threads.split_count`` and ``threads.products_shared`` decide by
+        it), not an exact count."""
         D = self.d_model
         attention = 2 * D * D + 2 * D * (D // self.n_heads * self.kv_heads)
         feed_forward = (3 if self.activation == "swiglu" else 2) * D * self.d_ff
