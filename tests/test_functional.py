@@ -107,6 +107,22 @@ def test_softmax_backward_is_the_product_with_the_jacobian():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Tk", [1, 7, 40])
+def test_softmax_backward_in_place_equals_the_plain_formula(dtype, Tk):
+    rng = np.random.default_rng(Tk)
+    scores = rng.standard_normal((2, 3, 5, Tk)).astype(dtype)
+    mask = np.tril(np.ones((5, Tk), dtype=bool), k=Tk - 5)        # causal; at Tk = 1 four rows are all masked
+    s = F.masked_softmax_(scores, mask)                             # masked weights are 0
+    ds = rng.standard_normal(s.shape).astype(dtype)
+    want = F.softmax_backward(s, ds)
+    given = ds.copy()
+    got = F.softmax_backward_(s, given)
+    assert got is given and got.dtype == dtype
+    np.testing.assert_allclose(got, want, **close(dtype))
+    assert not got[..., ~mask].any()                                # no gradient where A = 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N", [1, 50])
 def test_scatter_add_rows_equals_add_at_with_repeats(dtype, N):
     rng = np.random.default_rng(N)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .alibi import ALiBiBias
 from .dropout import Dropout
-from .functional import masked_softmax_, softmax_backward
+from .functional import masked_softmax_, softmax_backward_
 from .kv_cache import AttentionCache
 from .linear import Linear
 from .masks import causal_mask, causal_padding_mask, check_mask, padding_mask  # noqa: F401 (re-exported)
@@ -76,7 +76,8 @@ class ScaledDotProductAttention(Module):
             raise ValueError(f"q, k, v: expected (B, H, Tq, dk), (B, H, Tk, dk), (B, H, Tk, dv), "
                              f"got {q.shape}, {k.shape}, {v.shape}")
         scale = 1.0 / math.sqrt(q.shape[-1])     # a Python float: float32 stays float32
-        scores = (q @ k.swapaxes(-1, -2)) * scale                     # (B, H, Tq, Tk)
+        scores = q @ k.swapaxes(-1, -2)                               # (B, H, Tq, Tk)
+        scores *= scale                                  # in place: no second array of this size
         if self.alibi is not None:
             scores = self.alibi(scores)                               # + (-m_h |i - j|)
         if mask is not None:
@@ -94,7 +95,7 @@ class ScaledDotProductAttention(Module):
         dv = dropped.swapaxes(-1, -2) @ dout                          # (B, H, Tk, dv)
         dattn = self.dropout.backward(dout @ v.swapaxes(-1, -2))      # (B, H, Tq, Tk)
         # forward was attn = softmax(scores); masked entries have A = 0, so get no gradient
-        dscores = softmax_backward(attn, dattn)                       # (B, H, Tq, Tk)
+        dscores = softmax_backward_(attn, dattn)                      # (B, H, Tq, Tk), over dattn
         if self.alibi is not None:
             dscores = self.alibi.backward(dscores)                    # the bias is a constant
         # forward was scores = q @ k^T * scale
