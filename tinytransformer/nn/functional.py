@@ -14,7 +14,7 @@ are the fastest of 7 x 200 calls on a 2-core AMD EPYC):
     row_sum            6 softmax, 6 its backward 15 us     71 us     (64, 4, 17, 17)
     column_sum         57 (Linear, LayerNorm)    4 us      26 us     (N = 1088, D = 64)
     masked_softmax_    6                         141 us    332 us    (64, 4, 17, 17)
-    softmax_backward_  6                         87 us     108 us    (64, 4, 17, 17)
+    softmax_backward_  6                         89 us     110 us    (64, 4, 17, 17)
     scatter_add_rows   2                         32 us     504 us    (N = 1088, V = 13)
 
 Three more were kept for the large shapes (GPT-2 small: batch 4, 256 positions, d_model 768;
@@ -36,7 +36,7 @@ small reused buffer, and the (N, V) logits make one new array instead of three.
 
 The attention's softmax backward is the same story at long sequences: written over the
 gradient it is given, with the row sums of ds * s read by einsum instead of written out, it
-makes no array of the scores' size where the formula makes three; 9.7 ms against 18.8 ms at
+makes no array of the scores' size where the formula makes three; 8.6 ms against 19.2 ms at
 (32, 4, 256, 256), half the reference model's batch at length 256 (fastest of 7 x 7 calls).
 
 NumPy's reductions over a short last axis loop once per row; a matrix product
