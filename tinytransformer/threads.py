@@ -158,11 +158,10 @@ def worker_allowed() -> bool:
 # token, a model's ``multiply_adds_per_token``), a call that is not split (``SPLIT_FROM``) is
 # large enough for its products to be shared: BLAS gets every thread of the block and the
 # gradient worker stands down. Measured on an idle 2-core AMD EPYC
-# (benchmarks/results/sharing.md and the run before it), against the worker: sharing 0.79x to
+# (benchmarks/results/sharing.md, and its run at 80aa5a5), against the worker: sharing 0.79x to
 # 0.95x the time for the text model's 3.3 G, 0.82x to 0.99x at GPT-2 small's 127 G, 0.94x to
-# 1.00x at the reference step's 0.2 G. Below it
-# the worker stays, and a busy 2-core machine makes small products on two BLAS threads several
-# times slower besides (docs/performance.md).
+# 1.00x at the reference step's 0.2 G. Below it the worker stays, and a busy 2-core machine
+# makes small products on two BLAS threads several times slower besides (docs/performance.md).
 SHARE_FROM = 1e9
 # A model with this many weights in its products or more (its multiply-adds per token; 120 MB
 # of float32) shares even one token's call: decoding a token reads every weight once, and two
@@ -173,7 +172,7 @@ SHARE_WEIGHTS_FROM = 3e7
 # ``SPLIT_UNDER_WEIGHTS`` weights splits its batch over the threads (``split_count``). Measured on
 # the idle AMD EPYC (benchmarks/results/sharing.md), split against the worker: 1.15x the time at
 # the reference step (0.2 G), 0.97x for the reference model at length 32 (0.42 G) and 1.06x at
-# length 48 (0.62 G) (1.13x and 1.00x the run before), 0.80x at length 64 (0.82 G), 0.87x at
+# length 48 (0.62 G) (1.13x and 1.00x in a run at 7f2b51a), 0.80x at length 64 (0.82 G), 0.87x at
 # d_model 128 (0.86 G), 0.66x at the text model's step (3.3 G). Below it the two threads' turns
 # at the interpreter cost about what the split gains.
 SPLIT_FROM = 7e8
