@@ -2,18 +2,15 @@
 a check that the suite leaves the repository as it found it, and the notebooks' executions, started
 with the session."""
 
-import asyncio
 import hashlib
-import os
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
+from notebook_runs import execute_notebook
 
 from tinytransformer.gradcheck import gradcheck
 
@@ -70,24 +67,6 @@ def repository_left_clean():
     after = tree_state(ROOT)
     changed = sorted(path for path in set(before) | set(after) if before.get(path) != after.get(path))
     assert not changed, f"the tests wrote into the repository {ROOT}: {changed}"
-
-
-CELL_TIMEOUT = 600   # seconds for one cell; the notebooks aim at well under a minute in total
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-
-
-def execute_notebook(path: Path, folder: Path):
-    """Run a copy of the notebook in ``folder``, in a learner's environment; the executed notebook.
-    Raises CellExecutionError, naming the cell, on any error."""
-    copy = folder / path.name
-    shutil.copy(path, copy)
-    nb = nbformat.read(copy, as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                            resources={"metadata": {"path": str(folder)}})
-    learner_env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    asyncio.run(client.async_execute(env=learner_env))    # a loop of its own, closed after, on any thread
-    return nb
 
 
 def pytest_collection_modifyitems(items):
